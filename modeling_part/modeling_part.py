@@ -1,0 +1,632 @@
+"""The PART speech-to-text model: a pretrained speech encoder, a fresh adapter and a pretrained causal LLM.
+
+Adapter outputs replace the audio placeholder embeddings of the prompt; the loss is token cross-entropy over target
+positions only, with the LM head applied to those positions alone (no `[batch, seq, vocab]` logits in training).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
+
+from .configuration_part import PartAdapterConfig, PartConfig
+
+logger = logging.get_logger(__name__)
+
+PARAMETER_GROUPS = ("adapter", "encoder_last_k", "encoder", "llm", "llm_lora")
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS_TOKEN = "<|audio_bos|>"
+AUDIO_EOS_TOKEN = "<|audio_eos|>"
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_SAVE_MODES = ("merged", "unmerged", "adapter_only")
+# The LoRA settings recorded in PartConfig.lora_config (enough to rebuild the same LoRA modules on load).
+_STORED_LORA_FIELDS = (
+    "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out",
+    "layers_to_transform", "rank_pattern", "alpha_pattern",
+)
+# The keyword each encoder's forward takes for its frame mask (None: the encoder takes no mask).
+_AUDIO_MASK_ARGUMENT = {"fun_asr_nano_encoder": "input_features_mask", "whisper": None}
+
+
+def _require_peft():
+    try:
+        import peft
+    except ImportError as error:  # pragma: no cover - peft is a dependency of the package
+        raise ImportError("LoRA on the LLM needs `peft`: pip install peft") from error
+    return peft
+
+
+def build_audio_tower(audio_config) -> PreTrainedModel:
+    """The speech encoder for `audio_config`: the encoder half of Whisper, else the Auto model of that config."""
+    if audio_config.model_type == "whisper":
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder(audio_config)
+    return AutoModel.from_config(audio_config)
+
+
+def load_pretrained_audio_encoder(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+    """Loads a pretrained speech encoder: a bare encoder checkpoint, or the encoder of a full ASR model.
+
+    Supports SenseVoice-style `fun_asr_nano_encoder` checkpoints, full `fun_asr_nano` models (their audio tower),
+    Whisper checkpoints (their encoder) and any encoder the Auto classes can load.
+    """
+    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    if config.model_type == "whisper":
+        from transformers.models.whisper.modeling_whisper import WhisperModel
+
+        return WhisperModel.from_pretrained(name_or_path, **kwargs).get_encoder()
+    if config.model_type == "fun_asr_nano":
+        from transformers import FunAsrNanoForConditionalGeneration
+
+        return FunAsrNanoForConditionalGeneration.from_pretrained(name_or_path, **kwargs).model.audio_tower
+    return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+
+def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
+    layers = getattr(audio_tower, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(audio_tower).__name__} has no `layers` ModuleList, so its last k layers cannot be selected; "
+            "use the 'encoder' parameter group instead of 'encoder_last_k'."
+        )
+    return layers
+
+
+def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class PartAdapterLayer(GradientCheckpointingLayer):
+    """A pre-LayerNorm Transformer layer with scaled-dot-product attention over the (downsampled) audio frames."""
+
+    def __init__(self, config: PartAdapterConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.dropout
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        residual = hidden_states
+        qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
+        query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attention = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        attention = attention.transpose(1, 2).reshape(batch, length, -1)
+        hidden_states = residual + F.dropout(self.out_proj(attention), self.dropout, self.training)
+        residual = hidden_states
+        hidden_states = self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(hidden_states))))
+        return residual + F.dropout(hidden_states, self.dropout, self.training)
+
+
+class PartAdapter(nn.Module):
+    """Encoder frames -> LLM embeddings: strided conv1d (downsampling), Transformer layers, projection.
+
+    Downsampling comes first so the Transformer layers run at the (lower) audio token rate.
+    """
+
+    def __init__(self, config: PartConfig):
+        super().__init__()
+        adapter = config.adapter_config
+        self.kernel_size = adapter.kernel_size
+        self.stride = adapter.downsample_stride
+        self.downsample = nn.Conv1d(
+            config.audio_hidden_size,
+            adapter.hidden_size,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=(self.kernel_size - 1) // 2,
+        )
+        self.activation_fn = ACT2FN[adapter.hidden_act]
+        self.layers = nn.ModuleList([PartAdapterLayer(adapter) for _ in range(adapter.num_hidden_layers)])
+        self.norm = nn.LayerNorm(adapter.hidden_size, eps=adapter.layer_norm_eps)
+        self.projection = nn.Linear(adapter.hidden_size, config.text_config.hidden_size)
+
+    def output_lengths(self, encoder_lengths: torch.Tensor) -> torch.Tensor:
+        padding = (self.kernel_size - 1) // 2
+        return (encoder_lengths + 2 * padding - self.kernel_size) // self.stride + 1
+
+    def forward(self, hidden_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; padded positions are garbage."""
+        hidden_states = hidden_states[:, : int(encoder_lengths.max())]
+        frame_mask = _lengths_to_mask(encoder_lengths, hidden_states.shape[1])
+        hidden_states = hidden_states * frame_mask.unsqueeze(-1).to(hidden_states.dtype)
+        hidden_states = self.activation_fn(self.downsample(hidden_states.transpose(1, 2))).transpose(1, 2)
+        token_lengths = self.output_lengths(encoder_lengths)
+        attention_mask = _lengths_to_mask(token_lengths, hidden_states.shape[1])[:, None, None, :]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return self.projection(self.norm(hidden_states)), token_lengths
+
+
+@dataclass
+class PartCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*): token cross-entropy over target positions (labels != ignore_index).
+    logits (`torch.FloatTensor`, *optional*): LM head outputs. Not computed when `labels` are given: the loss path
+        applies the head to target positions only.
+    past_key_values (`Cache`, *optional*): the LLM's KV cache.
+    hidden_states, attentions: the LLM's, when asked for.
+    audio_token_lengths (`torch.LongTensor`, *optional*): audio positions per audio sample.
+    num_target_tokens (`torch.LongTensor`, *optional*): target positions that entered the loss.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_token_lengths: torch.LongTensor | None = None
+    num_target_tokens: torch.LongTensor | None = None
+
+
+class PartPreTrainedModel(PreTrainedModel):
+    config_class = PartConfig
+    config: PartConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PartAdapterLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+
+class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
+    """Speech encoder -> adapter -> causal LLM, for ASR, speech translation and text-only translation."""
+
+    def __init__(self, config: PartConfig):
+        super().__init__(config)
+        self.audio_tower = build_audio_tower(config.audio_config)
+        self.adapter = PartAdapter(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if config.lora_config is not None:
+            self._inject_lora(config.lora_config)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------- assembling
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        audio_encoder: str | os.PathLike | PreTrainedModel,
+        llm: str | os.PathLike | PreTrainedModel,
+        tokenizer=None,
+        adapter_config: PartAdapterConfig | dict | None = None,
+        dtype: torch.dtype | None = None,
+        return_tokenizer: bool = False,
+        **config_kwargs,
+    ):
+        """Builds a new PART model from a pretrained speech encoder and causal LM, with a fresh adapter.
+
+        Args:
+            audio_encoder: a hub id / folder of a SenseVoice-style (`fun_asr_nano_encoder` or `fun_asr_nano`) or
+                Whisper checkpoint, or an already loaded encoder module.
+            llm: a hub id / folder of a causal LM, or a loaded `PreTrainedModel`.
+            tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm` folder. The audio tokens
+                `<|AUDIO|>`, `<|audio_bos|>`, `<|audio_eos|>` are added when missing and the embeddings resized.
+            adapter_config: settings of the new adapter.
+            dtype: dtype of the loaded parts.
+            return_tokenizer: also return the (extended) tokenizer.
+            config_kwargs: further `PartConfig` fields.
+        """
+        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        if isinstance(audio_encoder, (str, os.PathLike)):
+            audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
+        if isinstance(llm, (str, os.PathLike)):
+            llm_path = llm
+            llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+        else:
+            llm_path = getattr(llm, "name_or_path", None)
+        if tokenizer is None:
+            if not llm_path:
+                raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
+            tokenizer = llm_path
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        missing = [t for t in (AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+        config = PartConfig(
+            audio_config=audio_encoder.config,
+            text_config=llm.config,
+            adapter_config=adapter_config,
+            audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+            **config_kwargs,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.audio_tower = audio_encoder
+        model.language_model = llm
+        model.adapter = PartAdapter(config).to(device=llm.device, dtype=llm.dtype)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        return (model, tokenizer) if return_tokenizer else model
+
+    # ---------------------------------------------------------------------------------------------- embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # ------------------------------------------------------------------------------------------------- audio
+    def encoder_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Valid encoder frames for clips of `feature_lengths` feature frames."""
+        stride = self.config.encoder_stride
+        return (feature_lengths + stride - 1) // stride
+
+    def get_audio_embeddings(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs encoder and adapter. Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`."""
+        model_type = self.config.audio_config.model_type
+        time_axis = -1 if model_type == "whisper" else 1
+        if feature_attention_mask is None:
+            feature_attention_mask = torch.ones(
+                input_features.shape[0], input_features.shape[time_axis], dtype=torch.long, device=input_features.device
+            )
+        tower_dtype = next(self.audio_tower.parameters()).dtype
+        mask_argument = _AUDIO_MASK_ARGUMENT.get(model_type, "attention_mask")
+        tower_kwargs = {mask_argument: feature_attention_mask} if mask_argument else {}
+        encoder_states = self.audio_tower(input_features=input_features.to(tower_dtype), **tower_kwargs)
+        encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
+        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state, encoder_lengths)
+        return embeddings, token_lengths
+
+    def _merge_audio_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        audio_embeddings: torch.Tensor,
+        audio_token_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        placeholder_mask = input_ids == self.config.audio_token_id
+        placeholders = placeholder_mask.sum(-1)
+        audio_rows = (placeholders > 0).nonzero().flatten()
+        expected = torch.zeros_like(placeholders)
+        if audio_rows.numel() == audio_token_lengths.numel():
+            expected[audio_rows] = audio_token_lengths.to(expected.device)
+        if audio_rows.numel() != audio_token_lengths.numel() or not torch.equal(placeholders, expected):
+            raise ValueError(
+                "Audio placeholder tokens do not match the audio: per sample "
+                f"{placeholders.tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio clips "
+                f"give {audio_token_lengths.tolist()} audio positions (samples without placeholders are text-only). "
+                "Build inputs with PartProcessor, which computes the placeholder count from the feature length "
+                "exactly as the adapter downsamples."
+            )
+        valid = _lengths_to_mask(audio_token_lengths, audio_embeddings.shape[1])
+        audio_embeddings = audio_embeddings[valid].to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), audio_embeddings)
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> PartCausalLMOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch, seq)`): prompt (+ target) tokens with one audio placeholder
+            per audio position, as `PartProcessor` builds them.
+        input_features (`torch.FloatTensor`): features of the samples that have audio, in order (text-only
+            samples of a mixed batch have none).
+        feature_attention_mask (`torch.LongTensor`): 1 for valid feature frames.
+        labels (`torch.LongTensor` of shape `(batch, seq)`): target ids, `ignore_index` on prompt/audio/padding.
+            With labels the LM head runs on target positions only and `logits` is not returned.
+        num_items_in_batch: target-token count of the whole (accumulated) batch, as the Trainer passes it, so
+            gradient accumulation averages over tokens correctly.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        audio_token_lengths = None
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if input_features is not None:
+                audio_embeddings, audio_token_lengths = self.get_audio_embeddings(input_features, feature_attention_mask)
+                inputs_embeds = self._merge_audio_embeddings(
+                    input_ids, inputs_embeds, audio_embeddings, audio_token_lengths
+                )
+            elif past_key_values is None or past_key_values.get_seq_length() == 0:
+                if self.config.audio_token_id is not None and (input_ids == self.config.audio_token_id).any():
+                    raise ValueError(
+                        "input_ids contain audio placeholder tokens but no input_features were given; pass the "
+                        "processor's input_features and feature_attention_mask."
+                    )
+
+        outputs = self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        lm_head = self.get_output_embeddings()
+
+        loss = logits = num_targets = None
+        if labels is not None:
+            shifted_labels = labels[:, 1:].to(hidden_states.device)
+            target_mask = shifted_labels != self.config.ignore_index
+            target_logits = lm_head(hidden_states[:, :-1][target_mask])
+            num_targets = target_mask.sum()
+            summed = F.cross_entropy(target_logits.float(), shifted_labels[target_mask], reduction="sum")
+            denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
+            if isinstance(denominator, torch.Tensor):
+                denominator = denominator.to(summed.device)
+            loss = summed / denominator
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = lm_head(hidden_states[:, keep, :])
+
+        return PartCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_token_lengths=audio_token_lengths,
+            num_target_tokens=num_targets,
+        )
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
+        feature_attention_mask = kwargs.pop("feature_attention_mask", None)
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["feature_attention_mask"] = feature_attention_mask
+        return model_inputs
+
+    def default_max_new_tokens(
+        self, input_ids: torch.Tensor | None, feature_attention_mask: torch.Tensor | None
+    ) -> int | None:
+        """Output budget when the caller sets none: bounded by the longest clip's duration (or, text-only, by
+        the prompt length), so a runaway hypothesis cannot run to the context limit."""
+        budget = self.config.min_new_tokens_budget
+        if feature_attention_mask is not None:
+            seconds = float(feature_attention_mask.sum(-1).max()) / self.config.feature_frame_rate
+            return budget + math.ceil(self.config.max_new_tokens_per_second * seconds)
+        if input_ids is not None:
+            return budget + 2 * input_ids.shape[-1]
+        return None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        generation_config=None,
+        **kwargs,
+    ):
+        """Batched generation (greedy by default, beam search with `num_beams`), with KV cache.
+
+        Returns only the new tokens (a tensor, or a `ModelOutput` whose `sequences` hold only the new tokens when
+        `return_dict_in_generate=True`). Prompts must be left-padded, as `PartProcessor` builds them for inference.
+        Without `max_new_tokens`/`max_length` the output is bounded by `default_max_new_tokens`.
+        """
+        length_given = "max_new_tokens" in kwargs or "max_length" in kwargs
+        if not length_given and generation_config is None and self.generation_config.max_new_tokens is None:
+            budget = self.default_max_new_tokens(input_ids, feature_attention_mask)
+            if budget is not None:
+                kwargs["max_new_tokens"] = budget
+        if input_features is not None:
+            kwargs["input_features"] = input_features
+            kwargs["feature_attention_mask"] = feature_attention_mask
+        outputs = super().generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+        )
+        prompt_length = input_ids.shape[1] if input_ids is not None else 0
+        if isinstance(outputs, torch.Tensor):
+            return outputs[:, prompt_length:]
+        outputs.sequences = outputs.sequences[:, prompt_length:]
+        return outputs
+
+    # ----------------------------------------------------------------------------------------- training modes
+    def train(self, mode: bool = True):
+        """Like `nn.Module.train`, but modules whose parameters are all frozen stay in eval mode (no dropout drift)."""
+        super().train(mode)
+        if mode:
+            self._set_frozen_modules_to_eval(self)
+        return self
+
+    @staticmethod
+    def _set_frozen_modules_to_eval(module: nn.Module) -> None:
+        for child in module.children():
+            parameters = list(child.parameters())
+            if parameters and not any(p.requires_grad for p in parameters):
+                child.eval()
+            else:
+                PartForSpeechToText._set_frozen_modules_to_eval(child)
+
+    def get_parameter_groups(self, encoder_last_k: int = 8) -> dict[str, dict[str, nn.Parameter]]:
+        """The parameter groups the stage trainer switches, by name: `adapter`, `encoder_last_k` (the encoder's
+        last `encoder_last_k` layers and any norm after them), `encoder` (all of it), `llm` (the LLM's own
+        weights) and `llm_lora` (its LoRA weights; empty without LoRA)."""
+        groups: dict[str, dict[str, nn.Parameter]] = {name: {} for name in PARAMETER_GROUPS}
+        for name, parameter in self.named_parameters():
+            if name.startswith("adapter."):
+                groups["adapter"][name] = parameter
+            elif name.startswith("audio_tower."):
+                groups["encoder"][name] = parameter
+            elif ".lora_" in name:
+                groups["llm_lora"][name] = parameter
+            else:
+                groups["llm"][name] = parameter
+        layers = _encoder_layers(self.audio_tower)
+        if encoder_last_k < 1:
+            raise ValueError(f"encoder_last_k={encoder_last_k} must be at least 1.")
+        first_top_layer = max(0, len(layers) - encoder_last_k)  # an encoder shallower than k trains whole
+        layer_ids = {id(p): index for index, layer in enumerate(layers) for p in layer.parameters()}
+        groups["encoder_last_k"] = {
+            name: p for name, p in groups["encoder"].items() if layer_ids.get(id(p), len(layers)) >= first_top_layer
+        }
+        return groups
+
+    def set_trainable(self, groups: Iterable[str], encoder_last_k: int = 8) -> dict[str, int]:
+        """Makes exactly the named parameter groups trainable and freezes everything else.
+
+        Returns parameter counts: `{"trainable": ..., "total": ..., <group>: ...}`.
+        """
+        groups = list(groups)
+        unknown = sorted(set(groups) - set(PARAMETER_GROUPS))
+        if unknown:
+            raise ValueError(f"Unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}.")
+        available = self.get_parameter_groups(encoder_last_k)
+        if "llm_lora" in groups and not available["llm_lora"]:
+            raise ValueError("Parameter group 'llm_lora' is empty: call add_lora() before training the LLM's LoRA.")
+        trainable = {id(p) for group in groups for p in available[group].values()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+        counts = {group: sum(p.numel() for p in available[group].values()) for group in groups}
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        if self.training:
+            self.train()
+        return counts
+
+    # -------------------------------------------------------------------------------------------------- LoRA
+    @property
+    def has_lora(self) -> bool:
+        return self.config.lora_config is not None
+
+    def add_lora(self, lora_config=None, **lora_kwargs) -> None:
+        """Adds LoRA to the LLM through `peft` (default: rank 16, alpha 32, dropout 0.05 on the attention and MLP
+        projections). `lora_config` may be a `peft.LoraConfig` or a dict of its fields."""
+        if self.has_lora:
+            raise ValueError("The LLM already has LoRA; merge_lora() first to add a new one.")
+        settings = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": DEFAULT_LORA_TARGETS}
+        if lora_config is not None:
+            settings.update(lora_config if isinstance(lora_config, dict) else lora_config.to_dict())
+        settings.update(lora_kwargs)
+        self._inject_lora(settings)
+
+    def _inject_lora(self, settings: dict) -> None:
+        peft = _require_peft()
+        allowed = set(peft.LoraConfig.__dataclass_fields__)
+        settings = {k: v for k, v in settings.items() if k in allowed and k not in ("base_model_name_or_path",)}
+        if isinstance(settings.get("target_modules"), set):
+            settings["target_modules"] = sorted(settings["target_modules"])
+        settings["task_type"] = None
+        lora_config = peft.LoraConfig(**settings)
+        if lora_config.use_dora:
+            raise ValueError("DoRA is not supported by PART's merge/save; use plain LoRA (use_dora=False).")
+        self.language_model.add_adapter(lora_config)
+        stored = {field: getattr(lora_config, field) for field in _STORED_LORA_FIELDS}
+        stored["target_modules"] = sorted(lora_config.target_modules) if lora_config.target_modules else None
+        self.config.lora_config = stored
+
+    def set_lora_enabled(self, enabled: bool) -> None:
+        """Switches the LLM's LoRA on or off (off: the base LLM's behaviour)."""
+        if enabled:
+            self.language_model.enable_adapters()
+        else:
+            self.language_model.disable_adapters()
+
+    def merge_lora(self) -> None:
+        """Folds the LoRA weights into the LLM's linear layers and removes the LoRA modules."""
+        peft = _require_peft()
+        if not self.has_lora:
+            return
+        for name, module in list(self.language_model.named_modules()):
+            if isinstance(module, peft.tuners.tuners_utils.BaseTunerLayer):
+                module.merge()
+                parent_name, _, child_name = name.rpartition(".")
+                setattr(self.language_model.get_submodule(parent_name), child_name, module.get_base_layer())
+        self.language_model._hf_peft_config_loaded = False
+        self.language_model.peft_config = {}
+        self.config.lora_config = None
+
+    def merged_lora_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """A state dict with LoRA folded into the base weights, computed from `state_dict` (default: the model's),
+        without changing the model. Works on consolidated ZeRO-3 state dicts too."""
+        peft = _require_peft()
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        merged = {k.replace(".base_layer.", "."): v for k, v in state_dict.items() if ".lora_" not in k}
+        for name, module in self.named_modules():
+            if not isinstance(module, peft.tuners.lora.LoraLayer):
+                continue
+            for adapter, scaling in module.scaling.items():
+                lora_a = state_dict[f"{name}.lora_A.{adapter}.weight"].float()
+                lora_b = state_dict[f"{name}.lora_B.{adapter}.weight"].float()
+                weight = merged[f"{name}.weight"]
+                merged[f"{name}.weight"] = (weight.float() + (lora_b @ lora_a) * scaling).to(weight.dtype)
+        return merged
+
+    def save_pretrained(self, save_directory, *args, lora_save_mode: str = "merged", state_dict=None, **kwargs):
+        """Saves a self-contained checkpoint (safetensors + config + the code for `trust_remote_code`).
+
+        lora_save_mode: `"merged"` (default) folds LoRA into the LLM weights; `"unmerged"` keeps the LoRA weights
+        (to continue training); `"adapter_only"` writes only the LLM's LoRA adapter in PEFT's format.
+        """
+        if lora_save_mode not in LORA_SAVE_MODES:
+            raise ValueError(f"lora_save_mode={lora_save_mode!r}; choose from {LORA_SAVE_MODES}.")
+        if lora_save_mode == "adapter_only":
+            if not self.has_lora:
+                raise ValueError("lora_save_mode='adapter_only' needs LoRA on the LLM; add_lora() first.")
+            return self.language_model.save_pretrained(save_directory, *args, **kwargs)
+        if not self.has_lora or lora_save_mode == "unmerged":
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        merged_state_dict = self.merged_lora_state_dict(state_dict)
+        lora_config, self.config.lora_config = self.config.lora_config, None
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=merged_state_dict, **kwargs)
+        finally:
+            self.config.lora_config = lora_config
+
+
+__all__ = [
+    "PartAdapter",
+    "PartCausalLMOutputWithPast",
+    "PartForSpeechToText",
+    "PartPreTrainedModel",
+    "build_audio_tower",
+    "load_pretrained_audio_encoder",
+    "PARAMETER_GROUPS",
+]

@@ -1,0 +1,338 @@
+"""PartProcessor: audio I/O, features, task prompts, tokenization and labels for PART.
+
+One code path (`build_prompt_ids`) makes the prompt for training and for inference, so a model never sees a prompt
+at test time that differs from the one it was trained on (a common cause of repetition loops in speech LLMs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+from .audio_utils import load_audio
+from .configuration_part import audio_token_lengths
+
+TASKS = ("asr", "s2tt", "mt")
+LANGUAGE_NAMES = {
+    "en": "English",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "it": "Italian",
+    "ru": "Russian",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "yue": "Cantonese",
+    "pt": "Portuguese",
+    "nl": "Dutch",
+    "ar": "Arabic",
+    "tr": "Turkish",
+    "pl": "Polish",
+    "hi": "Hindi",
+    "vi": "Vietnamese",
+    "th": "Thai",
+    "id": "Indonesian",
+    "sv": "Swedish",
+}
+DEFAULT_PROMPT_TEMPLATES = {
+    "asr": "Transcribe the {source_language} speech into {source_language} text.",
+    "s2tt": "Translate the {source_language} speech into {target_language} text.",
+    "mt": "Translate the {source_language} text into {target_language} text: {source_text}",
+}
+
+
+class PartProcessor(ProcessorMixin):
+    r"""
+    Turns (audio, task, languages[, target text]) into PART model inputs.
+
+    Args:
+        feature_extractor ([`PartFeatureExtractor`]): the front end matching the model's encoder.
+        tokenizer: the LLM's tokenizer, holding the audio tokens.
+        prompt_templates (`dict`, *optional*): instruction per task, with the fields `{source_language}`,
+            `{target_language}` (language names) and, for `mt`, `{source_text}`.
+        language_names (`dict`, *optional*): ISO 639 code -> name used in prompts; the accepted languages.
+        use_chat_template (`bool`, *optional*): wrap the instruction in the tokenizer's chat template (for instruct
+            LLMs). Defaults to whether the tokenizer has one.
+        encoder_stride, adapter_kernel_size, adapter_stride (`int`): how the model turns feature frames into audio
+            positions (copied from `PartConfig`; see `PartProcessor.from_model_config`).
+        max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected.
+        audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
+    """
+
+    feature_extractor_class = "AutoFeatureExtractor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        feature_extractor,
+        tokenizer,
+        prompt_templates: dict[str, str] | None = None,
+        language_names: dict[str, str] | None = None,
+        use_chat_template: bool | None = None,
+        encoder_stride: int = 1,
+        adapter_kernel_size: int = 3,
+        adapter_stride: int = 2,
+        max_audio_seconds: float = 30.0,
+        audio_token: str = "<|AUDIO|>",
+        audio_bos_token: str = "<|audio_bos|>",
+        audio_eos_token: str = "<|audio_eos|>",
+        chat_template: str | None = None,
+    ):
+        self.prompt_templates = {**DEFAULT_PROMPT_TEMPLATES, **(prompt_templates or {})}
+        self.language_names = dict(language_names or LANGUAGE_NAMES)
+        self.use_chat_template = (
+            bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else use_chat_template
+        )
+        self.encoder_stride = encoder_stride
+        self.adapter_kernel_size = adapter_kernel_size
+        self.adapter_stride = adapter_stride
+        self.max_audio_seconds = max_audio_seconds
+        self.audio_token = audio_token
+        self.audio_bos_token = audio_bos_token
+        self.audio_eos_token = audio_eos_token
+        missing = [t for t in (audio_token, audio_bos_token, audio_eos_token) if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(
+                f"The tokenizer lacks the audio tokens {missing}; build the model and tokenizer with "
+                "PartForSpeechToText.from_pretrained_components(..., return_tokenizer=True), which adds them."
+            )
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_model_config(cls, config, feature_extractor, tokenizer, **kwargs) -> PartProcessor:
+        """A processor whose placeholder counts agree with `config` (a `PartConfig`)."""
+        return cls(
+            feature_extractor,
+            tokenizer,
+            encoder_stride=config.encoder_stride,
+            adapter_kernel_size=config.adapter_config.kernel_size,
+            adapter_stride=config.adapter_config.downsample_stride,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------- placeholders
+    def audio_placeholder_count(self, num_samples: int) -> int:
+        """Audio positions the model produces for a 16 kHz clip of `num_samples`, computed as the model does."""
+        frames = self.feature_extractor.num_frames(num_samples)
+        return int(audio_token_lengths(frames, self.encoder_stride, self.adapter_kernel_size, self.adapter_stride))
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    def _language_name(self, code: str | None, field: str, index: int) -> str:
+        if code not in self.language_names:
+            raise ValueError(
+                f"Sample {index}: unknown {field} {code!r}. Use an ISO 639 code from {sorted(self.language_names)}, "
+                "or add it to the processor's language_names."
+            )
+        return self.language_names[code]
+
+    def instruction(
+        self,
+        task: str,
+        source_language: str,
+        target_language: str | None = None,
+        source_text: str | None = None,
+        index: int = 0,
+    ) -> str:
+        """The task instruction for one sample, from the processor's templates."""
+        if task not in TASKS:
+            raise ValueError(f"Sample {index}: unknown task {task!r}; choose from {TASKS}.")
+        if task == "asr":
+            target_language = target_language or source_language
+            if target_language != source_language:
+                raise ValueError(
+                    f"Sample {index}: task 'asr' transcribes in the source language, but target_language="
+                    f"{target_language!r} != source_language={source_language!r}; use task 's2tt' to translate."
+                )
+        elif target_language is None:
+            raise ValueError(f"Sample {index}: task {task!r} needs target_language (an ISO 639 code).")
+        if task == "mt" and not source_text:
+            raise ValueError(f"Sample {index}: task 'mt' needs source_text (the text to translate).")
+        return self.prompt_templates[task].format(
+            source_language=self._language_name(source_language, "source_language", index),
+            target_language=self._language_name(target_language, "target_language", index),
+            source_text=source_text or "",
+        )
+
+    def build_prompt_ids(self, instruction: str, num_audio_tokens: int | None) -> list[int]:
+        """Token ids of the prompt: `<|audio_bos|>` + audio placeholders + `<|audio_eos|>` + the instruction
+        (inside the chat template when `use_chat_template`), ending where the model's answer begins."""
+        audio = f"{self.audio_bos_token}{self.audio_token}{self.audio_eos_token}" if num_audio_tokens else ""
+        content = audio + instruction
+        if self.use_chat_template:
+            prompt = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            prompt = content + "\n"
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if num_audio_tokens:
+            position = ids.index(self.audio_token_id)
+            ids[position : position + 1] = [self.audio_token_id] * num_audio_tokens
+        return ids
+
+    # ------------------------------------------------------------------------------------------------ calling
+    def __call__(
+        self,
+        audio: Any | Sequence[Any] | None = None,
+        task: str | Sequence[str] = "asr",
+        source_language: str | Sequence[str] | None = None,
+        target_language: str | Sequence[str | None] | None = None,
+        text: str | Sequence[str] | None = None,
+        source_text: str | Sequence[str | None] | None = None,
+        sampling_rate: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str = "pt",
+    ) -> BatchFeature:
+        """Model inputs for a batch.
+
+        Args:
+            audio: one clip or a list (None entries for text-only `mt` samples): file paths, arrays/tensors with
+                `sampling_rate`, or `datasets` Audio dicts.
+            task: `"asr"`, `"s2tt"` or `"mt"`, per batch or per sample.
+            source_language, target_language: ISO 639 codes, per batch or per sample.
+            text: the target texts. Given: training inputs (prompt + target + eos, `labels` with -100 on prompt,
+                audio and padding, right padding). Omitted: generation prompts (left padding).
+            source_text: the input text of `mt` samples.
+            sampling_rate: the sampling rate of array inputs.
+            padding_side: override the padding side.
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), and for the samples with audio, in batch
+            order, `input_features` and `feature_attention_mask`.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"PartProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}.")
+        size = _batch_size(audio, text, source_text, task, source_language)
+        audios = _as_list(audio, size, "audio")
+        tasks = _as_list(task, size, "task")
+        sources = _as_list(source_language, size, "source_language")
+        targets = _as_list(target_language, size, "target_language")
+        texts = _as_list(text, size, "text") if text is not None else [None] * size
+        source_texts = _as_list(source_text, size, "source_text")
+
+        waveforms: list[np.ndarray] = []
+        sequences, label_sequences = [], []
+        for index in range(size):
+            if sources[index] is None:
+                raise ValueError(f"Sample {index}: source_language is required (an ISO 639 code such as 'de').")
+            num_audio_tokens = None
+            if tasks[index] in ("asr", "s2tt"):
+                if audios[index] is None:
+                    raise ValueError(f"Sample {index}: task {tasks[index]!r} needs audio.")
+                waveform = self._load_and_check(audios[index], sampling_rate, index)
+                waveforms.append(waveform)
+                num_audio_tokens = self.audio_placeholder_count(len(waveform))
+            elif audios[index] is not None:
+                raise ValueError(f"Sample {index}: task 'mt' is text-only; pass audio=None for it.")
+            instruction = self.instruction(tasks[index], sources[index], targets[index], source_texts[index], index)
+            prompt_ids = self.build_prompt_ids(instruction, num_audio_tokens)
+            if texts[index] is None:
+                sequences.append(prompt_ids)
+                continue
+            target_ids = self.tokenizer(texts[index], add_special_tokens=False)["input_ids"]
+            target_ids = target_ids + [self.tokenizer.eos_token_id]
+            sequences.append(prompt_ids + target_ids)
+            label_sequences.append([-100] * len(prompt_ids) + target_ids)
+        self._check_context_length(sequences)
+
+        training = text is not None
+        side = padding_side or ("right" if training else "left")
+        batch = _pad(sequences, self.tokenizer.pad_token_id, side)
+        data = {"input_ids": batch[0], "attention_mask": batch[1]}
+        if training:
+            data["labels"] = _pad(label_sequences, -100, side)[0]
+        if waveforms:
+            features = self.feature_extractor(waveforms, sampling_rate=self.feature_extractor.sampling_rate)
+            data["input_features"] = features["input_features"]
+            data["feature_attention_mask"] = features["feature_attention_mask"]
+        return BatchFeature(data=data)
+
+    def _load_and_check(self, audio: Any, sampling_rate: int | None, index: int) -> np.ndarray:
+        name = f"sample {index}"
+        waveform = load_audio(
+            audio, sampling_rate, target_sampling_rate=self.feature_extractor.sampling_rate, name=name
+        )
+        seconds = len(waveform) / self.feature_extractor.sampling_rate
+        if len(waveform) < self.feature_extractor.min_num_samples:
+            raise ValueError(
+                f"{name}: audio of {seconds:.3f} s is too short; the front end needs at least "
+                f"{self.feature_extractor.min_num_samples} samples ({self.feature_extractor.min_num_samples / 16000:.3f} s)."
+                " Drop or pad such clips."
+            )
+        if seconds > self.max_audio_seconds:
+            raise ValueError(
+                f"{name}: audio of {seconds:.1f} s exceeds max_audio_seconds={self.max_audio_seconds}. Split it into "
+                "shorter segments, or raise processor.max_audio_seconds (and check the encoder supports it)."
+            )
+        return waveform
+
+    def _check_context_length(self, sequences: list[list[int]]) -> None:
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if not limit or limit > 10**8:
+            return
+        for index, ids in enumerate(sequences):
+            if len(ids) > limit:
+                raise ValueError(
+                    f"Sample {index}: {len(ids)} tokens exceed the LLM context of {limit} (tokenizer.model_max_length)."
+                    " Shorten the audio or text, or split the sample; nothing is truncated silently."
+                )
+
+    # ------------------------------------------------------------------------------------------------ decoding
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """Decodes generated ids into clean text (special tokens dropped, whitespace stripped)."""
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return [t.strip() for t in texts]
+
+    def decode(self, sequence, skip_special_tokens: bool = True, **kwargs) -> str:
+        return self.batch_decode([sequence], skip_special_tokens=skip_special_tokens, **kwargs)[0]
+
+    def max_new_tokens_for(self, num_samples: int, tokens_per_second: float = 15.0, budget: int = 16) -> int:
+        """A length bound for generating from a clip of `num_samples`."""
+        return budget + math.ceil(tokens_per_second * num_samples / self.feature_extractor.sampling_rate)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features", "feature_attention_mask", "labels"]
+
+
+def _is_batch(value: Any) -> bool:
+    """Lists and tuples are batches; a single array, tensor, path or Audio dict is one sample."""
+    return isinstance(value, (list, tuple))
+
+
+def _batch_size(*values: Any) -> int:
+    for value in values:
+        if _is_batch(value):
+            return len(value)
+    return 1
+
+
+def _as_list(value: Any, size: int, name: str) -> list[Any]:
+    if _is_batch(value):
+        if len(value) != size:
+            raise ValueError(f"{name} has {len(value)} entries but the batch has {size} samples; give one per sample.")
+        return list(value)
+    return [value] * size
+
+
+def _pad(sequences: list[list[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        span = slice(length - len(sequence), length) if side == "left" else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+__all__ = ["PartProcessor", "TASKS", "LANGUAGE_NAMES", "DEFAULT_PROMPT_TEMPLATES"]

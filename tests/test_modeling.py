@@ -1,0 +1,287 @@
+"""PartConfig / PartForSpeechToText: config validation, loss, generation, LoRA, save/load, parameter groups."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig
+
+from modeling_part import PARAMETER_GROUPS, PartConfig, PartForSpeechToText
+
+from conftest import make_audio
+
+
+def _training_batch(processor, seconds=(1.0, 1.6), text=("hello world", "der Hund")):
+    audio = [make_audio(s, seed=i) for i, s in enumerate(seconds)]
+    return processor(audio=audio, sampling_rate=16000, task="asr", source_language=["en", "de"], text=list(text))
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def test_config_round_trip(tmp_path):
+    config = PartConfig(adapter_config={"hidden_size": 64, "num_attention_heads": 4}, text_config={"vocab_size": 300})
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PartConfig)
+    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert without_path(loaded) == without_path(config)
+    assert loaded.audio_config.model_type == "fun_asr_nano_encoder"
+    assert loaded.text_config.model_type == "qwen2"
+
+
+def test_default_audio_token_rate_is_at_most_12_5():
+    assert PartConfig().audio_token_rate == pytest.approx(100 / 6 / 2)
+    whisper = PartConfig(audio_config=WhisperConfig(d_model=64))
+    assert whisper.adapter_config.downsample_stride == 4
+    assert whisper.audio_token_rate == pytest.approx(12.5)
+    assert PartConfig(adapter_config={"downsample_stride": 1}).audio_token_rate == pytest.approx(100 / 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adapter_config": {"hidden_size": 30, "num_attention_heads": 4}}, "adapter_config.hidden_size"),
+        ({"audio_token_id": 10**6, "text_config": {"vocab_size": 100}}, "audio_token_id"),
+        ({"audio_token_rate": 25.0}, "audio_token_rate"),
+        ({"audio_config": {"model_type": "wav2vec2"}}, "feature_frame_rate"),
+        ({"text_config": {"model_type": "t5"}}, "text_config"),
+        ({"adapter_config": {"downsample_stride": 0}}, "downsample_stride"),
+    ],
+)
+def test_config_validation_names_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PartConfig(**kwargs)
+
+
+# -------------------------------------------------------------------------------------------------------- loss
+def test_loss_equals_hand_computed_cross_entropy(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    shifted = labels[:, 1:]
+    keep = shifted != -100
+    expected = F.cross_entropy(logits[:, :-1][keep], shifted[keep])
+    output = model(**batch, labels=labels)
+    torch.testing.assert_close(output.loss, expected)
+    assert output.logits is None  # no [batch, seq, vocab] tensor on the loss path
+    assert int(output.num_target_tokens) == int(keep.sum())
+
+
+def test_target_only_head_matches_full_logits_loss_and_gradients(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    reference = copy.deepcopy(model)
+
+    loss = model(**batch).loss
+    loss.backward()
+
+    # Reference: full logits through the LLM's own head and transformers' causal-LM loss.
+    labels = batch["labels"]
+    embeds = reference.get_input_embeddings()(batch["input_ids"])
+    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    full_logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    reference_loss = reference.language_model.loss_function(full_logits, labels, vocab_size=full_logits.shape[-1])
+    reference_loss.backward()
+
+    torch.testing.assert_close(loss, reference_loss)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        if p.grad is None:
+            assert q.grad is None, name
+            continue
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_num_items_in_batch_scales_the_summed_loss(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    mean_loss = model(**batch)
+    summed = model(**batch, num_items_in_batch=torch.tensor(1))
+    torch.testing.assert_close(summed.loss, mean_loss.loss * mean_loss.num_target_tokens)
+
+
+def test_placeholder_count_mismatch_raises(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    ids = batch["input_ids"].clone()
+    first = (ids[0] == model.config.audio_token_id).nonzero()[0, 0]
+    ids[0, first] = 5  # one placeholder fewer in sample 0
+    with pytest.raises(ValueError, match="placeholder tokens do not match"):
+        model(input_ids=ids, input_features=batch["input_features"], feature_attention_mask=batch["feature_attention_mask"])
+    with pytest.raises(ValueError, match="no input_features"):
+        model(input_ids=batch["input_ids"])
+
+
+def test_text_only_and_mixed_batches(tiny_part):
+    model, processor = tiny_part
+    text_only = processor(
+        task="mt", source_language="de", target_language="en", source_text=["zwei Hunde"], text=["two dogs"]
+    )
+    assert "input_features" not in text_only
+    assert torch.isfinite(model(**text_only).loss)
+
+    mixed = processor(
+        audio=[make_audio(1.0), None, make_audio(1.3, seed=2)],
+        sampling_rate=16000,
+        task=["asr", "mt", "s2tt"],
+        source_language=["de", "de", "fr"],
+        target_language=["de", "en", "en"],
+        source_text=[None, "zwei Hunde", None],
+        text=["zwei Katzen", "two dogs", "three cats"],
+    )
+    assert mixed["input_features"].shape[0] == 2
+    loss = model(**mixed).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+# -------------------------------------------------------------------------------------------------- generation
+def test_batched_greedy_generation_equals_one_by_one(tiny_part):
+    model, processor = tiny_part
+    torch.manual_seed(1)
+    with torch.no_grad():  # sharpen the random LM so greedy choices are not near-ties
+        model.get_output_embeddings().weight.mul_(8)
+    clips = [make_audio(s, seed=i) for i, s in enumerate((0.8, 1.7, 1.2))]
+    languages = ["en", "de", "fr"]
+    batch = processor(audio=clips, sampling_rate=16000, task="asr", source_language=languages)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # left padding is exercised
+    batched = model.generate(**batch, max_new_tokens=12, do_sample=False)
+    for index, clip in enumerate(clips):
+        single = processor(audio=clip, sampling_rate=16000, task="asr", source_language=languages[index])
+        alone = model.generate(**single, max_new_tokens=12, do_sample=False)
+        row = batched[index][: alone.shape[1]]
+        assert row.tolist() == alone[0].tolist()
+
+
+def test_generate_returns_only_new_tokens_and_is_bounded_by_duration(tiny_part):
+    model, processor = tiny_part
+    model.generation_config.eos_token_id = None  # never stop early: the default budget must bound the output
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en")
+    output = model.generate(**batch, do_sample=False)
+    seconds = int(batch["feature_attention_mask"].sum()) / model.config.feature_frame_rate
+    expected = model.config.min_new_tokens_budget + math.ceil(model.config.max_new_tokens_per_second * seconds)
+    assert output.shape[1] == expected
+    result = model.generate(**batch, max_new_tokens=3, return_dict_in_generate=True)
+    assert result.sequences.shape[1] == 3
+
+
+def test_generation_with_beam_search_and_whisper_encoder(tiny_whisper_part):
+    model, processor = tiny_whisper_part
+    batch = processor(audio=[make_audio(1.0), make_audio(2.0, 1)], sampling_rate=16000, task="asr", source_language="en")
+    assert batch["input_features"].shape[-1] == 3000
+    output = model.generate(**batch, max_new_tokens=4, num_beams=2)
+    assert output.shape == (2, 4)
+
+
+# ------------------------------------------------------------------------------------------ groups and modes
+def test_parameter_groups_partition_and_set_trainable(tiny_part):
+    model, _ = tiny_part
+    model.add_lora(r=2)
+    groups = model.get_parameter_groups(encoder_last_k=1)
+    assert set(groups) == set(PARAMETER_GROUPS)
+    names = [n for g in ("adapter", "encoder", "llm", "llm_lora") for n in groups[g]]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert set(groups["encoder_last_k"]) < set(groups["encoder"])
+    assert all(n.startswith("audio_tower.layers.1.") for n in groups["encoder_last_k"])
+    assert all(".lora_" in n for n in groups["llm_lora"]) and groups["llm_lora"]
+
+    counts = model.set_trainable(["adapter", "encoder_last_k"], encoder_last_k=1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(groups["adapter"]) | set(groups["encoder_last_k"])
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="Unknown parameter group"):
+        model.set_trainable(["decoder"])
+
+
+def test_frozen_modules_stay_in_eval_mode(tiny_part):
+    model, _ = tiny_part
+    model.set_trainable(["adapter", "encoder_last_k"], encoder_last_k=1)
+    model.train()
+    assert model.adapter.training
+    assert model.audio_tower.layers[1].training
+    assert not model.audio_tower.layers[0].training
+    assert not model.language_model.training
+
+
+def test_gradient_checkpointing_with_frozen_encoder(tiny_part):
+    model, processor = tiny_part
+    model.set_trainable(["adapter"])
+    model.activation_checkpointing_enable()
+    model.train()
+    model(**_training_batch(processor)).loss.backward()
+    assert all(p.grad is not None for p in model.adapter.parameters())
+    assert all(p.grad is None for p in model.audio_tower.parameters())
+
+
+def test_bf16_forward_and_backward(tiny_part):
+    model, processor = tiny_part
+    model = model.to(torch.bfloat16)
+    batch = _training_batch(processor)
+    loss = model(**batch).loss
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_sdpa_and_eager_attention_agree(tiny_part, tmp_path):
+    model, processor = tiny_part
+    model.save_pretrained(tmp_path)
+    batch = _training_batch(processor)
+    eager = PartForSpeechToText.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = PartForSpeechToText.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert sdpa.language_model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(eager(**batch).loss, sdpa(**batch).loss, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- LoRA, save, load
+def _randomize_lora(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+
+
+@pytest.mark.parametrize("lora_save_mode", ["merged", "unmerged"])
+def test_save_load_identical_logits_with_lora(tiny_part, tmp_path, lora_save_mode):
+    model, processor = tiny_part
+    model.add_lora(r=4, lora_dropout=0.0)
+    _randomize_lora(model)
+    batch = _training_batch(processor)
+    batch.pop("labels")
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path, lora_save_mode=lora_save_mode)
+    loaded = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path).eval()
+    assert loaded.has_lora == (lora_save_mode == "unmerged")
+    assert model.has_lora  # saving merged does not change the model being trained
+    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_without_lora_and_merge_in_place(tiny_part, tmp_path):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    batch.pop("labels")
+    model.save_pretrained(tmp_path / "plain")
+    loaded = AutoModel.from_pretrained(tmp_path / "plain").eval()
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+
+    model.add_lora(r=4, lora_dropout=0.0)
+    _randomize_lora(model)
+    with_lora = model(**batch).logits
+    model.set_lora_enabled(False)
+    torch.testing.assert_close(model(**batch).logits, loaded(**batch).logits)
+    model.set_lora_enabled(True)
+    model.merge_lora()
+    assert not model.has_lora and not any(".lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(model(**batch).logits, with_lora, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_only_save_is_a_peft_adapter(tiny_part, tmp_path):
+    model, _ = tiny_part
+    with pytest.raises(ValueError, match="add_lora"):
+        model.save_pretrained(tmp_path, lora_save_mode="adapter_only")
+    model.add_lora(r=2)
+    model.save_pretrained(tmp_path, lora_save_mode="adapter_only")
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert "model.safetensors" not in files
