@@ -220,6 +220,8 @@ class PartProcessor(ProcessorMixin):
         waveforms: list[np.ndarray] = []
         sequences, label_sequences = [], []
         for index in range(size):
+            if tasks[index] not in TASKS:
+                raise ValueError(f"Sample {index}: unknown task {tasks[index]!r}; choose from {TASKS}.")
             if sources[index] is None:
                 raise ValueError(f"Sample {index}: source_language is required (an ISO 639 code such as 'de').")
             num_audio_tokens = None

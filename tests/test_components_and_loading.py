@@ -1,0 +1,170 @@
+"""Assembly from saved pretrained parts, Auto-class and trust_remote_code loading in fresh processes, the pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import soundfile as sf
+import torch
+from transformers import (
+    AutoTokenizer,
+    FunAsrNanoEncoderConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+    pipeline,
+)
+from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
+
+from modeling_part import PartForSpeechToText
+from modeling_part.tiny import build_processor, build_tokenizer
+
+from conftest import make_audio
+
+
+@pytest.fixture(scope="module")
+def saved_parts(tmp_path_factory):
+    """Small pretrained parts saved as standard checkpoints: two encoders, an LLM and its (audio-less) tokenizer."""
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    FunAsrNanoEncoder(
+        FunAsrNanoEncoderConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=3,
+                                num_timestamp_prediction_layers=0)
+    ).save_pretrained(root / "sensevoice")
+    WhisperForConditionalGeneration(
+        WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=120,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    ).save_pretrained(root / "whisper")
+    tokenizer = build_tokenizer(vocab_size=300)
+    plain = type(tokenizer)(tokenizer_object=_without_audio_tokens(tokenizer), eos_token="<|endoftext|>")
+    plain.save_pretrained(root / "llm")
+    Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(plain), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    ).save_pretrained(root / "llm")
+    return root
+
+
+def _without_audio_tokens(tokenizer):
+    from tokenizers import Tokenizer
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if "audio" not in t["content"].lower()]
+    for token in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"):
+        state["model"]["vocab"].pop(token, None)
+    return Tokenizer.from_str(json.dumps(state))
+
+
+@pytest.mark.parametrize("encoder", ["sensevoice", "whisper"])
+def test_from_pretrained_components(saved_parts, encoder):
+    llm = Qwen2ForCausalLM.from_pretrained(saved_parts / "llm")
+    model, tokenizer = PartForSpeechToText.from_pretrained_components(
+        audio_encoder=saved_parts / encoder, llm=saved_parts / "llm", return_tokenizer=True
+    )
+    assert "<|AUDIO|>" in tokenizer.get_vocab()
+    assert model.config.audio_token_id == tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    # The LLM keeps its pretrained weights; only the new token rows are added.
+    old_vocab = llm.get_input_embeddings().weight.shape[0]
+    torch.testing.assert_close(model.get_input_embeddings().weight[:old_vocab], llm.get_input_embeddings().weight)
+    torch.testing.assert_close(model.language_model.model.layers[1].mlp.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
+    if encoder == "whisper":
+        reference = WhisperForConditionalGeneration.from_pretrained(saved_parts / "whisper").model.encoder
+        assert model.config.audio_config.model_type == "whisper" and model.config.audio_token_rate == 12.5
+    else:
+        reference = FunAsrNanoEncoder.from_pretrained(saved_parts / "sensevoice")
+    for (name, p), (_, q) in zip(model.audio_tower.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+    assert not any(p.is_meta for p in model.parameters())
+
+    processor = build_processor(model.config, tokenizer)
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="hi")
+    assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from modeling_part.tiny import build_tiny_part
+
+    folder = tmp_path_factory.mktemp("saved_model")
+    torch.manual_seed(0)
+    model, processor = build_tiny_part("sensevoice")
+    model.add_lora(r=2, lora_dropout=0.0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    audio = make_audio(1.1)
+    sf.write(folder / "clip.wav", audio, 16000, subtype="FLOAT")
+    batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en", text="a b")
+    torch.save({"batch": dict(batch), "loss": model.eval()(**batch).loss}, folder / "expected.pt")
+    return folder
+
+
+_LOAD_AND_COMPARE = """
+import sys, torch
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+folder = sys.argv[1]
+expected = torch.load(folder + "/expected.pt", weights_only=False)
+model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, **KWARGS).eval()
+processor = AutoProcessor.from_pretrained(folder, **KWARGS)
+import soundfile as sf
+audio, rate = sf.read(folder + "/clip.wav", dtype="float32")
+batch = processor(audio=audio, sampling_rate=rate, task="asr", source_language="en", text="a b")
+assert torch.equal(batch["input_ids"], expected["batch"]["input_ids"])
+torch.testing.assert_close(model(**batch).loss, expected["loss"])
+print("LOADED", type(model).__module__, "imported package:", "modeling_part" in sys.modules)
+"""
+
+
+def _run_fresh(code, folder, tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_auto_class_loading_in_fresh_process(saved_model, tmp_path):
+    code = "import modeling_part\nKWARGS = {}\n" + _LOAD_AND_COMPARE
+    assert "LOADED modeling_part.modeling_part imported package: True" in _run_fresh(code, saved_model, tmp_path)
+
+
+def test_trust_remote_code_loading_without_the_package(saved_model, tmp_path):
+    assert {"modeling_part.py", "configuration_part.py", "processing_part.py", "feature_extraction_part.py"} <= {
+        p.name for p in saved_model.iterdir()
+    }
+    blocker = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("modeling_part", "trainers"):
+                    raise ImportError("the PART package is blocked in this process")
+        sys.meta_path.insert(0, Block())
+        KWARGS = {"trust_remote_code": True}
+        """
+    )
+    output = _run_fresh(blocker + _LOAD_AND_COMPARE, saved_model, tmp_path)
+    assert "LOADED transformers_modules" in output and "imported package: False" in output
+
+
+def test_asr_pipeline_on_saved_folder(saved_model):
+    model = PartForSpeechToText.from_pretrained(saved_model).eval()
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(saved_model)
+    batch = processor(audio=str(saved_model / "clip.wav"), task="asr", source_language="en")
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=6))[0]
+
+    asr = pipeline("automatic-speech-recognition", model=str(saved_model))
+    assert asr(str(saved_model / "clip.wav"), language="en", max_new_tokens=6)["text"] == expected
+    audio, rate = sf.read(saved_model / "clip.wav", dtype="float32")
+    assert asr({"raw": audio, "sampling_rate": rate}, language="en", max_new_tokens=6)["text"] == expected
+    translation = asr(str(saved_model / "clip.wav"), language="de", task="s2tt", target_language="en", max_new_tokens=6)
+    assert isinstance(translation["text"], str)
+    with pytest.raises(ValueError, match="language="):
+        asr(str(saved_model / "clip.wav"))

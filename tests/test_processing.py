@@ -1,0 +1,160 @@
+"""PartProcessor: prompts, placeholder counts, labels, padding, audio inputs, save/load, and bad-input errors."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import AutoProcessor
+
+from modeling_part import PartProcessor
+
+from conftest import make_audio
+
+
+def test_placeholder_count_equals_model_audio_positions(tiny_part):
+    model, processor = tiny_part
+    for num_samples in (400, 560, 961, 1600, 16000, 16001, 23999, 48000):
+        audio = make_audio(num_samples / 16000)[:num_samples]
+        batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en")
+        placeholders = int((batch["input_ids"] == processor.audio_token_id).sum())
+        assert placeholders == processor.audio_placeholder_count(num_samples)
+        _, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        assert int(lengths[0]) == placeholders
+
+
+def test_labels_mask_prompt_audio_and_padding(tiny_part):
+    _, processor = tiny_part
+    batch = processor(
+        audio=[make_audio(1.0), make_audio(1.5, 1)],
+        sampling_rate=16000,
+        task="asr",
+        source_language="en",
+        text=["a cat", "a much longer sentence here"],
+    )
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert (mask[:, 0] == 1).all()  # training batches are right-padded
+    assert (labels[ids == processor.audio_token_id] == -100).all()
+    assert (labels[mask == 0] == -100).all()
+    tokenizer = processor.tokenizer
+    for row, text in enumerate(["a cat", "a much longer sentence here"]):
+        target = labels[row][labels[row] != -100].tolist()
+        assert target[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(target[:-1]) == text
+
+
+def test_training_and_inference_prompts_share_one_path(tiny_part):
+    _, processor = tiny_part
+    audio = make_audio(1.2)
+    train = processor(audio=audio, sampling_rate=16000, task="s2tt", source_language="de", target_language="en", text="two")
+    infer = processor(audio=audio, sampling_rate=16000, task="s2tt", source_language="de", target_language="en")
+    prompt_length = int((train["labels"][0] == -100).sum())
+    assert train["input_ids"][0, :prompt_length].tolist() == infer["input_ids"][0].tolist()
+    prompt = processor.tokenizer.decode(infer["input_ids"][0])
+    assert "Translate the German speech into English text." in prompt
+
+
+def test_chat_template_prompt(tiny_part):
+    _, processor = tiny_part
+    processor.tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    processor.use_chat_template = True
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="fr")
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert text.startswith("<|im_start|>user\n<|audio_bos|><|AUDIO|>") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_audio_inputs_paths_dicts_tensors_and_stereo(tiny_part, tmp_path):
+    _, processor = tiny_part
+    mono = make_audio(1.0)
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.stack([mono, mono], axis=1), 16000, subtype="FLOAT")  # stereo file
+    with open(path, "rb") as f:
+        undecoded = {"path": None, "bytes": f.read()}
+    inputs = [str(path), undecoded, {"array": mono, "sampling_rate": 16000}, torch.from_numpy(mono)]
+    features = [
+        processor(audio=x, sampling_rate=16000 if isinstance(x, torch.Tensor) else None, task="asr", source_language="en")[
+            "input_features"
+        ]
+        for x in inputs
+    ]
+    for other in features[1:]:
+        torch.testing.assert_close(other, features[0], atol=2e-3, rtol=1e-3)
+    resampled = processor(audio=np.interp(np.arange(0, 16000, 16000 / 44100), np.arange(16000), mono),
+                          sampling_rate=44100, task="asr", source_language="en")
+    assert resampled["input_features"].shape == features[0].shape
+
+
+def test_save_and_load_processor(tiny_part, tmp_path):
+    _, processor = tiny_part
+    processor.prompt_templates["asr"] = "Write down the {source_language} audio."
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, PartProcessor)
+    assert loaded.prompt_templates["asr"] == "Write down the {source_language} audio."
+    assert (loaded.encoder_stride, loaded.adapter_kernel_size, loaded.adapter_stride) == (
+        processor.encoder_stride, processor.adapter_kernel_size, processor.adapter_stride,
+    )
+    audio = make_audio(1.3)
+    a = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en")
+    b = loaded(audio=audio, sampling_rate=16000, task="asr", source_language="en")
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    torch.testing.assert_close(a["input_features"], b["input_features"])
+
+
+def test_batch_decode_returns_clean_text(tiny_part):
+    _, processor = tiny_part
+    tokenizer = processor.tokenizer
+    ids = tokenizer(" hello world", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * 2
+    assert processor.batch_decode([ids]) == ["hello world"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"audio": np.zeros(0, np.float32)}, "empty"),
+        ({"audio": np.zeros(100, np.float32)}, "too short"),
+        ({"audio": np.full(16000, np.nan, np.float32)}, "NaN"),
+        ({"audio": np.full(16000, np.inf, np.float32)}, "inf"),
+        ({"audio": np.zeros(16000 * 31, np.float32)}, "max_audio_seconds"),
+        ({"audio": make_audio(1.0), "sampling_rate": None}, "sampling_rate"),
+        ({"task": "summarise"}, "unknown task"),
+        ({"source_language": "xx"}, "unknown source_language"),
+        ({"source_language": None}, "source_language is required"),
+        ({"task": "s2tt", "target_language": None}, "needs target_language"),
+        ({"task": "asr", "target_language": "en", "source_language": "de"}, "use task 's2tt'"),
+        ({"task": "mt", "target_language": "en", "audio": None}, "needs source_text"),
+        ({"task": "mt", "target_language": "en", "source_text": "Hund"}, "text-only"),
+        ({"audio": None}, "needs audio"),
+    ],
+)
+def test_bad_inputs_raise_value_errors_naming_the_sample(tiny_part, kwargs, message):
+    _, processor = tiny_part
+    call = {"audio": make_audio(1.0), "sampling_rate": 16000, "task": "asr", "source_language": "en"}
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=message) as error:
+        processor(**call)
+    assert "ample 0" in str(error.value) or "sample" in str(error.value)
+
+
+def test_text_longer_than_context_raises(tiny_part):
+    _, processor = tiny_part
+    processor.tokenizer.model_max_length = 64
+    with pytest.raises(ValueError, match="exceed the LLM context"):
+        processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="word " * 200)
+
+
+def test_processor_refuses_tokenizer_without_audio_tokens(tiny_part):
+    from modeling_part.tiny import build_tokenizer
+
+    _, processor = tiny_part
+    tokenizer = build_tokenizer()
+    tokenizer_without = type(tokenizer)(tokenizer_object=tokenizer.backend_tokenizer)
+    tokenizer_without.backend_tokenizer  # noqa: B018
+    if "<|AUDIO|>" in tokenizer_without.get_vocab():
+        from tokenizers import Tokenizer, models
+
+        tokenizer_without = type(tokenizer)(tokenizer_object=Tokenizer(models.BPE()), eos_token="</s>")
+    with pytest.raises(ValueError, match="from_pretrained_components"):
+        PartProcessor(processor.feature_extractor, tokenizer_without)
