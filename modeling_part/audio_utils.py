@@ -12,7 +12,6 @@ import numpy as np
 import soundfile
 import soxr
 
-
 if TYPE_CHECKING:
     import torch
 
@@ -71,7 +70,7 @@ def load_audio(
         waveform, rate = _decode_dict(audio, name)
     elif callable(getattr(audio, "get_all_samples", None)):
         samples = audio.get_all_samples()  # torchcodec AudioDecoder: data is (channels, frames)
-        waveform, rate = _to_mono_float32(_as_numpy(samples.data), name), samples.sample_rate
+        waveform, rate = _to_mono_float32(_as_numpy(samples.data), name, channel_axis=0), samples.sample_rate
     elif isinstance(audio, np.ndarray) or _is_torch_tensor(audio):
         if sampling_rate is None:
             raise ValueError(
@@ -145,11 +144,14 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _to_mono_float32(samples: np.ndarray, name: str) -> np.ndarray:
-    """Average the channels and scale integer PCM to [-1, 1]; float32 mono passes through uncopied."""
+def _to_mono_float32(samples: np.ndarray, name: str, channel_axis: int | None = None) -> np.ndarray:
+    """Average the channels and scale integer PCM to [-1, 1]; float32 mono passes through uncopied.
+
+    The channel axis of a 2-D array is `channel_axis` if given, else inferred (see `load_audio`)."""
     if samples.ndim == 2:
-        rows, cols = samples.shape
-        channel_axis = 0 if rows <= MAX_CHANNELS_FIRST and cols > rows else 1
+        if channel_axis is None:
+            rows, cols = samples.shape
+            channel_axis = 0 if rows <= MAX_CHANNELS_FIRST and cols > rows else 1
     elif samples.ndim == 1:
         channel_axis = None
     else:

@@ -8,7 +8,7 @@ import functools
 import itertools
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -17,6 +17,8 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType
 
+if TYPE_CHECKING:
+    import torch
 
 try:
     from asrfront import sensevoice as asrfront_sensevoice
@@ -47,6 +49,9 @@ WHISPER_N_FRAMES = WHISPER_N_SAMPLES // WHISPER_HOP_LENGTH  # 3000
 WHISPER_ASRFRONT_N_MELS = (80, 128)
 
 CMVN_VARIANCE_FLOOR = 1e-8
+
+# One 16 kHz mono clip, or a batch of them.
+SpeechInput = Union[np.ndarray, "torch.Tensor", Sequence[float], Sequence[Union[np.ndarray, "torch.Tensor"]]]
 
 
 def kaldi_num_frames(num_samples: int) -> int:
@@ -212,9 +217,7 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
-        )
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         self.front_end = front_end
         self.lfr_m = lfr_m
         self.lfr_n = lfr_n
@@ -349,7 +352,7 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
 
     def __call__(
         self,
-        raw_speech: np.ndarray | Sequence[np.ndarray] | Sequence[float] | Any,
+        raw_speech: SpeechInput,
         sampling_rate: int | None = None,
         return_tensors: str | TensorType | None = "pt",
         padding: bool | str = True,
@@ -375,14 +378,11 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
                 f"audio must be sampled at {self.sampling_rate} Hz, got sampling_rate={sampling_rate}; resample "
                 f"it with modeling_part.audio_utils.load_audio(audio, sampling_rate={sampling_rate})"
             )
-        if padding in (True, "longest"):
-            pad = True
-        elif padding in (False, "do_not_pad"):
-            pad = False
-            if return_tensors is not None:
-                raise ValueError("padding=False gives clips of different lengths; pass return_tensors=None")
-        else:
+        if padding not in (True, "longest", False, "do_not_pad"):
             raise ValueError(f"padding must be True / 'longest' or False / 'do_not_pad', got {padding!r}")
+        unpadded = padding in (False, "do_not_pad") and self.front_end == "sensevoice"
+        if unpadded and return_tensors is not None:
+            raise ValueError("padding=False gives clips of different lengths; pass return_tensors=None")
         waveforms = _as_waveform_list(raw_speech)
 
         if self.front_end == "whisper":
@@ -399,10 +399,10 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
                 features[np.arange(num_padded)[None, :] >= lengths[:, None]] = self.padding_value
         mask = (np.arange(num_padded)[None, :] < lengths[:, None]).astype(np.int32)
 
-        if not pad and self.front_end == "sensevoice":
+        if unpadded:
             data = {
-                "input_features": [f[:n] for f, n in zip(features, lengths)],
-                "feature_attention_mask": [m[:n] for m, n in zip(mask, lengths)],
+                "input_features": [f[:n] for f, n in zip(features, lengths, strict=True)],
+                "feature_attention_mask": [m[:n] for m, n in zip(mask, lengths, strict=True)],
             }
         else:
             data = {"input_features": features, "feature_attention_mask": mask}
@@ -420,7 +420,7 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
             return features, lengths.astype(np.int32, copy=False)
         lengths = np.array([self.num_frames(w.shape[0]) for w in waveforms], dtype=np.int32)
         features = np.zeros((len(waveforms), int(lengths.max(initial=0)), self.feature_dim), dtype=np.float32)
-        for waveform, out, length in zip(waveforms, features, lengths):
+        for waveform, out, length in zip(waveforms, features, lengths, strict=True):
             stacked = apply_lfr(kaldi_fbank(waveform, self.feature_size), self.lfr_m, self.lfr_n)
             if cmvn is not None:
                 stacked = (stacked - cmvn[0]) * cmvn[1]
@@ -432,12 +432,12 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         if self._uses_asrfront():
             return asrfront_whisper.log_mel_batch(waveforms, n_mels=self.feature_size)
         features = np.empty((len(waveforms), self.feature_size, WHISPER_N_FRAMES), dtype=np.float32)
-        for waveform, out in zip(waveforms, features):
+        for waveform, out in zip(waveforms, features, strict=True):
             out[:] = whisper_log_mel(waveform, self.feature_size)
         return features
 
 
-def _as_waveform_list(raw_speech: Any) -> list[np.ndarray]:
+def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
     """Validate a clip or a batch of clips into a list of 1-D float32 contiguous arrays."""
     if hasattr(raw_speech, "detach"):  # torch tensor
         raw_speech = raw_speech.detach().cpu().numpy()
@@ -464,9 +464,7 @@ def _as_waveform_list(raw_speech: Any) -> list[np.ndarray]:
             clip = clip.detach().cpu().numpy()
         clip = np.asarray(clip)
         if clip.ndim != 1:
-            raise ValueError(
-                f"raw_speech[{i}] has shape {clip.shape}; pass mono 1-D waveforms (load_audio downmixes)"
-            )
+            raise ValueError(f"raw_speech[{i}] has shape {clip.shape}; pass mono 1-D waveforms (load_audio downmixes)")
         if clip.dtype.kind != "f":
             raise ValueError(
                 f"raw_speech[{i}] has dtype {clip.dtype}; pass float samples in [-1, 1] (load_audio scales PCM)"

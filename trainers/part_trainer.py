@@ -1,0 +1,452 @@
+"""PartTrainer: a `transformers.Trainer` that runs a PART stage schedule in one `train()` call.
+
+Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
+behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
+plan, switches the data mixture and drops the optimizer, scheduler (and DeepSpeed engine) so they are rebuilt for
+the new trainable set; after it, a stage checkpoint is written. `resume_from_checkpoint=True` finds the last
+complete checkpoint of the whole schedule. Checkpoints are written to a staging folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer, TrainerControl, TrainingArguments
+from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import logging
+
+from .callbacks import PartStageCallback
+from .collator import PartDataCollator
+from .data import LengthGrouping, MixtureComponent, MixtureDataset
+from .stages import PRESETS, Schedule, Stage, load_schedule
+
+logger = logging.get_logger(__name__)
+
+STAGE_COMPLETE = "stage_complete.json"
+STAGE_MODEL_DIR = "stage_model"
+SUMMARY_NAME = "training_summary.json"
+_STAGING_DIR = ".incomplete"
+
+
+@dataclass
+class PartTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the PART options; all work from the command line through `HfArgumentParser`."""
+
+    schedule: str = field(
+        default="part",
+        metadata={"help": f"A preset ({', '.join(PRESETS)}) or a JSON/YAML schedule file."},
+    )
+    mt_weight: float = field(default=0.25, metadata={"help": "Weight of text-only MT in the presets' last stage."})
+    mixture_temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature T over components: p ∝ (weight · size)^(1/T)."}
+    )
+    size_proportional_sampling: bool = field(
+        default=True, metadata={"help": "Weight components by their size (map-style data) before the temperature."}
+    )
+    length_grouping_batches: int = field(
+        default=0, metadata={"help": "Group samples of similar length over this many batches (0: off)."}
+    )
+    skip_invalid_samples: bool = field(
+        default=False, metadata={"help": "Skip (count and log) samples that fail to decode instead of raising."}
+    )
+    lora_r: int | None = field(default=None, metadata={"help": "Override the schedule's LoRA rank."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA alpha."})
+    lora_dropout: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA dropout."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads raw samples."})
+
+    def lora_overrides(self) -> dict[str, Any]:
+        overrides = {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
+        return {k: v for k, v in overrides.items() if v is not None}
+
+
+class PartTrainer(Trainer):
+    """Runs a PART `Schedule` over a multi-task, multi-language mixture.
+
+    Args:
+        model: a `PartForSpeechToText`.
+        args: `PartTrainingArguments` (`max_steps` is the whole run's budget when stages are given as fractions).
+        train_components: the corpora, each a `MixtureComponent` with its task and languages; each stage samples
+            from those whose task it names.
+        processor: the model's `PartProcessor` (builds batches; saved with the model).
+        schedule: a `Schedule`; default `load_schedule(args.schedule)`.
+        Other arguments go to `transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: PartTrainingArguments | None = None,
+        train_components: list[MixtureComponent] | None = None,
+        processor=None,
+        schedule: Schedule | None = None,
+        data_collator=None,
+        **kwargs,
+    ):
+        if not train_components:
+            raise ValueError("PartTrainer needs train_components: a list of MixtureComponent (one per corpus).")
+        if processor is None:
+            raise ValueError("PartTrainer needs the model's PartProcessor (processor=...).")
+        self.schedule = schedule or load_schedule(args.schedule, mt_weight=args.mt_weight)
+        self.train_components = list(train_components)
+        self.processor = processor
+        self.stage_index: int | None = None
+        self.stage_summaries: list[dict[str, Any]] = []
+        self._saving_final = False
+        self._pending_unfreeze: dict[int, list[str]] = {}
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or PartDataCollator(processor),
+            processing_class=processor,
+            **kwargs,
+        )
+        self._base_output_dir = self.args.output_dir
+        self._base_learning_rate = self.args.learning_rate
+        self._base_max_steps = self.args.max_steps
+        self._check_schedule_against_data()
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def _check_schedule_against_data(self) -> None:
+        for stage in self.schedule.stages:
+            if not self._stage_components(stage):
+                available = sorted({(c.task, c.source_language) for c in self.train_components})
+                raise ValueError(
+                    f"Stage {stage.name!r} samples tasks {sorted(stage.tasks)} (languages {stage.languages or 'all'}) "
+                    f"but no train component matches; available (task, language): {available}."
+                )
+
+    def _stage_components(self, stage: Stage) -> list[MixtureComponent]:
+        components = []
+        for component in self.train_components:
+            if component.task not in stage.tasks:
+                continue
+            if stage.languages is not None and component.source_language not in stage.languages:
+                continue
+            components.append(
+                MixtureComponent(
+                    name=component.name,
+                    dataset=component.dataset,
+                    task=component.task,
+                    source_language=component.source_language,
+                    target_language=component.target_language,
+                    weight=component.weight * stage.tasks[component.task],
+                    num_samples=component.num_samples,
+                )
+            )
+        return components
+
+    def _stage_dataset(self, stage_index: int, stage: Stage) -> MixtureDataset:
+        grouping = None
+        if self.args.length_grouping_batches > 0:
+            grouping = LengthGrouping(
+                batch_size=self.args.per_device_train_batch_size, buffer_batches=self.args.length_grouping_batches
+            )
+        return MixtureDataset(
+            self._stage_components(stage),
+            temperature=self.args.mixture_temperature,
+            size_proportional=self.args.size_proportional_sampling,
+            seed=self.args.seed + 1000 * stage_index,
+            skip_invalid=self.args.skip_invalid_samples,
+            length_grouping=grouping,
+            rank=0,
+            world_size=1,  # the Trainer's data loader shards the stream across ranks
+        )
+
+    def _ensure_lora(self) -> None:
+        """Attaches the schedule's LoRA before the first stage, so every stage (and checkpoint) has the same
+        parameters; it stays frozen and disabled until a stage trains `llm_lora`."""
+        lora = self.schedule.lora
+        if lora is None or self.model.has_lora:
+            return
+        self.model.add_lora({**lora, **self.args.lora_overrides()})
+
+    def stage_dir(self, index: int) -> str:
+        return os.path.join(self._base_output_dir, f"stage-{index}-{self.schedule.stages[index].name}")
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def _resume_point(self, resume_from_checkpoint) -> tuple[int, str | None]:
+        """(first stage to run, checkpoint inside it or None)."""
+        if not resume_from_checkpoint:
+            return 0, None
+        if isinstance(resume_from_checkpoint, str):
+            for index in range(len(self.schedule.stages)):
+                if os.path.abspath(resume_from_checkpoint).startswith(os.path.abspath(self.stage_dir(index)) + os.sep):
+                    return index, resume_from_checkpoint
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} is not inside a stage folder of "
+                f"{self._base_output_dir!r}; pass True to resume from the last complete checkpoint."
+            )
+        for index in reversed(range(len(self.schedule.stages))):
+            if os.path.isfile(os.path.join(self.stage_dir(index), STAGE_COMPLETE)):
+                return index + 1, None
+            checkpoint = last_complete_checkpoint(self.stage_dir(index))
+            if checkpoint is not None:
+                return index, checkpoint
+        logger.warning(f"No complete checkpoint under {self._base_output_dir}; training from the start.")
+        return 0, None
+
+    def _load_stage_model(self, index: int) -> None:
+        """Loads the weights a finished stage left (when resuming into the stage after it)."""
+        path = os.path.join(self.stage_dir(index), STAGE_MODEL_DIR)
+        state_dict = {}
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                state_dict.update(load_file(os.path.join(path, name)))
+        if is_deepspeed_zero3_enabled():
+            _load_state_dict_into_zero3_model(self.model, state_dict)
+        else:
+            missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+            tied = {k for k in missing if k.endswith("lm_head.weight")}
+            if set(missing) - tied or unexpected:
+                raise ValueError(f"Stage model {path} does not fit the model: missing {missing}, unexpected {unexpected}.")
+        logger.info(f"Loaded the weights of finished stage {index} from {path}.")
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Runs every stage of the schedule (from the resume point), then saves the final model (LoRA merged),
+        the processor and `training_summary.json` in `output_dir`."""
+        self._ensure_lora()
+        start_stage, checkpoint = self._resume_point(resume_from_checkpoint)
+        self.stage_summaries = self._read_stage_summaries(start_stage)
+        if start_stage > 0 and checkpoint is None:
+            self._load_stage_model(start_stage - 1)
+        os.makedirs(self._base_output_dir, exist_ok=True)
+        self.schedule.save(os.path.join(self._base_output_dir, "schedule.json"))
+        output = None
+        for index in range(start_stage, len(self.schedule.stages)):
+            output = self._run_stage(index, checkpoint if index == start_stage else None)
+        self.args.output_dir = self._base_output_dir
+        self.args.max_steps = self._base_max_steps
+        self.stage_index = None
+        self._saving_final = True
+        try:
+            self.save_model(self._base_output_dir)
+        finally:
+            self._saving_final = False
+        if self.args.should_save:
+            self.processor.save_pretrained(self._base_output_dir)
+            self._write_summary()
+        return output
+
+    def _run_stage(self, index: int, checkpoint: str | None):
+        stage = self.schedule.stages[index]
+        started = time.time()
+        self.stage_index = index
+        stage_dir = self.stage_dir(index)
+        steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
+
+        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)
+        if self.model.has_lora:
+            self.model.set_lora_enabled(self._lora_active_from(index))
+        self._pending_unfreeze = dict(stage.unfreeze_at)
+        self._banner(index, stage, steps, counts)
+
+        self.train_dataset = self._stage_dataset(index, stage)
+        self.args.output_dir = stage_dir
+        self.args.max_steps = steps
+        self.args.learning_rate = stage.learning_rate or self._base_learning_rate
+        self.args.warmup_steps = int(stage.warmup_ratio * steps)
+        self._reset_optimization_state()
+        if checkpoint is not None:
+            self.train_dataset.resume_from_consumed(self._samples_consumed(checkpoint))
+            self.args.ignore_data_skip = True  # the mixture restores its own position
+        self._call_stage_event("on_stage_begin", stage, index, stage_dir)
+        try:
+            output = super().train(resume_from_checkpoint=checkpoint)
+        finally:
+            self.args.ignore_data_skip = False
+        self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
+        self._call_stage_event("on_stage_end", stage, index, stage_dir)
+        return output
+
+    def _lora_active_from(self, index: int) -> bool:
+        """LoRA is enabled from the first stage that trains it on (and frozen but active afterwards)."""
+        return any("llm_lora" in s.trainable for s in self.schedule.stages[: index + 1])
+
+    def _reset_optimization_state(self) -> None:
+        """A new trainable set needs a new optimizer, scheduler and (with DeepSpeed) a new engine."""
+        self.optimizer = None
+        self.lr_scheduler = None
+        self._created_lr_scheduler = False
+        self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
+        if self.is_deepspeed_enabled and self.model_wrapped is not self.model:
+            self.model_wrapped = self.model
+            self.deepspeed = None
+            self.accelerator.free_memory()
+            self.create_accelerator_and_postprocess()
+
+    def _stage_size(self, stage: Stage) -> int | None:
+        sizes = [c.size for c in self._stage_components(stage)]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+    def _total_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+
+    def _samples_consumed(self, checkpoint: str) -> int:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            global_step = json.load(f)["global_step"]
+        return global_step * self._total_batch_size()
+
+    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int]) -> None:
+        trainable, total = counts["trainable"], counts["total"]
+        lines = [
+            f"==== PART stage {index + 1}/{len(self.schedule.stages)}: {stage.name} ({self.schedule.name}) ====",
+            f"  trainable: {', '.join(stage.trainable)}"
+            + (f" (+ {', '.join(stage.later_groups)} later)" if stage.later_groups else ""),
+            f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+            f"  tasks: {stage.tasks}  steps: {steps}  lr: {stage.learning_rate or self._base_learning_rate}",
+        ]
+        if self.args.should_log:
+            for line in lines:
+                logger.warning(line)
+
+    def _call_stage_event(self, event: str, stage: Stage, index: int, stage_dir: str) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PartStageCallback):
+                getattr(callback, event)(
+                    self.args, self.state, self.control,
+                    model=self.model, stage=stage, stage_index=index, stage_dir=stage_dir, trainer=self,
+                )
+
+    def _finish_stage(self, index, stage, stage_dir, steps, counts, seconds) -> None:
+        self.save_model(os.path.join(stage_dir, STAGE_MODEL_DIR))
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        summary = {
+            "stage": index,
+            "name": stage.name,
+            "trainable_groups": stage.trainable,
+            "tasks": stage.tasks,
+            "steps": steps,
+            "global_step": self.state.global_step,
+            "trainable_parameters": counts["trainable"],
+            "total_parameters": counts["total"],
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "log_history": self.state.log_history,
+            "seconds": seconds,
+            "skipped_samples": dict(self.train_dataset.skipped),
+        }
+        self.stage_summaries.append(summary)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _write_json_atomically(os.path.join(stage_dir, STAGE_COMPLETE), summary)
+
+    def _read_stage_summaries(self, start_stage: int) -> list[dict[str, Any]]:
+        summaries = []
+        for index in range(start_stage):
+            with open(os.path.join(self.stage_dir(index), STAGE_COMPLETE), encoding="utf-8") as f:
+                summaries.append(json.load(f))
+        return summaries
+
+    def _write_summary(self) -> None:
+        summary = {
+            "schedule": self.schedule.to_dict(),
+            "stages": [{k: v for k, v in s.items() if k != "log_history"} for s in self.stage_summaries],
+            "losses": {s["name"]: [e for e in s["log_history"] if "loss" in e] for s in self.stage_summaries},
+            "total_seconds": sum(s["seconds"] for s in self.stage_summaries),
+        }
+        _write_json_atomically(os.path.join(self._base_output_dir, SUMMARY_NAME), summary)
+
+    # --------------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None):
+        """Builds the optimizer over the trainable parameters plus those the stage unfreezes later
+        (`Stage.unfreeze_at`); parameters without gradients are skipped by the optimizer until then."""
+        later = self.schedule.stages[self.stage_index].later_groups if self.stage_index is not None else []
+        if not later:
+            return super().create_optimizer(model)
+        if self.is_deepspeed_enabled:
+            raise ValueError("Stage.unfreeze_at is not supported with DeepSpeed; split the stage into two stages.")
+        groups = self.model.get_parameter_groups(self.schedule.stages[self.stage_index].encoder_last_k)
+        waiting = [p for g in later for p in groups[g].values() if not p.requires_grad]
+        for p in waiting:
+            p.requires_grad_(True)
+        try:
+            return super().create_optimizer(model)
+        finally:
+            for p in waiting:
+                p.requires_grad_(False)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step_in_stage = self.state.global_step
+        if step_in_stage in self._pending_unfreeze:
+            groups = self._pending_unfreeze.pop(step_in_stage)
+            stage = self.schedule.stages[self.stage_index]
+            available = self.model.get_parameter_groups(stage.encoder_last_k)
+            for group in groups:
+                for p in available[group].values():
+                    p.requires_grad_(True)
+            logger.warning(f"  step {step_in_stage}: unfreezing {groups} inside stage {stage.name}")
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Checkpoints keep LoRA unmerged (to resume); the final model folds it in."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        mode = "merged" if self._saving_final else "unmerged"
+        self.accelerator.unwrap_model(self.model).save_pretrained(
+            output_dir, state_dict=state_dict, lora_save_mode=mode, is_main_process=True
+        )
+        self.processor.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written to a staging folder and renamed into place once complete, so a kill
+        during a save never leaves a `checkpoint-N` that looks complete but is not."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, _STAGING_DIR)
+        self.args.output_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = run_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging_root, name), final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+        self.accelerator.wait_for_everyone()
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest `checkpoint-N` in `folder` (staging leftovers of interrupted saves are ignored)."""
+    if not os.path.isdir(folder):
+        return None
+    steps = [
+        int(name.split("-")[-1])
+        for name in os.listdir(folder)
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.split("-")[-1].isdigit()
+        and os.path.isfile(os.path.join(folder, name, "trainer_state.json"))
+    ]
+    return os.path.join(folder, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+
+
+def _write_json_atomically(path: str, data: Any) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+__all__ = ["PartTrainer", "PartTrainingArguments", "last_complete_checkpoint"]
