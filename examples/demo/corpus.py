@@ -1,0 +1,260 @@
+"""Build the embedded multilingual demo corpus: synthetic speech with exact transcripts and translations.
+
+Everything comes from installed packages (espeak-ng voices from `espeakng-loader`, number words from
+`num2words`, CLDR names from `babel`), so the corpus is made on the user's machine, deterministically
+for a seed. Rows are (task, sample) pairs in a `datasets.DatasetDict` with train/dev/test splits:
+"asr" (speech in X -> text in X), "s2tt" (speech in X != en -> English text) and "mt" (text in X -> English
+text, no audio). Dev and test hold the same items in every language; no item content is in two splits.
+
+    python -m examples.demo.corpus --output_dir outputs/demo/corpus --seed 0
+    python examples/demo/corpus.py --output_dir outputs/demo/corpus --seed 0
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the `examples.demo` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
+from examples.demo.tts import BASE_VOICES, SAMPLE_RATE, VOICE_VARIANTS, SpeechRequest, synthesize_batch  # noqa: E402
+
+TASKS: tuple[str, ...] = ("asr", "s2tt", "mt")
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+TARGET_LANGUAGE = "en"
+"""Translation target of the "s2tt" and "mt" rows."""
+
+EXTRA_BASE_VOICES: dict[str, tuple[str, ...]] = {"en": ("en-us", "en"), "es": ("es", "es-419")}
+"""Languages with more than one espeak accent (American/British English, Castilian/Latin American Spanish)."""
+
+SHARD_SIZE = 160
+"""Utterances per synthesis worker process; part of what defines the audio, so kept fixed."""
+
+CORPUS_VERSION = 1
+"""Bumped whenever texts or audio for the same arguments change; stored with the corpus."""
+
+
+@dataclass
+class DemoCorpusArguments:
+    """What `build_corpus` makes; the defaults synthesise in about a minute on 2 CPU cores."""
+
+    output_dir: str = field(metadata={"help": "Where `DatasetDict.save_to_disk` writes the corpus."})
+    languages: list[str] = field(
+        default_factory=lambda: list(LANGUAGES), metadata={"help": f"Language codes, from {', '.join(LANGUAGES)}."}
+    )
+    train_items_per_language: int = field(default=500, metadata={"help": "Training utterances per language."})
+    dev_items: int = field(default=40, metadata={"help": "Dev items, spoken in every language."})
+    test_items: int = field(default=40, metadata={"help": "Test items, spoken in every language."})
+    seed: int = field(default=0, metadata={"help": "Seed for texts, speakers and prosody; same seed, same bytes."})
+    num_workers: int = field(default=2, metadata={"help": "Synthesis processes (espeak-ng is single threaded)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar and print a summary."})
+    reuse_existing: bool = field(
+        default=False, metadata={"help": "Load the corpus in output_dir if it was built with the same arguments."}
+    )
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One item spoken in one language by one speaker, with the split it belongs to."""
+
+    split: str
+    index: int  # the item's index within its split (shared by all languages in dev/test)
+    item: SemanticItem
+    language: str
+    text: str  # the written text (transcript); request.text is what the synthesizer reads
+    request: SpeechRequest  # spoken text, voice and prosody
+
+
+def _features():
+    from datasets import Audio, Features, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "task": Value("string"),
+            "source_language": Value("string"),
+            "target_language": Value("string"),
+            "audio": Audio(sampling_rate=SAMPLE_RATE, decode=False),
+            "source_text": Value("string"),
+            "text": Value("string"),
+            "duration": Value("float64"),
+            "speaker": Value("string"),
+        }
+    )
+
+
+def _to_dataset(rows: list[dict], split: str):
+    """Rows -> `Dataset`, written straight to Arrow: `Audio.encode_example` would need torchcodec."""
+    import pyarrow as pa
+    from datasets import Dataset, DatasetInfo, NamedSplit
+
+    features = _features()
+    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    return Dataset(table, info=DatasetInfo(features=features), split=NamedSplit(split))
+
+
+def _speech_request(rng: random.Random, language: str, text: str) -> SpeechRequest:
+    """A seeded speaker for `language`: accent, voice variant, rate, pitch, loudness, pauses and noise floor."""
+    base = rng.choice(EXTRA_BASE_VOICES.get(language, (BASE_VOICES[language],)))
+    variant = rng.choice(("",) + VOICE_VARIANTS)
+    voice = f"{base}+{variant}" if variant else base
+    return SpeechRequest(
+        text=text,
+        voice=voice,
+        rate=rng.randint(145, 195),
+        pitch=rng.randint(30, 70),
+        gain=rng.uniform(0.5, 1.0),
+        lead_silence=rng.uniform(0.1, 0.3),
+        trail_silence=rng.uniform(0.1, 0.3),
+        noise_level=10 ** rng.uniform(-4.0, -3.0),  # -80 to -60 dB full scale: no digital silence
+        seed=rng.getrandbits(32),
+    )
+
+
+def plan_utterances(
+    languages: Sequence[str], train_items_per_language: int, dev_items: int, test_items: int, seed: int
+) -> list[Utterance]:
+    """Every utterance to synthesise, in a fixed order: test, dev, then train, language by language."""
+    unknown = [language for language in languages if language not in BASE_VOICES]
+    if unknown:
+        raise ValueError(f"No espeak-ng voice is set up for {unknown}; choose languages from {', '.join(LANGUAGES)}.")
+    if len(set(languages)) != len(languages) or not languages:
+        raise ValueError(f"languages must be distinct and non-empty, got {list(languages)}.")
+    splits = make_item_splits(languages, train_items_per_language, dev_items, test_items, seed)
+    rng = random.Random(f"part-demo-speakers/{seed}")
+    utterances = []
+    for split, items_by_language in (
+        ("test", {language: splits.test for language in languages}),
+        ("dev", {language: splits.dev for language in languages}),
+        ("train", splits.train),
+    ):
+        for language in languages:
+            for index, item in enumerate(items_by_language[language]):
+                request = _speech_request(rng, language, spoken_text(item, language))
+                utterances.append(Utterance(split, index, item, language, render(item, language), request))
+    return utterances
+
+
+def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
+    """The asr row, and for a non-English source the s2tt and mt rows, of one utterance."""
+    language, text = utterance.language, utterance.text
+    stem = f"{utterance.split}-{utterance.index:05d}-{language}"
+    audio = {"path": f"{stem}.wav", "bytes": wav}
+    duration = num_samples / SAMPLE_RATE
+    speaker = utterance.request.voice
+    rows = [dict(id=f"{stem}-asr", task="asr", source_language=language, target_language=language, audio=audio,
+                 source_text=text, text=text, duration=duration, speaker=speaker)]  # fmt: skip
+    if language != TARGET_LANGUAGE:
+        english = render(utterance.item, TARGET_LANGUAGE)
+        rows.append(dict(id=f"{stem}-s2tt", task="s2tt", source_language=language, target_language=TARGET_LANGUAGE,
+                         audio=audio, source_text=text, text=english, duration=duration, speaker=speaker))  # fmt: skip
+        rows.append(dict(id=f"{stem}-mt", task="mt", source_language=language, target_language=TARGET_LANGUAGE,
+                         audio=None, source_text=text, text=english, duration=0.0, speaker=""))  # fmt: skip
+    return rows
+
+
+def summarize(corpus) -> str:
+    """A table of audio hours (minutes) per split, language and task, and row counts per split."""
+    lines = []
+    for split, dataset in corpus.items():
+        columns = dataset.select_columns(["task", "source_language", "duration"])
+        seconds: dict[tuple[str, str], float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for task, language, duration in zip(columns["task"], columns["source_language"], columns["duration"]):
+            seconds[(language, task)] += duration
+            counts[task] += 1
+        lines.append(f"{split}: {len(dataset)} rows ({', '.join(f'{task} {counts[task]}' for task in TASKS)})")
+        for language in sorted({language for language, _ in seconds}):
+            cells = [
+                f"{task} {seconds[(language, task)] / 3600:.3f} h ({seconds[(language, task)] / 60:5.1f} min)"
+                for task in ("asr", "s2tt")
+                if (language, task) in seconds
+            ]
+            lines.append(f"  {language}: " + ", ".join(cells))
+        total = sum(value for (_, task), value in seconds.items() if task == "asr")
+        lines.append(f"  distinct audio: {total / 3600:.3f} h ({total / 60:.1f} min)")
+    return "\n".join(lines)
+
+
+def build_corpus(
+    output_dir: str | Path,
+    languages: Sequence[str] = LANGUAGES,
+    train_items_per_language: int = 500,
+    dev_items: int = 40,
+    test_items: int = 40,
+    seed: int = 0,
+    num_workers: int = 2,
+    progress: bool = True,
+    reuse_existing: bool = False,
+):
+    """Synthesise the demo corpus, save it with `save_to_disk` under `output_dir`, and return it.
+
+    Returns a `datasets.DatasetDict` (train/dev/test, memory-mapped from `output_dir`) whose "audio"
+    column holds 16 kHz 16-bit WAV bytes with `decode=False`; decode them with `soundfile`.
+    The same arguments (apart from `num_workers` and `progress`) give identical texts and audio bytes.
+    An existing corpus in `output_dir` is replaced, or with `reuse_existing=True` loaded when it was
+    built with the same arguments; any other non-empty directory is refused.
+    """
+    import datasets
+    from datasets import DatasetDict, load_from_disk
+
+    output_dir = Path(output_dir)
+    languages = list(languages)
+    config = dict(
+        version=CORPUS_VERSION, languages=languages, train_items_per_language=train_items_per_language,
+        dev_items=dev_items, test_items=test_items, seed=seed, sample_rate=SAMPLE_RATE, shard_size=SHARD_SIZE,
+    )  # fmt: skip
+    config_path = output_dir / "demo_corpus.json"
+    if reuse_existing and config_path.exists() and json.loads(config_path.read_text(encoding="utf-8")) == config:
+        corpus = load_from_disk(str(output_dir))
+        if progress:
+            print(f"Reusing the demo corpus in {output_dir}\n{summarize(corpus)}")
+        return corpus
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / "dataset_dict.json").exists():
+        raise FileExistsError(f"{output_dir} is not empty and holds no corpus; choose an empty or new output_dir.")
+    start = time.perf_counter()
+    utterances = plan_utterances(languages, train_items_per_language, dev_items, test_items, seed)
+    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    results = synthesize_batch([u.request for u in utterances], num_workers, SHARD_SIZE, progress, "demo corpus")
+    for utterance, (wav, num_samples) in zip(utterances, results, strict=True):
+        rows[utterance.split].extend(_rows(utterance, wav, num_samples))
+    synthesis_seconds = time.perf_counter() - start
+
+    corpus = DatasetDict({split: _to_dataset(rows.pop(split), split) for split in SPLITS})
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    bars_were_disabled = datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        corpus.save_to_disk(str(output_dir))
+    finally:
+        if not bars_were_disabled:
+            datasets.enable_progress_bars()
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    corpus = load_from_disk(str(output_dir))
+    if progress:
+        elapsed = time.perf_counter() - start
+        print(f"Demo corpus in {output_dir} ({len(utterances)} utterances; synthesis {synthesis_seconds:.1f} s, "
+              f"total {elapsed:.1f} s)\n{summarize(corpus)}")  # fmt: skip
+    return corpus
+
+
+def main(argv: Sequence[str] | None = None):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(DemoCorpusArguments).parse_args_into_dataclasses(args=argv)
+    return build_corpus(**asdict(args))
+
+
+if __name__ == "__main__":
+    main()

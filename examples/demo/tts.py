@@ -1,0 +1,244 @@
+"""In-process speech synthesis with espeak-ng (from the `espeakng-loader` wheel) for the demo corpus.
+
+`EspeakSynthesizer` drives libespeak-ng through ctypes in synchronous mode and returns 16 kHz int16
+audio; `synthesize_batch` spreads many utterances over worker processes. espeak-ng keeps synthesis
+state in C statics (pitch flutter, glottal phase) that no API call resets, so an utterance's samples
+depend on what the process spoke before. To make audio a function of the request list alone, work is
+cut into fixed shards and every shard runs in a fresh worker process, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+"""Sampling rate of the audio this module returns."""
+
+ESPEAK_SAMPLE_RATE = 22_050
+"""Native rate of espeak-ng's formant synthesizer."""
+
+VOICE_VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+"""espeak-ng voice variants (files in `espeak-ng-data/voices/!v`) used as speakers; "" is the plain voice."""
+
+# espeak_lib.h constants.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE = 1
+_PARAM_VOLUME = 2
+_PARAM_PITCH = 3
+_EE_OK = 0
+_EE_NOT_FOUND = 2
+
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class EspeakError(RuntimeError):
+    """espeak-ng could not be loaded, or rejected a voice or a text."""
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """One utterance to synthesize: the text, the espeak voice (`"de+f3"`), and its prosody."""
+
+    text: str
+    voice: str
+    rate: int = 175  # words per minute (espeak's default is 175)
+    pitch: int = 50  # 0-100, 50 is the voice's own base pitch
+    gain: float = 1.0  # linear gain applied to the waveform
+    lead_silence: float = 0.0  # seconds of background noise before the speech
+    trail_silence: float = 0.0  # ... and after it
+    noise_level: float = 0.0  # standard deviation (full scale = 1) of Gaussian background noise
+    seed: int = 0  # seeds the background noise
+
+
+def _espeak_paths() -> tuple[str, str]:
+    """Return (library path, data path) from the `espeakng-loader` package."""
+    try:
+        import espeakng_loader
+    except ImportError as error:
+        raise EspeakError(
+            "The demo corpus synthesises speech with espeak-ng from the `espeakng-loader` package. "
+            "Install it with `pip install espeakng-loader` (or `pip install -e '.[demo]'`)."
+        ) from error
+    library_path = espeakng_loader.get_library_path()
+    if not Path(library_path).exists():
+        raise EspeakError(
+            f"espeakng-loader has no espeak-ng library at {library_path}; this platform may lack a wheel. "
+            "Reinstall with `pip install --force-reinstall espeakng-loader`."
+        )
+    return library_path, espeakng_loader.get_data_path()
+
+
+class EspeakSynthesizer:
+    """libespeak-ng, loaded through ctypes, speaking text to int16 arrays.
+
+    The library is process-global and not thread safe: create one synthesizer per process.
+    """
+
+    def __init__(self) -> None:
+        library_path, data_path = _espeak_paths()
+        self.data_path = Path(data_path)
+        self._lib = ctypes.CDLL(library_path)
+        lib = self._lib
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]  # fmt: skip
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synchronize.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), _INITIALIZE_DONT_EXIT)
+        if rate != ESPEAK_SAMPLE_RATE:
+            raise EspeakError(f"espeak_Initialize failed (returned {rate}) with data at {self.data_path}.")
+        self._chunks: list[np.ndarray] = []
+        self._callback = _SynthCallback(self._collect)  # keep a reference: the C side stores only the pointer
+        lib.espeak_SetSynthCallback(self._callback)
+        self._voice: str | None = None
+
+    def _collect(self, wav: ctypes.POINTER(ctypes.c_short), num_samples: int, events: int) -> int:
+        if wav and num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        return 0  # 0 = continue
+
+    def set_voice(self, voice: str) -> None:
+        """Select `voice` ("language[+variant]", e.g. "cmn" or "de+f3"); raise if espeak lacks it."""
+        if voice == self._voice:
+            return
+        language, _, variant = voice.partition("+")
+        if variant and not (self.data_path / "voices" / "!v" / variant).exists():
+            raise EspeakError(
+                f"espeak-ng voice variant {variant!r} (in voice {voice!r}) is not in "
+                f"{self.data_path / 'voices' / '!v'}; "
+                f"use one of {', '.join(VOICE_VARIANTS)}."
+            )
+        dictionary = self.data_path / f"{language.split('-')[0]}_dict"
+        if not dictionary.exists():
+            raise EspeakError(
+                f"espeak-ng has no dictionary {dictionary.name} for voice {voice!r} under {self.data_path}. "
+                "Reinstall the voice data with `pip install --force-reinstall espeakng-loader`, or drop this language."
+            )
+        status = self._lib.espeak_SetVoiceByName(voice.encode())
+        if status != _EE_OK:
+            reason = "not found" if status == _EE_NOT_FOUND else f"error {status}"
+            raise EspeakError(
+                f"espeak-ng voice {language!r} ({reason}) under {self.data_path}. The voice data ships with "
+                "`espeakng-loader`; reinstall it (`pip install --force-reinstall espeakng-loader`) or drop "
+                f"this language. Voices the demo uses: {', '.join(sorted(set(BASE_VOICES.values())))}."
+            )
+        self._voice = voice
+
+    def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        """Speak `text` with `voice`; return int16 samples at `ESPEAK_SAMPLE_RATE`."""
+        self.set_voice(voice)
+        self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
+        self._lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
+        self._lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
+        self._lib.espeak_ng_SetRandSeed(0)
+        self._chunks = []
+        data = text.encode("utf-8")
+        status = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != _EE_OK:
+            raise EspeakError(f"espeak_Synth failed with status {status} for voice {voice!r} and text {text!r}.")
+        self._lib.espeak_Synchronize()
+        if not self._chunks:
+            raise EspeakError(f"espeak-ng produced no audio for voice {voice!r} and text {text!r}.")
+        return np.concatenate(self._chunks)
+
+
+BASE_VOICES: dict[str, str] = {
+    "en": "en-us",
+    "de": "de",
+    "fr": "fr",
+    "es": "es",
+    "it": "it",
+    "ru": "ru",
+    "zh": "cmn",
+    "ja": "ja",
+}
+"""espeak-ng voice for each demo language code (Mandarin is espeak's "cmn")."""
+
+
+def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Encode int16 mono samples as a 16-bit PCM WAV file in memory."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def render_request(synthesizer: EspeakSynthesizer, request: SpeechRequest) -> np.ndarray:
+    """Synthesize `request`; return int16 samples at `SAMPLE_RATE` (soxr resampling, gain, padding, noise)."""
+    import soxr
+
+    native = synthesizer.synthesize(request.text, request.voice, request.rate, request.pitch)
+    audio = soxr.resample(native.astype(np.float32) / 32768.0, ESPEAK_SAMPLE_RATE, SAMPLE_RATE, quality="HQ")
+    pad = (round(request.lead_silence * SAMPLE_RATE), round(request.trail_silence * SAMPLE_RATE))
+    audio = np.pad(audio * request.gain, pad)
+    if request.noise_level > 0:
+        noise = np.random.default_rng(request.seed).standard_normal(len(audio), dtype=np.float32)
+        audio = audio + request.noise_level * noise
+    audio = np.clip(audio, -1.0, 32767 / 32768)
+    return np.round(audio * 32768.0).astype(np.int16)
+
+
+def _synthesize_shard(requests: Sequence[SpeechRequest]) -> list[tuple[bytes, int]]:
+    """Worker entry point: speak a shard in this (fresh) process; return (wav bytes, number of samples) each."""
+    synthesizer = EspeakSynthesizer()
+    results = []
+    for request in requests:
+        samples = render_request(synthesizer, request)
+        results.append((to_wav_bytes(samples), len(samples)))
+    return results
+
+
+def _start_method() -> str:
+    # forkserver forks each worker from a clean server process: cheap, and no state of the caller
+    # (torch threads, an already loaded espeak) leaks in. spawn is the portable fallback.
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def synthesize_batch(
+    requests: Sequence[SpeechRequest],
+    num_workers: int = 2,
+    shard_size: int = 128,
+    progress: bool = True,
+    description: str = "synthesising",
+) -> Iterator[tuple[bytes, int]]:
+    """Yield (wav bytes at 16 kHz, number of samples) for each request, in order.
+
+    Every shard of `shard_size` requests is spoken by a new worker process, so the audio depends on
+    the requests (and `shard_size`) only, not on `num_workers` or scheduling.
+    """
+    from tqdm.auto import tqdm
+
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1 (got {num_workers}); synthesis always runs in worker processes.")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1 (got {shard_size}).")
+    _espeak_paths()  # fail early, in the caller, if espeak-ng is missing
+    shards = [list(requests[start : start + shard_size]) for start in range(0, len(requests), shard_size)]
+    context = multiprocessing.get_context(_start_method())
+    workers = max(1, min(num_workers, len(shards), os.cpu_count() or 1))
+    with tqdm(total=len(requests), desc=description, unit="utt", disable=not progress) as bar:
+        with context.Pool(workers, maxtasksperchild=1) as pool:
+            for shard_results in pool.imap(_synthesize_shard, shards):
+                bar.update(len(shard_results))
+                yield from shard_results
