@@ -34,6 +34,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["modeling_part", "modeling_part.*", "trainers", "trainers.*"]),
+    package_data={"trainers": ["evaluate_metrics/*/*.py"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

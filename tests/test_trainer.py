@@ -186,3 +186,20 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(tmp_path)
     summary = json.loads((run / "training_summary.json").read_text())
     assert [s["name"] for s in summary["stages"]][-1] == "3_cross_language"
     assert AutoModelForSpeechSeq2Seq.from_pretrained(run) is not None
+
+
+def test_evaluate_generation_scores_per_language_and_direction(tmp_path):
+    from part_fixtures import tiny_components
+
+    trainer = tiny_trainer(tmp_path, schedule=Schedule("one", [Stage("s", ["adapter"], {"asr": 1.0}, steps=1)]))
+    trainer.train()
+    components = tiny_components(num_samples=2)
+    samples = []
+    for component in components:
+        for row in component.dataset:
+            samples.append({**row, "task": component.task, "source_language": component.source_language,
+                            "target_language": component.target_language})
+    metrics, predictions = trainer.evaluate_generation(samples, max_new_tokens=4)
+    assert len(predictions) == len(samples) and all(isinstance(p, str) for p in predictions)
+    assert {"test_wer_en", "test_wer_de", "test_bleu_de-en", "test_mt_bleu_de-en", "test_asr_avg_error"} <= set(metrics)
+    assert trainer.state.log_history[-1]["test_wer_en"] == metrics["test_wer_en"]

@@ -27,6 +27,7 @@ from transformers.utils import logging
 from .callbacks import PartStageCallback
 from .collator import PartDataCollator
 from .data import LengthGrouping, MixtureComponent, MixtureDataset
+from .evaluation import evaluate_speech_to_text
 from .stages import PRESETS, Schedule, Stage, load_schedule
 
 logger = logging.get_logger(__name__)
@@ -201,9 +202,9 @@ class PartTrainer(Trainer):
         for name in sorted(os.listdir(path)):
             if name.endswith(".safetensors"):
                 state_dict.update(load_file(os.path.join(path, name)))
-        if is_deepspeed_zero3_enabled():
-            _load_state_dict_into_zero3_model(self.model, state_dict)
-        else:
+        if is_deepspeed_zero3_enabled() and any(hasattr(p, "ds_id") for p in self.model.parameters()):
+            _load_state_dict_into_zero3_model(self.model, state_dict)  # partitioned already (by an earlier engine)
+        else:  # not partitioned yet (the engine partitions it at the stage start): every rank loads it whole
             missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
             tied = {k for k in missing if k.endswith("lm_head.weight")}
             if set(missing) - tied or unexpected:
@@ -257,7 +258,9 @@ class PartTrainer(Trainer):
         self.args.warmup_steps = int(stage.warmup_ratio * steps)
         self._reset_optimization_state()
         if checkpoint is not None:
-            self.train_dataset.resume_from_consumed(self._samples_consumed(checkpoint))
+            self.train_dataset.resume_from_consumed(
+                self._samples_consumed(checkpoint), batch_size=self.args.per_device_train_batch_size
+            )
             self.args.ignore_data_skip = True  # the mixture restores its own position
         self._call_stage_event("on_stage_begin", stage, index, stage_dir)
         try:
@@ -278,11 +281,31 @@ class PartTrainer(Trainer):
         self.lr_scheduler = None
         self._created_lr_scheduler = False
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
-        if self.is_deepspeed_enabled and self.model_wrapped is not self.model:
-            self.model_wrapped = self.model
-            self.deepspeed = None
-            self.accelerator.free_memory()
-            self.create_accelerator_and_postprocess()
+        if self.is_deepspeed_enabled:
+            self._reset_deepspeed_state()
+
+    def _reset_deepspeed_state(self) -> None:
+        """DeepSpeed builds its engine (and ZeRO optimizer) for a fixed trainable set, and an accelerator prepares
+        one DeepSpeed model only: each stage gets a new engine, accelerator and DeepSpeed config, whose "auto"
+        values are filled from this stage's learning rate, warm-up and length. Destroying the last engine removes
+        its ZeRO-3 hooks; the parameters stay partitioned and the next engine reuses the partitions."""
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        self.accelerator.free_memory()  # destroys the engine
+        self.model_wrapped = self.model
+        self.deepspeed = None
+        if self.args.deepspeed:  # a fresh config from the file/dict, "auto" values unfilled
+            self.args.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.args.deepspeed)
+            self.args.hf_deepspeed_config.trainer_config_process(self.args)
+            self.args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.args.hf_deepspeed_config)
+        else:  # `accelerate launch --use_deepspeed`: the plugin comes from the launcher's environment
+            self.args.deepspeed_plugin = DeepSpeedPlugin()
+            self.args.deepspeed_plugin.set_mixed_precision(self.args.mixed_precision)
+            self.args.deepspeed_plugin.set_deepspeed_weakref()
+        AcceleratorState._reset_state()  # keeps the process group (PartialState)
+        self.create_accelerator_and_postprocess()
 
     def _stage_size(self, stage: Stage) -> int | None:
         sizes = [c.size for c in self._stage_components(stage)]
@@ -356,6 +379,31 @@ class PartTrainer(Trainer):
         }
         _write_json_atomically(os.path.join(self._base_output_dir, SUMMARY_NAME), summary)
 
+    # -------------------------------------------------------------------------------------------- evaluation
+    def evaluate_generation(
+        self,
+        samples=None,
+        metric_key_prefix: str = "test",
+        batch_size: int | None = None,
+        **generate_kwargs,
+    ) -> tuple[dict[str, float], list[str]]:
+        """Generates for `samples` (default: `eval_dataset`) and scores WER/CER per language and BLEU per
+        direction; logs the metrics and returns `(metrics, predictions)`. Runs on every rank under DeepSpeed."""
+        samples = samples if samples is not None else self.eval_dataset
+        if samples is None:
+            raise ValueError("evaluate_generation needs samples= or an eval_dataset.")
+        metrics, predictions = evaluate_speech_to_text(
+            self.model,
+            self.processor,
+            samples,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
+            metric_key_prefix=metric_key_prefix,
+            progress=not self.args.disable_tqdm,
+            **generate_kwargs,
+        )
+        self.log(metrics)
+        return metrics, predictions
+
     # --------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
         """Builds the optimizer over the trainable parameters plus those the stage unfreezes later
@@ -395,6 +443,10 @@ class PartTrainer(Trainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         mode = "merged" if self._saving_final else "unmerged"
+        if self.is_deepspeed_enabled and state_dict is not None and not state_dict:
+            # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer writes config files here and
+            # the weights as a DeepSpeed checkpoint (zero_to_fp32.py), which hold LoRA unmerged: so must the config.
+            mode = "unmerged"
         self.accelerator.unwrap_model(self.model).save_pretrained(
             output_dir, state_dict=state_dict, lora_save_mode=mode, is_main_process=True
         )

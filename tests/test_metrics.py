@@ -1,0 +1,256 @@
+"""Tests for trainers.metrics: normalisation, WER/CER, BLEU, the Trainer compute_metrics and the evaluate modules."""
+
+import json
+
+import datasets
+import evaluate
+import numpy as np
+import pytest
+import sacrebleu
+from transformers import EvalPrediction
+
+from trainers.metrics import (
+    CER_LANGUAGES,
+    TextNormalizer,
+    bleu_by_direction,
+    bleu_tokenizer,
+    cap_hypothesis,
+    compute_speech_metrics,
+    evaluate_metric_path,
+    make_compute_metrics,
+    uses_cer,
+    word_error_rate,
+)
+
+
+def identity(text, language):
+    return text
+
+
+# --- WER / CER ---------------------------------------------------------------------------------------------
+
+
+def test_wer_hand_computed():
+    rates = word_error_rate(["the cat sit on mat"], ["the cat sat on the mat"], ["en"])
+    rate = rates["en"]
+    assert (rate.metric, rate.errors, rate.reference_units) == ("wer", 2, 6)  # one substitution, one deletion
+    assert rate.value == pytest.approx(100 * 2 / 6)
+
+
+def test_wer_is_corpus_level_per_language():
+    rates = word_error_rate(
+        ["a b c d", "x", "ein zwei"],
+        ["a b c d", "y", "ein zwei drei"],
+        ["en", "en", "de"],
+    )
+    assert rates["en"].value == pytest.approx(100 * 1 / 5)  # not the mean of per-sentence rates (50%)
+    assert rates["de"].value == pytest.approx(100 * 1 / 3)
+    assert rates["en"].num_samples == 2 and rates["de"].num_samples == 1
+
+
+def test_cer_languages_and_spaces_ignored():
+    assert {"zh", "cmn", "ja", "ko", "yue"} <= CER_LANGUAGES
+    assert uses_cer("zh-CN") and uses_cer("cmn_hans_cn") and not uses_cer("de")
+    assert word_error_rate(["猫 坐在 垫子 上"], ["猫坐在垫子上"], "zh")["zh"].value == 0.0
+    rate = word_error_rate(["猫坐垫子上"], ["猫坐在垫子上。"], "zh")["zh"]
+    assert (rate.metric, rate.errors, rate.reference_units) == ("cer", 1, 6)  # punctuation removed by normalisation
+
+
+def test_normalisation_removes_case_punctuation_and_brackets():
+    normalizer = TextNormalizer()
+    assert normalizer("Hello, World!  [noise] (laughs) Ça va?", "fr") == "hello world ça va"
+    assert word_error_rate(["hello world"], ["Hello, World!"], "en")["en"].errors == 0
+    assert word_error_rate(["hello world"], ["Hello, World!"], "en", normalizer=identity)["en"].errors == 2
+
+
+def test_english_normaliser_needs_spelling_map_and_never_touches_german(tmp_path):
+    assert not TextNormalizer().uses_english_normalizer  # transformers ships no spelling map
+    path = tmp_path / "normalizer.json"
+    path.write_text(json.dumps({"colour": "color"}))
+    for normalizer in (
+        TextNormalizer(str(path)),
+        TextNormalizer.from_tokenizer(type("T", (), {"english_spelling_normalizer": {"colour": "color"}})()),
+    ):
+        assert normalizer.uses_english_normalizer
+        assert normalizer("Dr. Müller won't change the colour", "en") == "doctor muller will not change the color"
+        assert normalizer("Dr. Müller won't change the colour", "de") == "dr müller won t change the colour"
+    normalizer = TextNormalizer({"colour": "color"})
+    assert word_error_rate(["the color"], ["the colour"], "en", normalizer=normalizer)["en"].errors == 0
+    assert word_error_rate(["the color"], ["the colour"], "de", normalizer=normalizer)["de"].errors == 1
+
+
+def test_hypothesis_cap():
+    assert len(cap_hypothesis(["w"] * 100, 20)) == 40  # 2 x reference
+    assert len(cap_hypothesis(["w"] * 100, 3)) == 13  # reference + 10
+    assert len(cap_hypothesis(["w"] * 100, 3, max_ratio=None)) == 100
+    reference = "one two three four five"
+    runaway = " ".join([reference] * 20)  # 100 words
+    capped = word_error_rate([runaway], [reference], "en")["en"]
+    assert (capped.errors, capped.num_capped) == (10, 1)  # 15 words kept: 5 hits + 10 insertions
+    uncapped = word_error_rate([runaway], [reference], "en", max_hypothesis_ratio=None)["en"]
+    assert (uncapped.errors, uncapped.num_capped) == (95, 0)
+    assert word_error_rate(["猫" * 50], ["猫猫"], "zh")["zh"].errors == 10  # characters for CER languages
+
+
+def test_empty_reference_and_hypothesis():
+    assert word_error_rate([""], ["a b"], "en")["en"].errors == 2
+    rate = word_error_rate(["a"], ["[noise]"], "en")["en"]
+    assert rate.errors == 1 and np.isnan(rate.value)
+
+
+# --- BLEU --------------------------------------------------------------------------------------------------
+
+HYPOTHESES = ["the cat sat on the mat today", "a dog is running in the park", "it is raining"]
+REFERENCES = ["the cat sat on the mat", "a dog runs in the park", "it rains heavily"]
+
+
+def test_bleu_equals_sacrebleu_13a():
+    scores = bleu_by_direction(HYPOTHESES, REFERENCES, ["de"] * 3, ["en"] * 3)
+    assert scores == {"de-en": pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES], tokenize="13a").score)}
+
+
+def test_bleu_tokenizer_per_target():
+    assert bleu_tokenizer("en") == "13a" and bleu_tokenizer("zh") == "zh" and bleu_tokenizer("ja") == "char"
+    assert bleu_tokenizer("ja", {"ja": "ja-mecab"}) == "ja-mecab"
+    hypotheses, references = ["我喜欢猫。", "今天下雨"], ["我很喜欢猫。", "今天下大雨"]
+    scores = bleu_by_direction(hypotheses, references, ["en", "en"], ["zh", "zh"])
+    zh_score = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="zh").score
+    assert scores["en-zh"] == pytest.approx(zh_score)
+    assert zh_score != sacrebleu.corpus_bleu(hypotheses, [references], tokenize="13a").score
+
+
+def test_bleu_per_direction():
+    scores = bleu_by_direction(HYPOTHESES, REFERENCES, ["de", "de", "fr"], ["en", "en", "en"])
+    assert set(scores) == {"de-en", "fr-en"}
+    assert scores["de-en"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES[:2], [REFERENCES[:2]]).score)
+
+
+# --- compute_speech_metrics and the Trainer's compute_metrics ------------------------------------------------
+
+
+def test_compute_speech_metrics_keys_and_averages():
+    metrics = compute_speech_metrics(
+        predictions=["the cat sit on mat", "猫坐垫子上", *HYPOTHESES, "hallo welt"],
+        references=["the cat sat on the mat", "猫坐在垫子上", *REFERENCES, "hallo welt"],
+        tasks=["asr", "asr", "s2tt", "s2tt", "s2tt", "mt"],
+        source_languages=["en", "zh", "de", "de", "fr", "en"],
+        target_languages=["en", "zh", "en", "en", "en", "de"],
+    )
+    assert metrics["wer_en"] == pytest.approx(100 * 2 / 6)
+    assert metrics["cer_zh"] == pytest.approx(100 * 1 / 6)
+    assert metrics["asr_avg_error"] == pytest.approx((metrics["wer_en"] + metrics["cer_zh"]) / 2)
+    assert metrics["s2tt_avg_bleu"] == pytest.approx((metrics["bleu_de-en"] + metrics["bleu_fr-en"]) / 2)
+    assert metrics["mt_bleu_en-de"] == pytest.approx(sacrebleu.corpus_bleu(["hallo welt"], [["hallo welt"]]).score)
+    assert (metrics["asr_samples"], metrics["s2tt_samples"], metrics["mt_samples"], metrics["asr_capped"]) == (
+        2,
+        3,
+        1,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    "tasks, sources, targets, message",
+    [
+        (["asr"], ["de"], ["en"], "source_language 'de' != target_language 'en'"),
+        (["tts"], ["de"], ["de"], "task 'tts'"),
+        (["asr", "asr"], ["de"], ["de"], "one entry per sample"),
+    ],
+)
+def test_compute_speech_metrics_rejects_bad_labels(tasks, sources, targets, message):
+    with pytest.raises(ValueError, match=message):
+        compute_speech_metrics(["x"], ["x"], tasks, sources, targets)
+
+
+class WordTokenizer:
+    """A word-level fake tokenizer: ids 0 (pad) and 1 (eos) are special."""
+
+    pad_token_id = 0
+
+    def __init__(self, words):
+        self.vocab = ["<pad>", "</s>", *words]
+
+    def encode(self, text):
+        return [self.vocab.index(word) for word in text.split()] + [1]
+
+    def batch_decode(self, sequences, skip_special_tokens=False):
+        return [" ".join(self.vocab[i] for i in ids if not (skip_special_tokens and i < 2)) for ids in sequences]
+
+
+def padded(rows, value=-100):
+    width = max(len(row) for row in rows)
+    return np.array([row + [value] * (width - len(row)) for row in rows])
+
+
+@pytest.fixture
+def eval_setup():
+    tokenizer = WordTokenizer("the cat sat sit on mat hallo welt hello world".split())
+    references = ["the cat sat on the mat", "hallo welt", "hello world"]
+    predictions = ["the cat sit on mat", "hallo welt", "hello world"]
+    meta = [
+        {"task": "asr", "source_language": "en", "target_language": "en"},
+        {"task": "asr", "source_language": "de", "target_language": "de"},
+        {"task": "s2tt", "source_language": "de", "target_language": "en"},
+    ]
+    prediction = EvalPrediction(
+        predictions=padded([tokenizer.encode(text) for text in predictions]),
+        label_ids=padded([tokenizer.encode(text) for text in references]),
+    )
+    return tokenizer, meta, references, prediction
+
+
+def test_make_compute_metrics_decodes_generated_ids(eval_setup):
+    tokenizer, meta, references, prediction = eval_setup
+    metrics = make_compute_metrics(tokenizer, meta)(prediction)
+    expected = compute_speech_metrics(
+        ["the cat sit on mat", "hallo welt", "hello world"],
+        references,
+        ["asr", "asr", "s2tt"],
+        ["en", "de", "de"],
+        ["en", "de", "en"],
+    )
+    assert metrics == pytest.approx(expected)
+    assert metrics["wer_en"] == pytest.approx(100 * 2 / 6) and metrics["wer_de"] == 0.0
+
+
+def test_make_compute_metrics_with_dataset_meta_texts_and_processor(eval_setup):
+    tokenizer, meta, references, prediction = eval_setup
+    meta_dataset = datasets.Dataset.from_list([{**row, "text": text} for row, text in zip(meta, references)])
+    processor = type("Processor", (), {"tokenizer": tokenizer, "batch_decode": staticmethod(tokenizer.batch_decode)})()
+    pad_padded = EvalPrediction(
+        predictions=(padded([list(row[row >= 0]) for row in prediction.predictions], value=0),), label_ids=None
+    )
+    metrics = make_compute_metrics(processor, meta_dataset)(pad_padded)
+    assert metrics == pytest.approx(make_compute_metrics(tokenizer, meta)(prediction))
+
+
+def test_make_compute_metrics_errors(eval_setup):
+    tokenizer, meta, _, prediction = eval_setup
+    with pytest.raises(ValueError, match="predict_with_generate"):
+        make_compute_metrics(tokenizer, meta)(
+            EvalPrediction(np.zeros((3, 4, 10), dtype=np.float32), prediction.label_ids)
+        )
+    with pytest.raises(ValueError, match="describes 2 samples"):
+        make_compute_metrics(tokenizer, meta[:2])(prediction)
+    with pytest.raises(ValueError, match="lacks \\['target_language'\\]"):
+        make_compute_metrics(tokenizer, [{"task": "asr", "source_language": "en"}])
+
+
+# --- evaluate modules ----------------------------------------------------------------------------------------
+
+
+def test_evaluate_load_from_local_path():
+    part_wer = evaluate.load(evaluate_metric_path("part_wer"))
+    result = part_wer.compute(
+        predictions=["the cat sit on mat", "猫坐垫子上"],
+        references=["The cat sat on the mat.", "猫坐在垫子上"],
+        languages=["en", "zh"],
+    )
+    assert result["wer_en"] == pytest.approx(100 * 2 / 6) and result["cer_zh"] == pytest.approx(100 / 6)
+    part_bleu = evaluate.load(evaluate_metric_path("part_bleu"))
+    result = part_bleu.compute(
+        predictions=HYPOTHESES, references=REFERENCES, source_languages=["de"] * 3, target_languages=["en"] * 3
+    )
+    assert result["bleu_de-en"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score)
+    with pytest.raises(ValueError, match="available: \\['part_bleu', 'part_wer'\\]"):
+        evaluate_metric_path("wer")

@@ -1,0 +1,425 @@
+"""Callbacks for staged PART training: `PartStageCallback` adds stage begin/end events to the Trainer's callbacks, and
+`GradientSimilarityCallback` measures the paper's Fig. 3 analysis, the cosine similarity of the gradients of
+(task, language) pairs at the end of each stage, and plots one heatmap per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from transformers import BatchFeature, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+SIMILARITY_FILE = "gradient_similarity"
+"""File stem of each stage's matrix (`.json`) and heatmap (`.png`), written into the stage folder."""
+
+
+class PartStageCallback(TrainerCallback):
+    """A `TrainerCallback` that also hears about the stages of a PART schedule; both stage events do nothing by default.
+
+    `PartTrainer` calls them on the `PartStageCallback`s among its callbacks, on every rank, with the usual callback
+    keywords (`model` is the unwrapped model) plus:
+        stage: the stage being run (at least `.name`).
+        stage_index: its position in the schedule, from 0.
+        stage_dir: the folder for the stage's artefacts.
+        model_wrapped: optional, the DeepSpeed engine when training under DeepSpeed.
+    """
+
+    def on_stage_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        *,
+        model: nn.Module,
+        stage: Any,
+        stage_index: int,
+        stage_dir: str,
+        **kwargs: Any,
+    ) -> TrainerControl | None:
+        """Called before a stage trains, after its parameter groups have been made trainable."""
+
+    def on_stage_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        *,
+        model: nn.Module,
+        stage: Any,
+        stage_index: int,
+        stage_dir: str,
+        **kwargs: Any,
+    ) -> TrainerControl | None:
+        """Called after a stage has trained, with its parameter groups still trainable."""
+
+
+@dataclass(frozen=True)
+class GradientSimilarity:
+    """The gradient cosine similarities of one stage.
+
+    Attributes:
+        stage: the stage name.
+        labels: the probe labels, in matrix order.
+        matrix: `[len(labels), len(labels)]` cosine similarities; NaN in the rows and columns of a probe whose gradient
+            is zero (it uses none of the trainable parameters, e.g. text-only "mt" while only the adapter trains).
+        trainable_parameters: number of trainable parameter elements.
+        compared_parameters: number of gradient elements compared (less with `max_parameters`).
+    """
+
+    stage: str
+    labels: list[str]
+    matrix: np.ndarray
+    trainable_parameters: int
+    compared_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; NaN entries become None."""
+        return {
+            "stage": self.stage,
+            "labels": list(self.labels),
+            "matrix": [[None if math.isnan(value) else float(value) for value in row] for row in self.matrix],
+            "trainable_parameters": self.trainable_parameters,
+            "compared_parameters": self.compared_parameters,
+        }
+
+
+def build_probe_batches(
+    processor: Any, samples_by_label: Mapping[str, Sequence[Mapping[str, Any]]], *, sampling_rate: int | None = None
+) -> dict[str, BatchFeature]:
+    """One training batch (with labels) per probe label, for `GradientSimilarityCallback`.
+
+    Args:
+        processor: a `PartProcessor`.
+        samples_by_label: a few samples per label such as "asr/de" or "s2tt/de-en"; each sample is a dict with `task`,
+            `source_language`, `target_language`, `text` (the target) and `audio` (a path, an array or a `datasets`
+            Audio dict) for speech tasks or `source_text` for "mt".
+        sampling_rate: the sampling rate of array audio (paths and Audio dicts carry their own).
+    """
+    if not samples_by_label:
+        raise ValueError("samples_by_label is empty; give at least one label, e.g. {'asr/en': [sample, ...]}.")
+    batches = {}
+    for label, samples in samples_by_label.items():
+        if not samples:
+            raise ValueError(f"Probe label {label!r} has no samples; give it at least one sample dict.")
+        required = ("task", "source_language", "text")
+        missing = sorted({key for sample in samples for key in required if key not in sample})
+        if missing:
+            raise ValueError(
+                f"Probe samples of {label!r} lack {missing}; each needs 'task', 'source_language', 'target_language', "
+                "'text' and 'audio' (speech tasks) or 'source_text' ('mt')."
+            )
+        try:
+            batches[label] = processor(
+                audio=[sample.get("audio") for sample in samples],
+                task=[sample["task"] for sample in samples],
+                source_language=[sample["source_language"] for sample in samples],
+                target_language=[sample.get("target_language") for sample in samples],
+                text=[sample["text"] for sample in samples],
+                source_text=[sample.get("source_text") for sample in samples],
+                sampling_rate=sampling_rate,
+            )
+        except ValueError as error:
+            raise ValueError(f"Probe samples of {label!r}: {error}") from error
+    return batches
+
+
+class GradientSimilarityCallback(PartStageCallback):
+    """The paper's Fig. 3 analysis: at the end of each stage, the cosine similarity between the gradients of the
+    trainable parameters for each pair of probe batches, one batch per (task, language) label.
+
+    Each stage writes `gradient_similarity.json` and `gradient_similarity.png` into its stage folder and keeps a
+    `GradientSimilarity` in `results[stage.name]`; the end of training writes `gradient_similarity_stages.png`, all
+    stages side by side, into `args.output_dir`. Only the main process writes files; every process runs the backward
+    passes (they are collective under DeepSpeed ZeRO-3).
+
+    Gradients are taken in eval mode (no dropout) from the loss of each probe batch alone. With a plain model the
+    modules' train/eval modes and the parameters' `.grad` are restored afterwards. Under DeepSpeed (pass the engine as
+    `model_wrapped`, see `PartStageCallback`; ZeRO stage 3 only) the forward and backward run through the engine,
+    gradients are gathered with `deepspeed.utils.safe_get_full_grad`, and the engine's gradients are left zeroed, as
+    after an optimizer step: measure at a step boundary, as `on_stage_end` does.
+
+    Args:
+        probe_batches: one model-input batch with `labels` per label, e.g. from `build_probe_batches`.
+        max_parameters: compare at most this many gradient elements (drawn at random with `seed`, repeats dropped, so
+            slightly fewer) to bound the memory of one float32 vector per label; None compares all.
+        seed: the seed of that subset.
+        output_name: file stem of the per-stage files and of the combined figure.
+        plot: write the PNG heatmaps (the JSON files are always written).
+    """
+
+    def __init__(
+        self,
+        probe_batches: Mapping[str, Mapping[str, torch.Tensor]],
+        *,
+        max_parameters: int | None = None,
+        seed: int = 0,
+        output_name: str = SIMILARITY_FILE,
+        plot: bool = True,
+    ) -> None:
+        if len(probe_batches) < 2:
+            raise ValueError(
+                f"GradientSimilarityCallback needs at least two probe batches to compare, got {list(probe_batches)}; "
+                "give one batch per (task, language) label, e.g. 'asr/en' and 'asr/de'."
+            )
+        for label, batch in probe_batches.items():
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(
+                    f"Probe batch {label!r} has no 'labels', so it has no loss; build it with the targets, e.g. "
+                    "processor(..., text=[...]) or build_probe_batches."
+                )
+            if not bool((labels != -100).any()):
+                raise ValueError(
+                    f"Probe batch {label!r} has only -100 labels; give its samples non-empty target texts."
+                )
+        if max_parameters is not None and max_parameters < 1:
+            raise ValueError(f"max_parameters={max_parameters} must be a positive integer, or None to compare all.")
+        self.probe_batches = dict(probe_batches)
+        self.max_parameters = max_parameters
+        self.seed = seed
+        self.output_name = output_name
+        self.plot = plot
+        self.results: dict[str, GradientSimilarity] = {}
+
+    def compute(self, model: nn.Module) -> tuple[list[str], np.ndarray]:
+        """The probe labels and their gradient cosine similarity matrix (float64), for the currently trainable
+        parameters of `model` (a module, or a DeepSpeed engine)."""
+        result = self.measure(model)
+        return result.labels, result.matrix
+
+    def measure(self, model: nn.Module, stage: str = "") -> GradientSimilarity:
+        """`compute` with the parameter counts, as a `GradientSimilarity` named `stage`."""
+        engine, module = _split_engine(model)
+        parameters = _trainable_parameters(module)
+        if engine is not None and (zero_stage := engine.zero_optimization_stage()) != 3:
+            raise ValueError(
+                f"Gradient similarity under DeepSpeed needs ZeRO stage 3, got stage {zero_stage}; run the analysis "
+                "with zero_optimization.stage=3 or without DeepSpeed."
+            )
+        if engine is None and any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for p in parameters):
+            raise ValueError(
+                "The model's gradients are managed by a DeepSpeed optimizer, which reduces them only through the "
+                "engine; pass the DeepSpeed engine (Trainer.model_wrapped) instead of the module (ZeRO stage 3 is "
+                "supported)."
+            )
+        sizes = [_numel(parameter) for parameter in parameters]
+        selections = self._selections(sizes)
+        device = engine.device if engine is not None else next(module.parameters()).device
+        modes = {submodule: submodule.training for submodule in module.modules()}
+        saved_grads = None if engine is not None else [parameter.grad for parameter in parameters]
+        vectors = []
+        try:
+            module.eval()
+            for batch in self.probe_batches.values():
+                inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+                _zero_gradients(parameters, engine)
+                with torch.enable_grad():
+                    loss = (module if engine is None else engine)(**inputs).loss
+                # A loss without grad_fn reaches no trainable parameter: its gradient stays zero.
+                if loss.requires_grad and engine is not None:
+                    engine.backward(loss, scale_wrt_gas=False)
+                elif loss.requires_grad:
+                    loss.backward()
+                vectors.append(_flat_gradient(parameters, selections, deepspeed=engine is not None))
+        finally:
+            if engine is not None:
+                _zero_gradients(parameters, engine)
+            else:
+                for parameter, grad in zip(parameters, saved_grads):
+                    parameter.grad = grad
+            for submodule, training in modes.items():
+                submodule.training = training
+        labels = list(self.probe_batches)
+        return GradientSimilarity(
+            stage=stage,
+            labels=labels,
+            matrix=_cosine_similarity(torch.stack(vectors), labels),
+            trainable_parameters=sum(sizes),
+            compared_parameters=len(vectors[0]),
+        )
+
+    def on_stage_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        *,
+        model: nn.Module,
+        stage: Any,
+        stage_index: int,
+        stage_dir: str,
+        **kwargs: Any,
+    ) -> None:
+        """Compute the stage's matrix on every process; the main process writes its JSON and heatmap."""
+        wrapped = kwargs.get("model_wrapped")
+        result = self.measure(wrapped if _split_engine(wrapped)[0] is not None else model, stage.name)
+        self.results[stage.name] = result
+        if not state.is_world_process_zero:
+            return
+        folder = Path(stage_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{self.output_name}.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        if self.plot:
+            plot_gradient_similarity(result, folder / f"{self.output_name}.png")
+        logger.info(f"Stage {stage.name!r}: gradient similarity of {len(result.labels)} probes written to {folder}.")
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """The main process writes the combined figure of all stages measured so far."""
+        if self.plot and self.results and state.is_world_process_zero:
+            plot_all(args.output_dir, self.results, file_name=f"{self.output_name}_stages.png")
+
+    def _selections(self, sizes: list[int]) -> list[torch.Tensor | None]:
+        """Per parameter, the flat indices of its compared elements (None: all of them)."""
+        total = sum(sizes)
+        if self.max_parameters is None or self.max_parameters >= total:
+            return [None] * len(sizes)
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = torch.randint(total, (self.max_parameters,), generator=generator).unique()  # sorted, repeats dropped
+        bounds = np.cumsum([0, *sizes]).tolist()
+        cuts = torch.searchsorted(chosen, torch.tensor(bounds)).tolist()
+        return [chosen[cuts[index] : cuts[index + 1]] - bounds[index] for index in range(len(sizes))]
+
+
+def _split_engine(model: nn.Module) -> tuple[Any | None, nn.Module]:
+    """(DeepSpeed engine or None, the module it wraps or the model itself)."""
+    is_engine = callable(getattr(model, "backward", None)) and isinstance(getattr(model, "module", None), nn.Module)
+    return (model, model.module) if is_engine else (None, model)
+
+
+def _trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    if not parameters:
+        raise ValueError("The model has no trainable parameters; make the stage's groups trainable (set_trainable).")
+    return parameters
+
+
+def _zero_gradients(parameters: Sequence[nn.Parameter], engine: Any | None) -> None:
+    """Clear the gradients; under DeepSpeed also zero the partitioned ones, which a backward that does not reach a
+    parameter would leave stale."""
+    if engine is None:
+        for parameter in parameters:
+            parameter.grad = None
+        return
+    from deepspeed.utils import safe_set_full_grad
+
+    engine.optimizer.zero_grad()  # ZeRO-3: the next backward overwrites the partitions instead of accumulating
+    for parameter in parameters:
+        shape = parameter.ds_shape if hasattr(parameter, "ds_id") else parameter.shape
+        safe_set_full_grad(parameter, torch.zeros(shape, dtype=torch.float32, device=engine.device))
+
+
+def _numel(parameter: nn.Parameter) -> int:
+    """Element count, also of a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
+    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
+
+
+def _flat_gradient(
+    parameters: Sequence[nn.Parameter], selections: Sequence[torch.Tensor | None], *, deepspeed: bool
+) -> torch.Tensor:
+    """The selected gradient elements of all `parameters` as one float32 CPU vector; a missing gradient is zero."""
+    if deepspeed:
+        from deepspeed.utils import safe_get_full_grad
+    pieces = []
+    for parameter, selection in zip(parameters, selections):
+        grad = safe_get_full_grad(parameter) if deepspeed else parameter.grad
+        size = _numel(parameter) if selection is None else len(selection)
+        if grad is None:
+            pieces.append(torch.zeros(size))
+            continue
+        grad = grad.detach().reshape(-1)
+        if selection is not None:
+            grad = grad[selection.to(grad.device)]
+        pieces.append(grad.to(device="cpu", dtype=torch.float32))
+    return torch.cat(pieces)
+
+
+def _cosine_similarity(vectors: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
+    """Pairwise cosine similarity of the rows (one per label); NaN for rows of norm zero."""
+    norms = vectors.norm(dim=1, keepdim=True)
+    for index in torch.nonzero(norms.squeeze(1) == 0).flatten().tolist():
+        logger.warning(
+            f"Probe {labels[index]!r} has a zero gradient on the trainable parameters (its task does not use them); "
+            "its similarities are NaN."
+        )
+    units = vectors / norms
+    return (units @ units.T).clamp(-1.0, 1.0).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _draw_heatmap(axes: Any, result: GradientSimilarity, title: str) -> Any:
+    """One annotated heatmap on `axes`, colours from -1 (blue) through 0 (white) to 1 (red); returns the image."""
+    image = axes.imshow(np.ma.masked_invalid(result.matrix), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    ticks = range(len(result.labels))
+    axes.set_xticks(ticks, result.labels, rotation=45, ha="right", rotation_mode="anchor")
+    axes.set_yticks(ticks, result.labels)
+    font_size = max(5, 10 - len(result.labels) // 3)
+    for row, column in np.ndindex(result.matrix.shape):
+        value = result.matrix[row, column]
+        text = "n/a" if math.isnan(value) else f"{value:.2f}"
+        colour = "white" if abs(value) > 0.6 else "black"
+        axes.text(column, row, text, ha="center", va="center", color=colour, fontsize=font_size)
+    axes.set_title(title)
+    return image
+
+
+def plot_gradient_similarity(result: GradientSimilarity, path: str | Path) -> Path:
+    """Write one stage's heatmap as a PNG; returns the path."""
+    side = 2.0 + 0.6 * len(result.labels)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = _draw_heatmap(axes, result, f"Gradient cosine similarity: {result.stage}")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    figure.savefig(path, dpi=150)
+    return Path(path)
+
+
+def plot_all(
+    output_dir: str | Path,
+    results: Mapping[str, GradientSimilarity],
+    *,
+    file_name: str = f"{SIMILARITY_FILE}_stages.png",
+) -> Path:
+    """Write one figure with a heatmap per stage side by side, in `results` order (the paper's Fig. 3); returns the
+    path."""
+    if not results:
+        raise ValueError("results is empty; compute at least one stage's GradientSimilarity before plotting.")
+    side = 2.0 + 0.6 * max(len(result.labels) for result in results.values())
+    figure = Figure(figsize=(side * len(results) + 1.0, side + 0.5), layout="constrained")
+    axes = figure.subplots(1, len(results), squeeze=False)[0]
+    for stage_axes, result in zip(axes, results.values()):
+        image = _draw_heatmap(stage_axes, result, result.stage)
+    figure.colorbar(image, ax=list(axes), shrink=0.8)
+    figure.suptitle("Gradient cosine similarity by stage")
+    path = Path(output_dir) / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    return path
+
+
+__all__ = [
+    "GradientSimilarity",
+    "GradientSimilarityCallback",
+    "PartStageCallback",
+    "build_probe_batches",
+    "plot_all",
+    "plot_gradient_similarity",
+]

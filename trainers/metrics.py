@@ -1,0 +1,392 @@
+"""Speech-to-text evaluation as in the PART paper: Whisper-style text normalisation, WER/CER per
+language (CER for zh, cmn, ja, ko, yue) and sacreBLEU per translation direction, plus a
+`compute_metrics` factory for the Hugging Face `Trainer`.
+
+All scores are percentages: WER/CER = 100 * (substitutions + deletions + insertions) / reference units,
+summed over the corpus of one language; BLEU is sacreBLEU's corpus score (0-100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import sacrebleu
+from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
+
+from .data import TASKS
+
+
+CER_LANGUAGES = frozenset({"zh", "cmn", "ja", "ko", "yue", "zho", "jpn", "kor"})
+"""Languages scored by character error rate (ISO 639-1/639-3 base codes); all others use WER."""
+
+ENGLISH_LANGUAGES = frozenset({"en", "eng"})
+
+BLEU_TOKENIZERS = {
+    "zh": "zh",
+    "cmn": "zh",
+    "yue": "zh",
+    "zho": "zh",
+    "ja": "char",
+    "jpn": "char",
+    "ko": "char",
+    "kor": "char",
+}
+"""sacreBLEU tokenizer per target language (base code); every other target uses "13a", as the paper does
+for xx->en. Japanese and Korean fall back to "char" because sacreBLEU's "ja-mecab"/"ko-mecab" need extra
+packages (`sacrebleu[ja]`, `sacrebleu[ko]`); pass `bleu_tokenizers={"ja": "ja-mecab"}` once installed."""
+
+EVALUATE_METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
+"""Folder of the `evaluate` metric scripts ("part_wer", "part_bleu") wrapping this module."""
+
+DEFAULT_MAX_HYPOTHESIS_RATIO = 2.0
+DEFAULT_MAX_HYPOTHESIS_MARGIN = 10
+
+Normalizer = Callable[[str, str], str]
+"""A text normaliser: `(text, language) -> normalised text`."""
+
+
+def evaluate_metric_path(name: str) -> str:
+    """Local path of a PART `evaluate` metric, for `evaluate.load(evaluate_metric_path("part_wer"))` (offline)."""
+    path = EVALUATE_METRICS_DIR / name
+    if not (path / f"{name}.py").is_file():
+        available = sorted(
+            entry.name for entry in EVALUATE_METRICS_DIR.iterdir() if (entry / f"{entry.name}.py").is_file()
+        )
+        raise ValueError(f"No PART evaluate metric named {name!r}; available: {available}.")
+    return str(path)
+
+
+def base_language(language: str) -> str:
+    """The lower-case base code of a language tag: "zh-CN" -> "zh", "cmn_hans_cn" -> "cmn"."""
+    return language.strip().lower().replace("_", "-").split("-")[0]
+
+
+def uses_cer(language: str) -> bool:
+    """Whether `language` is scored by character error rate (see `CER_LANGUAGES`)."""
+    return base_language(language) in CER_LANGUAGES
+
+
+class TextNormalizer:
+    """Whisper's text normalisation, applied to references and hypotheses before WER/CER.
+
+    Every language gets Whisper's `BasicTextNormalizer`: lower-case, remove text in brackets/parentheses,
+    replace punctuation and symbols by spaces (diacritics kept), collapse whitespace. English additionally
+    gets Whisper's `EnglishTextNormalizer` (numbers, contractions, British -> American spelling) only when
+    its spelling map is available: transformers does not ship it (it comes with Whisper checkpoints as
+    `normalizer.json`), so pass it as a dict or a path to that file, or use `from_tokenizer` with a
+    Whisper tokenizer. Without it English is normalised like every other language. The English
+    normaliser is never applied to other languages.
+    """
+
+    def __init__(self, english_spelling_mapping: Mapping[str, str] | str | os.PathLike | None = None) -> None:
+        if isinstance(english_spelling_mapping, (str, os.PathLike)):
+            with open(english_spelling_mapping, encoding="utf-8") as handle:
+                english_spelling_mapping = json.load(handle)
+        self._basic = BasicTextNormalizer()
+        self._english = (
+            None if english_spelling_mapping is None else EnglishTextNormalizer(dict(english_spelling_mapping))
+        )
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> TextNormalizer:
+        """Use the English spelling map a Whisper tokenizer loaded from `normalizer.json`, if it has one."""
+        return cls(getattr(tokenizer, "english_spelling_normalizer", None))
+
+    @property
+    def uses_english_normalizer(self) -> bool:
+        """Whether English text goes through Whisper's `EnglishTextNormalizer`."""
+        return self._english is not None
+
+    def __call__(self, text: str, language: str) -> str:
+        if self._english is not None and base_language(language) in ENGLISH_LANGUAGES:
+            return self._english(text).strip()
+        return self._basic(text).strip()
+
+
+def error_units(text: str, language: str) -> list[str]:
+    """The units an error rate counts in normalised `text`: characters without spaces for CER
+    languages, whitespace-separated words otherwise."""
+    if uses_cer(language):
+        return [char for char in text if not char.isspace()]
+    return text.split()
+
+
+def cap_hypothesis(
+    hypothesis_units: list[str],
+    reference_length: int,
+    max_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
+    margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
+) -> list[str]:
+    """Truncate a hypothesis to `max(max_ratio * reference_length, reference_length + margin)` units, so
+    one runaway (repeating) output cannot dominate a corpus error rate. `max_ratio=None` disables it."""
+    if max_ratio is None:
+        return hypothesis_units
+    limit = max(int(max_ratio * reference_length), reference_length + margin)
+    return hypothesis_units[:limit]
+
+
+@dataclass(frozen=True)
+class ErrorRate:
+    """Corpus-level error counts of one language."""
+
+    metric: str  # "wer" or "cer"
+    errors: int  # substitutions + deletions + insertions
+    reference_units: int  # words (WER) or characters (CER) in the normalised references
+    num_samples: int
+    num_capped: int  # hypotheses truncated by `cap_hypothesis`
+
+    @property
+    def value(self) -> float:
+        """The error rate in percent; NaN when the references contain no units at all."""
+        return 100.0 * self.errors / self.reference_units if self.reference_units else math.nan
+
+
+def _check_lengths(**columns: Sequence[Any]) -> int:
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"All inputs must have one entry per sample, got lengths {lengths}.")
+    return next(iter(lengths.values()))
+
+
+def word_error_rate(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    languages: Sequence[str] | str,
+    *,
+    normalizer: Normalizer | None = None,
+    max_hypothesis_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
+    max_hypothesis_margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
+) -> dict[str, ErrorRate]:
+    """Corpus WER (or CER for `CER_LANGUAGES`) per language, after normalisation and hypothesis capping.
+
+    Args:
+        predictions: hypotheses, one per sample.
+        references: reference transcripts, one per sample.
+        languages: the language of each sample, or one language for all.
+        normalizer: `(text, language) -> text`; default `TextNormalizer()`. Pass `lambda t, _: t` to score raw text.
+        max_hypothesis_ratio, max_hypothesis_margin: see `cap_hypothesis`.
+
+    Returns:
+        `{language: ErrorRate}`; `ErrorRate.value` is the percentage.
+    """
+    if isinstance(languages, str):
+        languages = [languages] * len(references)
+    _check_lengths(predictions=predictions, references=references, languages=languages)
+    normalizer = TextNormalizer() if normalizer is None else normalizer
+    pairs: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    capped: Counter[str] = Counter()
+    for prediction, reference, language in zip(predictions, references, languages):
+        reference_units = error_units(normalizer(reference, language), language)
+        hypothesis_units = error_units(normalizer(prediction, language), language)
+        kept_units = cap_hypothesis(
+            hypothesis_units, len(reference_units), max_hypothesis_ratio, max_hypothesis_margin
+        )
+        capped[language] += len(kept_units) < len(hypothesis_units)
+        # jiwer splits on whitespace; units never contain whitespace, so joining them is lossless.
+        pairs[language][0].append(" ".join(reference_units))
+        pairs[language][1].append(" ".join(kept_units))
+    results = {}
+    for language, (language_references, language_hypotheses) in pairs.items():
+        alignment = jiwer.process_words(language_references, language_hypotheses)
+        results[language] = ErrorRate(
+            metric="cer" if uses_cer(language) else "wer",
+            errors=alignment.substitutions + alignment.deletions + alignment.insertions,
+            reference_units=alignment.substitutions + alignment.deletions + alignment.hits,
+            num_samples=len(language_references),
+            num_capped=capped[language],
+        )
+    return results
+
+
+def bleu_tokenizer(target_language: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The sacreBLEU tokenizer for a target language: `overrides` (keyed by code as given), then
+    `BLEU_TOKENIZERS` (keyed by base code), else "13a"."""
+    if overrides and target_language in overrides:
+        return overrides[target_language]
+    return BLEU_TOKENIZERS.get(base_language(target_language), "13a")
+
+
+def bleu_by_direction(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    source_languages: Sequence[str],
+    target_languages: Sequence[str],
+    *,
+    tokenizers: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """sacreBLEU corpus BLEU per direction, keyed "src-tgt", on the raw (unnormalised) text.
+
+    The tokenizer follows the target language (`bleu_tokenizer`); `tokenizers` overrides it per target.
+    """
+    _check_lengths(
+        predictions=predictions,
+        references=references,
+        source_languages=source_languages,
+        target_languages=target_languages,
+    )
+    directions: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for prediction, reference, source, target in zip(predictions, references, source_languages, target_languages):
+        directions[source, target][0].append(prediction.strip())
+        directions[source, target][1].append(reference.strip())
+    return {
+        f"{source}-{target}": sacrebleu.corpus_bleu(
+            hypotheses, [direction_references], tokenize=bleu_tokenizer(target, tokenizers)
+        ).score
+        for (source, target), (hypotheses, direction_references) in directions.items()
+    }
+
+
+def compute_speech_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    tasks: Sequence[str],
+    source_languages: Sequence[str],
+    target_languages: Sequence[str],
+    *,
+    normalizer: Normalizer | None = None,
+    max_hypothesis_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
+    max_hypothesis_margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
+    bleu_tokenizers: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """All PART metrics of a mixed evaluation set, as one flat dict.
+
+    Keys (only for tasks present): `wer_<lang>` / `cer_<lang>` per ASR language and `asr_avg_error` (their
+    unweighted mean, the paper's "average WER"); `bleu_<src>-<tgt>` per S2TT direction and `s2tt_avg_bleu`;
+    `mt_bleu_<src>-<tgt>` and `mt_avg_bleu` for text translation; counts `<task>_samples` and `asr_capped`
+    (hypotheses truncated before scoring). ASR samples must have source language == target language.
+    """
+    _check_lengths(
+        predictions=predictions,
+        references=references,
+        tasks=tasks,
+        source_languages=source_languages,
+        target_languages=target_languages,
+    )
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for index, (task, source, target) in enumerate(zip(tasks, source_languages, target_languages)):
+        if task not in TASKS:
+            raise ValueError(f"Sample {index} has task {task!r}; expected one of {TASKS}.")
+        if task == "asr" and source != target:
+            raise ValueError(
+                f"Sample {index} has task 'asr' but source_language {source!r} != target_language {target!r}; "
+                "ASR transcribes in the spoken language, so label it 's2tt' if it is a translation."
+            )
+        by_task[task].append(index)
+
+    def pick(values: Sequence[Any], indices: list[int]) -> list[Any]:
+        return [values[index] for index in indices]
+
+    metrics: dict[str, float] = {}
+    if asr := by_task.get("asr"):
+        rates = word_error_rate(
+            pick(predictions, asr),
+            pick(references, asr),
+            pick(target_languages, asr),
+            normalizer=normalizer,
+            max_hypothesis_ratio=max_hypothesis_ratio,
+            max_hypothesis_margin=max_hypothesis_margin,
+        )
+        metrics.update({f"{rate.metric}_{language}": rate.value for language, rate in rates.items()})
+        metrics["asr_avg_error"] = float(np.mean([rate.value for rate in rates.values()]))
+        metrics["asr_samples"] = len(asr)
+        metrics["asr_capped"] = sum(rate.num_capped for rate in rates.values())
+    for task, prefix in (("s2tt", "bleu"), ("mt", "mt_bleu")):
+        if indices := by_task.get(task):
+            scores = bleu_by_direction(
+                pick(predictions, indices),
+                pick(references, indices),
+                pick(source_languages, indices),
+                pick(target_languages, indices),
+                tokenizers=bleu_tokenizers,
+            )
+            metrics.update({f"{prefix}_{direction}": score for direction, score in scores.items()})
+            metrics[f"{task}_avg_bleu"] = float(np.mean(list(scores.values())))
+            metrics[f"{task}_samples"] = len(indices)
+    return metrics
+
+
+def _token_id_rows(array: Any, pad_token_id: int | None, name: str) -> list[list[int]]:
+    """Rows of token ids without the Trainer's -100 padding (and without pad tokens)."""
+    if isinstance(array, tuple):
+        array = array[0]  # models returning extra outputs: the generated ids come first
+    array = np.asarray(array)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"compute_metrics expects {name} as generated token ids of shape [num_samples, length], got an array of "
+            f"shape {array.shape} and dtype {array.dtype}. Evaluate with generation (e.g. "
+            "Seq2SeqTrainingArguments(predict_with_generate=True)) so predictions are token ids, not logits."
+        )
+    return [[int(token) for token in row if token >= 0 and token != pad_token_id] for row in array]
+
+
+def _meta_columns(meta: Any, names: Sequence[str]) -> dict[str, list[Any]]:
+    """Columns of the per-sample metadata: a `datasets.Dataset` (read column-wise) or a sequence of mappings."""
+    if hasattr(meta, "column_names"):
+        missing = [name for name in names if name not in meta.column_names]
+        present = {name: list(meta[name]) for name in names if name in meta.column_names}
+    else:
+        missing = sorted({name for row in meta for name in names if name not in row})
+        present = {name: [row[name] for row in meta] for name in names if name not in missing}
+    required_missing = [name for name in missing if name != "text"]
+    if required_missing:
+        raise ValueError(
+            f"eval_dataset_meta lacks {required_missing}; give every evaluation sample 'task', 'source_language' and "
+            "'target_language' (and optionally the reference 'text'), in evaluation order."
+        )
+    return present
+
+
+def make_compute_metrics(
+    processor_or_tokenizer: Any,
+    eval_dataset_meta: Any,
+    **metric_kwargs: Any,
+) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` function for the Hugging Face `Trainer` evaluated with generation.
+
+    Args:
+        processor_or_tokenizer: anything with `batch_decode(ids, skip_special_tokens=True)` (a processor or a
+            tokenizer); its `tokenizer` attribute, if any, provides `pad_token_id` and the Whisper English
+            spelling map (see `TextNormalizer.from_tokenizer`).
+        eval_dataset_meta: per evaluation sample, in evaluation order, `task`, `source_language`,
+            `target_language` and optionally the reference `text`: a `datasets.Dataset` with those columns or a
+            sequence of mappings. Without `text`, references are decoded from `label_ids` (-100 removed).
+        metric_kwargs: forwarded to `compute_speech_metrics` (e.g. `max_hypothesis_ratio`, `bleu_tokenizers`).
+
+    The returned function takes an `EvalPrediction` whose `predictions` are the generated continuation's
+    token ids (prompt excluded), padded with -100 or the pad token, and returns `compute_speech_metrics`.
+    """
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    pad_token_id = getattr(tokenizer, "pad_token_id", None)
+    metric_kwargs.setdefault("normalizer", TextNormalizer.from_tokenizer(tokenizer))
+    meta = _meta_columns(eval_dataset_meta, ("task", "source_language", "target_language", "text"))
+    num_samples = len(meta["task"])
+
+    def compute_metrics(eval_prediction: Any) -> dict[str, float]:
+        predictions = processor_or_tokenizer.batch_decode(
+            _token_id_rows(eval_prediction.predictions, pad_token_id, "predictions"), skip_special_tokens=True
+        )
+        if "text" in meta:
+            references = meta["text"]
+        else:
+            references = processor_or_tokenizer.batch_decode(
+                _token_id_rows(eval_prediction.label_ids, pad_token_id, "label_ids"), skip_special_tokens=True
+            )
+        if len(predictions) != num_samples:
+            raise ValueError(
+                f"Got {len(predictions)} predictions but eval_dataset_meta describes {num_samples} samples; build the "
+                "metadata from the same evaluation dataset, in the same order."
+            )
+        return compute_speech_metrics(
+            predictions, references, meta["task"], meta["source_language"], meta["target_language"], **metric_kwargs
+        )
+
+    return compute_metrics
