@@ -337,7 +337,8 @@ class PartTrainer(Trainer):
             if isinstance(callback, PartStageCallback):
                 getattr(callback, event)(
                     self.args, self.state, self.control,
-                    model=self.model, stage=stage, stage_index=index, stage_dir=stage_dir, trainer=self,
+                    model=self.model, model_wrapped=self.model_wrapped, stage=stage, stage_index=index,
+                    stage_dir=stage_dir, trainer=self,
                 )
 
     def _finish_stage(self, index, stage, stage_dir, steps, counts, seconds) -> None:
