@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "jiwer>=3.0",
     "matplotlib>=3.7",
     "tqdm>=4.0",
+    "jinja2>=3.0",
 ]
 
 EXTRAS = {

@@ -97,6 +97,9 @@ class PartTrainer(Trainer):
         if processor is None:
             raise ValueError("PartTrainer needs the model's PartProcessor (processor=...).")
         self.schedule = schedule or load_schedule(args.schedule, mt_weight=args.mt_weight)
+        for stage in self.schedule.stages:  # command-line LoRA settings are part of the recorded schedule
+            if stage.lora is not None:
+                stage.lora = {**stage.lora, **args.lora_overrides()}
         self.train_components = list(train_components)
         self.processor = processor
         self.stage_index: int | None = None
@@ -168,7 +171,7 @@ class PartTrainer(Trainer):
         lora = self.schedule.lora
         if lora is None or self.model.has_lora:
             return
-        self.model.add_lora({**lora, **self.args.lora_overrides()})
+        self.model.add_lora(lora)
 
     def stage_dir(self, index: int) -> str:
         return os.path.join(self._base_output_dir, f"stage-{index}-{self.schedule.stages[index].name}")
