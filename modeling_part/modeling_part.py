@@ -85,6 +85,11 @@ def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def _numel(parameter: torch.Tensor) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (then `numel()` is 0)."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
 def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
@@ -218,6 +223,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         adapter_config: PartAdapterConfig | dict | None = None,
         dtype: torch.dtype | None = None,
         return_tokenizer: bool = False,
+        load_kwargs: dict | None = None,
         **config_kwargs,
     ):
         """Builds a new PART model from a pretrained speech encoder and causal LM, with a fresh adapter.
@@ -231,9 +237,12 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             adapter_config: settings of the new adapter.
             dtype: dtype of the loaded parts.
             return_tokenizer: also return the (extended) tokenizer.
+            load_kwargs: options for every `from_pretrained` call (`revision`, `token`, `cache_dir`,
+                `trust_remote_code`, ...).
             config_kwargs: further `PartConfig` fields.
         """
-        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        load_kwargs = {**(load_kwargs or {}), **({"dtype": dtype} if dtype is not None else {})}
+        tokenizer_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
         if isinstance(llm, (str, os.PathLike)):
@@ -246,7 +255,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
                 raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
             tokenizer = llm_path
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tokenizer_kwargs)
         missing = [t for t in (AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN) if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
@@ -308,6 +317,37 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
         embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state, encoder_lengths)
         return embeddings, token_lengths
+
+    def _audio_path_on_every_rank(self) -> bool:
+        """Whether a text-only batch must still run the encoder and adapter (on a dummy clip), because other ranks
+        may run them on audio: under DeepSpeed ZeRO-3 each module's partitioned weights are all-gathered
+        collectively when it runs, and in multi-rank training ZeRO's gradient reduction expects the same
+        gradients from every rank (DDP copes through `find_unused_parameters`, but this costs little)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return False
+        if torch.distributed.get_world_size() < 2:
+            return False
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            return True
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for module in (self.audio_tower, self.adapter) for p in module.parameters()
+        )
+
+    def _dummy_audio_embedding(self, like: torch.Tensor) -> torch.Tensor:
+        """`0 * sum(encoder + adapter output of a silent clip)`: a zero that depends on every audio parameter."""
+        audio_config = self.config.audio_config
+        if audio_config.model_type == "whisper":  # the Whisper encoder takes exactly 30 s of features
+            frames = 2 * audio_config.max_source_positions
+            features = torch.zeros(1, audio_config.num_mel_bins, frames, device=like.device)
+        else:
+            frames = 4 * self.config.encoder_stride * self.adapter.stride
+            width = getattr(audio_config, "input_size", None) or audio_config.num_mel_bins
+            features = torch.zeros(1, frames, width, device=like.device)
+        mask = torch.ones(1, frames, dtype=torch.long, device=like.device)
+        embeddings, _ = self.get_audio_embeddings(features, mask)
+        return embeddings.sum().to(like.dtype) * 0.0
 
     def _merge_audio_embeddings(
         self,
@@ -377,6 +417,10 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
                         "input_ids contain audio placeholder tokens but no input_features were given; pass the "
                         "processor's input_features and feature_attention_mask."
                     )
+                if self._audio_path_on_every_rank():
+                    # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
+                    # add it times zero, so this rank joins the same all-gathers and gradient reductions.
+                    inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
 
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -524,9 +568,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         trainable = {id(p) for group in groups for p in available[group].values()}
         for parameter in self.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
-        counts = {group: sum(p.numel() for p in available[group].values()) for group in groups}
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in self.parameters())
+        counts = {group: sum(_numel(p) for p in available[group].values()) for group in groups}
+        counts["trainable"] = sum(_numel(p) for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(_numel(p) for p in self.parameters())
         if self.training:
             self.train()
         return counts

@@ -203,3 +203,30 @@ def test_evaluate_generation_scores_per_language_and_direction(tmp_path):
     assert len(predictions) == len(samples) and all(isinstance(p, str) for p in predictions)
     assert {"test_wer_en", "test_wer_de", "test_bleu_de-en", "test_mt_bleu_de-en", "test_asr_avg_error"} <= set(metrics)
     assert trainer.state.log_history[-1]["test_wer_en"] == metrics["test_wer_en"]
+
+
+class CrashAtStageEnd(PartStageCallback):
+    """Crashes after a stage's last checkpoint was written but before the stage is marked complete."""
+
+    def __init__(self, stage_index):
+        self.stage_index, self.current = stage_index, None
+
+    def on_stage_begin(self, args, state, control, *, stage_index, **kwargs):
+        self.current = stage_index
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.current == self.stage_index:
+            raise RuntimeError("simulated crash at the stage end")
+
+
+def test_resume_from_a_stages_last_checkpoint_does_not_train_on(tmp_path):
+    tiny_trainer(tmp_path / "full", max_steps=20).train()
+    with pytest.raises(RuntimeError, match="stage end"):
+        tiny_trainer(tmp_path / "crashed", max_steps=20, callbacks=[CrashAtStageEnd(1)]).train()
+    stage_dir = tmp_path / "crashed" / "stage-1-2a_encoder_top"
+    assert (stage_dir / "checkpoint-4").is_dir() and not (stage_dir / "stage_complete.json").exists()
+    tiny_trainer(tmp_path / "crashed", max_steps=20).train(resume_from_checkpoint=True)
+    assert not (stage_dir / "checkpoint-5").exists()
+    summary = json.loads((tmp_path / "crashed" / "training_summary.json").read_text())
+    assert summary["stages"][1]["global_step"] == 4
+    assert _losses(tmp_path / "crashed") == _losses(tmp_path / "full")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import Trainer, TrainerControl, TrainingArguments
+from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
@@ -92,15 +92,13 @@ class PartTrainer(Trainer):
         data_collator=None,
         **kwargs,
     ):
-        if not train_components:
-            raise ValueError("PartTrainer needs train_components: a list of MixtureComponent (one per corpus).")
         if processor is None:
             raise ValueError("PartTrainer needs the model's PartProcessor (processor=...).")
         self.schedule = schedule or load_schedule(args.schedule, mt_weight=args.mt_weight)
         for stage in self.schedule.stages:  # command-line LoRA settings are part of the recorded schedule
             if stage.lora is not None:
                 stage.lora = {**stage.lora, **args.lora_overrides()}
-        self.train_components = list(train_components)
+        self.train_components = list(train_components or [])
         self.processor = processor
         self.stage_index: int | None = None
         self.stage_summaries: list[dict[str, Any]] = []
@@ -120,6 +118,8 @@ class PartTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------- setup
     def _check_schedule_against_data(self) -> None:
+        if not self.train_components:
+            return  # evaluation only; train() refuses to run without data
         for stage in self.schedule.stages:
             if not self._stage_components(stage):
                 available = sorted({(c.task, c.source_language) for c in self.train_components})
@@ -218,6 +218,8 @@ class PartTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """Runs every stage of the schedule (from the resume point), then saves the final model (LoRA merged),
         the processor and `training_summary.json` in `output_dir`."""
+        if not self.train_components:
+            raise ValueError("PartTrainer.train needs train_components: a list of MixtureComponent (one per corpus).")
         self._ensure_lora()
         start_stage, checkpoint = self._resume_point(resume_from_checkpoint)
         self.stage_summaries = self._read_stage_summaries(start_stage)
@@ -233,7 +235,7 @@ class PartTrainer(Trainer):
         self.stage_index = None
         self._saving_final = True
         try:
-            self.save_model(self._base_output_dir)
+            self.save_model(self._base_output_dir, _internal_call=True)  # pushing is an explicit push_to_hub()
         finally:
             self._saving_final = False
         if self.args.should_save:
@@ -267,12 +269,22 @@ class PartTrainer(Trainer):
             self.args.ignore_data_skip = True  # the mixture restores its own position
         self._call_stage_event("on_stage_begin", stage, index, stage_dir)
         try:
-            output = super().train(resume_from_checkpoint=checkpoint)
+            if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
+                output = self._restore_finished_stage(checkpoint)
+            else:
+                output = super().train(resume_from_checkpoint=checkpoint)
         finally:
             self.args.ignore_data_skip = False
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
         self._call_stage_event("on_stage_end", stage, index, stage_dir)
         return output
+
+    def _restore_finished_stage(self, checkpoint: str):
+        """A crash after a stage's last checkpoint but before its completion: restore, do not train on."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        logger.warning(f"{checkpoint} is at the stage's last step; finishing the stage from it.")
+        return None
 
     def _lora_active_from(self, index: int) -> bool:
         """LoRA is enabled from the first stage that trains it on (and frozen but active afterwards)."""
@@ -318,9 +330,7 @@ class PartTrainer(Trainer):
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
 
     def _samples_consumed(self, checkpoint: str) -> int:
-        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-            global_step = json.load(f)["global_step"]
-        return global_step * self._total_batch_size()
+        return _checkpoint_step(checkpoint) * self._total_batch_size()
 
     def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int]) -> None:
         trainable, total = counts["trainable"], counts["total"]
@@ -446,7 +456,7 @@ class PartTrainer(Trainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        mode = "merged" if self._saving_final else "unmerged"
+        mode = "merged" if self._saving_final or self.stage_index is None else "unmerged"
         if self.is_deepspeed_enabled and state_dict is not None and not state_dict:
             # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer writes config files here and
             # the weights as a DeepSpeed checkpoint (zero_to_fp32.py), which hold LoRA unmerged: so must the config.
@@ -456,6 +466,28 @@ class PartTrainer(Trainer):
         )
         self.processor.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, private=None, **kwargs):
+        """Publishes the final model folder (weights, remote code, processor, model card) in one commit with
+        `model_cards.publish`; stage folders and checkpoints are never uploaded. Write the card first
+        (`model_cards.write_model_card`)."""
+        from model_cards import publish
+
+        if not self.args.should_save:
+            return None
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self._base_output_dir))
+        return publish(
+            self._base_output_dir,
+            repo_id,
+            private=bool(private if private is not None else self.args.hub_private_repo),
+            token=token or self.args.hub_token,
+            commit_message=commit_message or "End of training",
+            revision=revision or self.args.hub_revision,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Stage checkpoints are not published (`hub_strategy` is ignored); see `push_to_hub`."""
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, written to a staging folder and renamed into place once complete, so a kill
@@ -494,6 +526,11 @@ def last_complete_checkpoint(folder: str) -> str | None:
         and os.path.isfile(os.path.join(folder, name, "trainer_state.json"))
     ]
     return os.path.join(folder, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)["global_step"]
 
 
 def _write_json_atomically(path: str, data: Any) -> None:
