@@ -23,6 +23,7 @@ import transformers
 from datasets import Audio, Dataset, DatasetDict, Value, load_dataset, load_from_disk
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, HfArgumentParser, set_seed
 
+from model_cards import write_model_card
 from modeling_part import PartForSpeechToText
 from modeling_part.tiny import build_processor
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments, Schedule, Stage, load_schedule
@@ -465,21 +466,10 @@ def run_speech_text(
             logger.info(f"*** {'Evaluate' if prefix == 'eval' else 'Predict'} ***")
             results.update(evaluate_split(trainer, samples, prefix, generate_kwargs))
 
-    languages = sorted({c.source_language for c in components} | {c.target_language for c in components})
-    card_kwargs = {
-        "finetuned_from": model_args.model_name_or_path or model_args.llm,
-        "tasks": list(card_tasks),
-        "language": languages,
-        "tags": ["part", "speech-llm"],
-    }
-    if data_args.dataset_name is not None:
-        card_kwargs["dataset"] = data_args.dataset_name
-        if data_args.dataset_config_name is not None:
-            card_kwargs["dataset_args"] = data_args.dataset_config_name
     if training_args.do_train:
-        write_model_card(trainer, results, card_kwargs)
+        write_card(trainer, model_args, data_args, results, components)
         if training_args.push_to_hub:
-            push_final_model(trainer)
+            trainer.push_to_hub()
     elif training_args.push_to_hub:
         logger.warning("--push_to_hub uploads the model a run trains: nothing was pushed without --do_train.")
     return results
@@ -516,36 +506,25 @@ def write_predictions(path: str, samples: Dataset, predictions: Sequence[str]) -
     logger.info(f"Wrote {len(predictions)} predictions to {path}")
 
 
-def write_model_card(trainer: PartTrainer, metrics: dict[str, float], card_kwargs: dict[str, Any]) -> None:
-    """Writes `README.md` in output_dir.
-
-    MODEL CARD CALL SITE: the single place where the run's card is made. When `model_cards/card.py` lands, replace
-    the body with its builder, e.g. `build_model_card(trainer.args.output_dir, metrics=metrics, **card_kwargs)`
-    (metrics holds train_*, eval_* and test_* values; the output folder also holds training_summary.json).
-    """
-    if trainer.is_world_process_zero():
-        trainer.create_model_card(**card_kwargs)
-
-
-def push_final_model(trainer: PartTrainer) -> None:
-    """Uploads output_dir's final model, processor, card and metrics (not the stage folders and their checkpoints).
-
-    `Trainer.push_to_hub` is not used: it saves the model again (with the PartTrainer, LoRA unmerged) and uploads
-    every stage folder, optimizer states included.
-    """
+def write_card(trainer: PartTrainer, model_args, data_args, metrics: dict[str, float], components) -> None:
+    """Writes the run's model card (`output_dir/README.md`) with `model_cards.write_model_card`."""
     if not trainer.is_world_process_zero():
         return
-    from huggingface_hub import upload_folder
-
-    if trainer.hub_model_id is None:
-        trainer.init_hf_repo()
-    upload_folder(
-        repo_id=trainer.hub_model_id,
-        folder_path=trainer.args.output_dir,
-        commit_message="End of training",
-        token=trainer.args.hub_token,
-        revision=trainer.args.hub_revision,
-        ignore_patterns=["_*", "stage-*", "checkpoint-*", ".incomplete*"],
+    prefix = "test" if any(k.startswith("test_") for k in metrics) else "eval"
+    scored = {k: v for k, v in metrics.items() if k.startswith(f"{prefix}_") and k.split("_")[1] in ("wer", "cer", "bleu")}
+    if not scored:
+        logger.warning("No evaluation metrics (run with --do_eval or --do_predict): no model card was written.")
+        return
+    languages = sorted({c.source_language for c in components} | {c.target_language for c in components})
+    base_models = {"encoder": model_args.audio_encoder, "llm": model_args.llm} if model_args.llm else None
+    write_model_card(
+        trainer.args.output_dir,
+        metrics={k: v for k, v in metrics.items() if k.startswith(f"{prefix}_")},
+        metric_key_prefix=prefix,
+        languages=languages,
+        dataset_name=data_args.dataset_name or "local files",
+        base_models=base_models,
+        repo_id=trainer.args.hub_model_id,
     )
 
 

@@ -236,19 +236,15 @@ def test_output_dir_with_progress_resumes_and_other_content_is_refused(tmp_path)
     assert resolve(overwrite=True) is None and not stage.exists()
 
 
-def test_push_uploads_the_final_model_folder_only(tmp_path, monkeypatch):
-    import huggingface_hub
-    from huggingface_hub.utils import filter_repo_objects
-
-    from speech_text_utils import push_final_model
+def test_push_publishes_the_final_model_folder_in_one_commit(tmp_path, monkeypatch):
+    import model_cards
+    from trainers import PartTrainer
 
     calls = []
-    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.append(kwargs))
-    args = SimpleNamespace(output_dir=str(tmp_path), hub_token=None, hub_revision=None)
-    trainer = SimpleNamespace(args=args, hub_model_id="me/part-asr", is_world_process_zero=lambda: True)
-    push_final_model(trainer)
-    (call,) = calls
-    assert call["repo_id"] == "me/part-asr" and call["folder_path"] == str(tmp_path)
-    files = ["model.safetensors", "README.md", "stage-0-adapter/checkpoint-2/optimizer.pt",
-             "stage-1-encoder/stage_model/model.safetensors", "checkpoint-4/model.safetensors"]
-    assert list(filter_repo_objects(files, ignore_patterns=call["ignore_patterns"])) == files[:2]
+    monkeypatch.setattr(model_cards, "publish", lambda folder, repo_id, **kwargs: calls.append((folder, repo_id, kwargs)))
+    args = SimpleNamespace(should_save=True, hub_model_id="me/part-asr", hub_private_repo=None, hub_token=None,
+                           hub_revision=None)
+    trainer = SimpleNamespace(args=args, _base_output_dir=str(tmp_path))
+    PartTrainer.push_to_hub(trainer)
+    ((folder, repo_id, kwargs),) = calls
+    assert folder == str(tmp_path) and repo_id == "me/part-asr" and kwargs["commit_message"] == "End of training"
