@@ -117,6 +117,7 @@ def test_arguments_parse_from_the_command_line(tmp_path):
     )
     assert args.schedule == "baseline_2stage" and args.mixture_temperature == 2.0 and args.lora_r == 8
     assert args.remove_unused_columns is False
+    assert args.accelerator_config.dispatch_batches is False  # each rank collates its own share of the mixture
 
 
 class CrashAt(PartStageCallback):

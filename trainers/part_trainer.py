@@ -64,6 +64,15 @@ class PartTrainingArguments(TrainingArguments):
     lora_dropout: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA dropout."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads raw samples."})
 
+    def __post_init__(self):
+        # The mixture is an iterable dataset with variable-length batches: every rank reads its own shard
+        # (accelerate's batch dispatching from rank 0 cannot concatenate batches of different lengths).
+        if self.accelerator_config is None:
+            self.accelerator_config = {"dispatch_batches": False}
+        elif isinstance(self.accelerator_config, dict):
+            self.accelerator_config.setdefault("dispatch_batches", False)
+        super().__post_init__()
+
     def lora_overrides(self) -> dict[str, Any]:
         overrides = {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
         return {k: v for k, v in overrides.items() if v is not None}
