@@ -136,7 +136,7 @@ def test_train_end_writes_the_combined_figure(probes, tmp_path):
     assert list(callback.results) == ["stage1", "stage2"]
     assert not (tmp_path / "stage1" / "gradient_similarity.png").exists()
     callback.plot = True
-    callback.on_train_end(SimpleNamespace(output_dir=str(tmp_path)), TrainerState(), TrainerControl())
+    callback.on_schedule_end(SimpleNamespace(output_dir="unused"), TrainerState(), TrainerControl(), output_dir=str(tmp_path))
     assert_png(tmp_path / "gradient_similarity_stages.png")
 
 

@@ -27,7 +27,7 @@ SIMILARITY_FILE = "gradient_similarity"
 
 
 class PartStageCallback(TrainerCallback):
-    """A `TrainerCallback` that also hears about the stages of a PART schedule; both stage events do nothing by default.
+    """A `TrainerCallback` that also hears about the stages of a PART schedule; the stage events do nothing by default.
 
     `PartTrainer` calls them on the `PartStageCallback`s among its callbacks, on every rank, with the usual callback
     keywords (`model` is the unwrapped model) plus:
@@ -64,6 +64,18 @@ class PartStageCallback(TrainerCallback):
         **kwargs: Any,
     ) -> TrainerControl | None:
         """Called after a stage has trained, with its parameter groups still trainable."""
+
+    def on_schedule_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        *,
+        model: nn.Module,
+        output_dir: str,
+        **kwargs: Any,
+    ) -> TrainerControl | None:
+        """Called once after the last stage, before the final model is saved; `output_dir` is the run's folder."""
 
 
 @dataclass(frozen=True)
@@ -276,12 +288,12 @@ class GradientSimilarityCallback(PartStageCallback):
             plot_gradient_similarity(result, folder / f"{self.output_name}.png")
         logger.info(f"Stage {stage.name!r}: gradient similarity of {len(result.labels)} probes written to {folder}.")
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    def on_schedule_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, *, output_dir: str, **kwargs: Any
     ) -> None:
-        """The main process writes the combined figure of all stages measured so far."""
+        """The main process writes the combined figure of all stages (the paper's Fig. 3 shape) into `output_dir`."""
         if self.plot and self.results and state.is_world_process_zero:
-            plot_all(args.output_dir, self.results, file_name=f"{self.output_name}_stages.png")
+            plot_all(output_dir, self.results, file_name=f"{self.output_name}_stages.png")
 
     def _selections(self, sizes: list[int]) -> list[torch.Tensor | None]:
         """Per parameter, the flat indices of its compared elements (None: all of them)."""

@@ -240,6 +240,11 @@ class PartTrainer(Trainer):
         for index in range(start_stage, len(self.schedule.stages)):
             output = self._run_stage(index, checkpoint if index == start_stage else None)
         self.args.output_dir = self._base_output_dir
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PartStageCallback):
+                callback.on_schedule_end(
+                    self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
+                )
         self.args.max_steps = self._base_max_steps
         self.stage_index = None
         self._saving_final = True
@@ -424,7 +429,7 @@ class PartTrainer(Trainer):
             progress=not self.args.disable_tqdm,
             **generate_kwargs,
         )
-        self.log(metrics)
+        self.log(dict(metrics))  # Trainer.log adds the epoch to the dict it is given
         return metrics, predictions
 
     # --------------------------------------------------------------------------------------------- optimizer

@@ -1,0 +1,119 @@
+"""`make paper`: the demo's budget for PART, Baseline-2stage and the paper's three cumulative ablations, on
+several seeds, reported in the shape of the paper's tables (per language, averages, deltas vs PART, mean ± spread).
+
+Every run is resumable (its folder is reused), so an interrupted `make paper` continues where it stopped.
+
+    python examples/demo/run_paper.py --output_dir outputs/paper --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from examples.demo.run_demo import DemoArguments, prepare, train_and_evaluate  # noqa: E402
+from trainers.stages import PRESETS  # noqa: E402
+
+ROW_ORDER = ("wer_", "cer_", "asr_avg_error", "bleu_", "s2tt_avg_bleu")
+
+
+@dataclass
+class PaperArguments(DemoArguments):
+    """The demo's settings, plus the systems and seeds to compare."""
+
+    output_dir: str = field(default="outputs/paper", metadata={"help": "Where every run and the table go."})
+    presets: list[str] = field(default_factory=lambda: list(PRESETS), metadata={"help": "Schedules to compare."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (init, data order)."})
+
+
+def _row_key(name: str) -> tuple[int, str]:
+    for rank, prefix in enumerate(ROW_ORDER):
+        if name.startswith(prefix):
+            return rank, name
+    return len(ROW_ORDER), name
+
+
+def results_table(runs: dict[str, list[dict]], reference: str = "part") -> tuple[str, dict]:
+    """Markdown table: one row per metric, one column per system (mean ± std over seeds, Δ vs `reference`)."""
+    metrics = sorted(
+        {k[len("test_"):] for rs in runs.values() for r in rs for k in r["metrics"]
+         if k[len("test_"):].startswith(ROW_ORDER)},
+        key=_row_key,
+    )
+    stats: dict[str, dict[str, dict[str, float]]] = {}
+    for system, results in runs.items():
+        stats[system] = {}
+        for metric in metrics:
+            values = [r["metrics"][f"test_{metric}"] for r in results if f"test_{metric}" in r["metrics"]]
+            if values:
+                stats[system][metric] = {
+                    "mean": statistics.mean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "n": len(values),
+                }
+    systems = list(runs)
+    header = "| metric (lower WER/CER, higher BLEU is better) | " + " | ".join(systems) + " |"
+    lines = [header, "|---" * (len(systems) + 1) + "|"]
+    for metric in metrics:
+        cells = []
+        for system in systems:
+            entry = stats[system].get(metric)
+            if entry is None:
+                cells.append("–")
+                continue
+            cell = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+            base = stats.get(reference, {}).get(metric)
+            if system != reference and base is not None:
+                cell += f" (Δ {entry['mean'] - base['mean']:+.1f})"
+            cells.append(cell)
+        bold = metric in ("asr_avg_error", "s2tt_avg_bleu")
+        name = f"**{metric}**" if bold else metric
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), stats
+
+
+def run_paper(args: PaperArguments) -> dict:
+    started = time.time()
+    out = Path(args.output_dir)
+    corpus, encoder_path, llm_path, _ = prepare(args)
+    runs: dict[str, list[dict]] = {}
+    for preset in args.presets:
+        for seed in args.seeds:
+            run_dir = out / preset / f"seed{seed}"
+            done = run_dir / "results.json"
+            if done.exists():
+                result = json.loads(done.read_text())
+            else:
+                print(f"\n===== {preset}, seed {seed} =====")
+                result = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, preset, seed)
+            runs.setdefault(preset, []).append(result)
+    table, stats = results_table(runs)
+    note = (
+        f"Seeds {args.seeds}; {args.max_steps} PART steps per run, batch {args.batch_size}; test split of the demo "
+        f"corpus ({args.test_items} items per language). Mean ± standard deviation over seeds; Δ is the mean's "
+        "difference from `part`.\n"
+    )
+    (out / "results.md").write_text(note + "\n" + table + "\n")
+    (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats}, indent=2, default=str))
+    print("\n" + note + "\n" + table)
+    print(f"\nDone in {(time.time() - started) / 60:.1f} min; table in {out / 'results.md'}")
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(PaperArguments).parse_args_into_dataclasses(args=argv)
+    return run_paper(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""A miniature of `make demo` and `make paper`: tiny corpus, a few pretraining steps, every PART stage, the test
+evaluation, the plots and the model card."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.demo.run_demo import main as demo_main  # noqa: E402
+from examples.demo.run_paper import main as paper_main  # noqa: E402
+
+TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--test_items", "2",
+        "--encoder_steps", "2", "--llm_steps", "2", "--max_steps", "8", "--batch_size", "4", "--eval_batch_size", "8",
+        "--probes_per_label", "1", "--adapter_width", "32"]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end(tmp_path):
+    results = demo_main(["--output_dir", str(tmp_path), *TINY])
+    run = tmp_path / "part"
+    metrics = results["metrics"]
+    assert {"test_wer_en", "test_wer_de", "test_cer_zh", "test_bleu_de-en", "test_bleu_zh-en"} <= set(metrics)
+    summary = json.loads((run / "training_summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["1_adapter", "2a_encoder_top", "2b_encoder_full", "3_cross_language"]
+    for name in ("loss_per_stage.png", "gradient_similarity_stages.png", "README.md", "model.safetensors",
+                 "predictions_test.jsonl", "results.json"):
+        assert (run / name).exists(), name
+    card = (run / "README.md").read_text()
+    assert "model-index" in card and "wer" in card.lower()
+    lines = (run / "predictions_test.jsonl").read_text().splitlines()
+    assert len(lines) == len(load_from_disk(str(tmp_path / "corpus"))["test"])
+
+    # make paper on the same corpus and components: two systems, one seed, a table with deltas vs PART
+    stats = paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
+                        "--components_dir", str(tmp_path / "components"), "--presets", "part", "baseline_2stage",
+                        "--seeds", "0", *TINY])
+    assert set(stats) == {"part", "baseline_2stage"}
+    table = (tmp_path / "paper" / "results.md").read_text()
+    assert "(Δ" in table and "asr_avg_error" in table
