@@ -65,8 +65,6 @@ class PartProcessor(ProcessorMixin):
         audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
     """
 
-    feature_extractor_class = "AutoFeatureExtractor"
-    tokenizer_class = "AutoTokenizer"
 
     def __init__(
         self,
