@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(PY) examples/demo/run_demo.py --output_dir outputs/demo
 
 paper: $(STAMP)
-	$(PY) examples/demo/run_paper.py --output_dir outputs/paper
+	$(PY) examples/demo/run_paper.py --output_dir outputs/paper \
+		--corpus_dir outputs/demo/corpus --components_dir outputs/demo/components
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py

@@ -139,6 +139,7 @@ def train_section(state: dict, args) -> dict:
         f"throughput ratio {result['throughput_ratio']['median']:.2f}x")
 
     memory = {}
+    measure_peak(part_full, part)  # throwaway: the first measurement in a process reads high (see bench_scaling)
     for name, fn in (("part", part_full), ("peer", peer_full)):
         measured = measure_peak(fn, part if name == "part" else peer)
         memory[name] = {k: measured[k] for k in ("before", "peak", "delta", "reset_ok")}

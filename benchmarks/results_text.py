@@ -7,6 +7,8 @@ BYTES_FP32 = 4
 
 
 def _mib(value: float) -> str:
+    if 0 < value < MIB:
+        return f"{value / 1024:,.0f} KiB"
     return f"{value / MIB:,.0f} MiB"
 
 
