@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.demo.run_demo import main as demo_main  # noqa: E402
+from examples.demo.run_demo import chance_metrics, main as demo_main  # noqa: E402
 from examples.demo.run_paper import main as paper_main  # noqa: E402
 
 TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--test_items", "2",
@@ -33,6 +33,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert "model-index" in card and "wer" in card.lower()
     lines = (run / "predictions_test.jsonl").read_text().splitlines()
     assert len(lines) == len(load_from_disk(str(tmp_path / "corpus"))["test"])
+    assert set(results["chance_metrics"]) >= {"wer_en", "cer_zh", "bleu_de-en", "s2tt_avg_bleu"}
 
     # make paper on the same corpus and components: two systems, one seed, a table with deltas vs PART
     stats = paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
@@ -40,4 +41,31 @@ def test_demo_pipeline_end_to_end(tmp_path):
                         "--seeds", "0", *TINY])
     assert set(stats) == {"part", "baseline_2stage"}
     table = (tmp_path / "paper" / "results.md").read_text()
-    assert "(Δ" in table and "asr_avg_error" in table
+    assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
+
+
+def _split(rows):
+    keys = ("task", "source_language", "target_language", "text")
+    return Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(keys)})
+
+
+def test_chance_metrics_answers_from_the_matching_training_texts():
+    train = _split([("asr", "en", "en", "we need two liters"), ("asr", "de", "de", "wir brauchen zwei liter"),
+                    ("s2tt", "de", "en", "we need two liters")])
+    test = _split([("asr", "en", "en", "we need two liters"), ("asr", "de", "de", "wir brauchen zwei liter"),
+                   ("s2tt", "de", "en", "we need two liters")])
+    chance = chance_metrics(train, test)
+    # one training text per key: the "random" answer is the right one, so chance is perfect here
+    assert chance["wer_en"] == 0.0 and chance["wer_de"] == 0.0 and chance["bleu_de-en"] == pytest.approx(100.0)
+
+    wrong = _split([("asr", "en", "en", "today is monday"), ("asr", "de", "de", "heute ist montag"),
+                    ("s2tt", "de", "en", "today is monday")])
+    chance = chance_metrics(wrong, test)
+    assert chance["wer_en"] == 100.0 and chance["bleu_de-en"] == 0.0
+
+
+def test_chance_metrics_names_a_missing_training_key():
+    train = _split([("asr", "en", "en", "one")])
+    test = _split([("asr", "fr", "fr", "un")])
+    with pytest.raises(ValueError, match="'asr', 'fr', 'fr'"):
+        chance_metrics(train, test)

@@ -35,6 +35,7 @@ from model_cards import write_model_card  # noqa: E402
 from modeling_part import PartFeatureExtractor, PartForSpeechToText, PartProcessor  # noqa: E402
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments  # noqa: E402
 from trainers.callbacks import GradientSimilarityCallback, build_probe_batches  # noqa: E402
+from trainers.metrics import compute_speech_metrics  # noqa: E402
 
 logger = logging.get_logger("part.demo")
 
@@ -132,13 +133,37 @@ def plot_losses(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def results_table(metrics: dict, prefix: str = "test_") -> str:
-    """A plain-text table: ASR error per language, BLEU per direction, averages."""
-    lines = [f"{'metric':<22}{'value':>8}"]
+def chance_metrics(train, test, seed: int = 0) -> dict[str, float]:
+    """The test metrics of a system that does not listen: each test item is answered with a random training text of
+    the same task and languages. The demo's texts share templates ("We need <number> <unit>."), so this level is
+    well above zero BLEU; a model that beats it uses the speech (or source text), not only the task prior."""
+    import random
+
+    rng = random.Random(seed)
+    pool: dict[tuple[str, str, str], list[str]] = {}
+    for row in train.select_columns(["task", "source_language", "target_language", "text"]):
+        pool.setdefault((row["task"], row["source_language"], row["target_language"]), []).append(row["text"])
+    columns = test.select_columns(["task", "source_language", "target_language", "text"]).to_dict()
+    keys = list(zip(columns["task"], columns["source_language"], columns["target_language"]))
+    missing = sorted({key for key in keys if key not in pool})
+    if missing:
+        raise ValueError(f"The training split has no text for {missing}, which the test split evaluates.")
+    predictions = [rng.choice(pool[key]) for key in keys]
+    return compute_speech_metrics(predictions, columns["text"], *zip(*keys)) if keys else {}
+
+
+def results_table(metrics: dict, prefix: str = "test_", chance: dict | None = None) -> str:
+    """A plain-text table: ASR error per language, BLEU per direction, averages (and the chance level, if given)."""
+    lines = [f"{'metric':<22}{'PART':>8}" + (f"{'chance':>9}" if chance else "")]
     for key in sorted(metrics):
         name = key[len(prefix) :] if key.startswith(prefix) else key
         if name.startswith(("wer_", "cer_", "bleu_", "mt_bleu_")) or name in ("asr_avg_error", "s2tt_avg_bleu", "mt_avg_bleu"):
-            lines.append(f"{name:<22}{metrics[key]:>8.2f}")
+            line = f"{name:<22}{metrics[key]:>8.2f}"
+            if chance and name in chance:
+                line += f"{chance[name]:>9.2f}"
+            lines.append(line)
+    if chance:
+        lines.append("(chance: a random training text of the same task and language; lower WER/CER, higher BLEU wins)")
     return "\n".join(lines)
 
 
@@ -226,9 +251,12 @@ def run_demo(args: DemoArguments) -> dict:
         base_models={"encoder": args.audio_encoder, "llm": args.llm} if args.audio_encoder and args.llm else None,
         model_name="PART demo model",
     )
-    results.update(arguments=asdict(args), components=component_report, total_seconds=time.time() - started)
+    chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)
+    results.update(
+        chance_metrics=chance, arguments=asdict(args), components=component_report, total_seconds=time.time() - started
+    )
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n" + results_table(results["metrics"]))
+    print("\n" + results_table(results["metrics"], chance=chance))
     print(f"\nDone in {results['total_seconds'] / 60:.1f} min. Files in {run_dir}/:")
     print("  the trained PART model (LoRA merged) + processor + model card (README.md) + training_summary.json")
     print("  results.json (test metrics), predictions_test.jsonl (every test prediction)")

@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from examples.demo.run_demo import DemoArguments, prepare, train_and_evaluate  # noqa: E402
+from examples.demo.run_demo import DemoArguments, chance_metrics, prepare, train_and_evaluate  # noqa: E402
 from trainers.stages import PRESETS  # noqa: E402
 
 ROW_ORDER = ("wer_", "cer_", "asr_avg_error", "bleu_", "s2tt_avg_bleu")
@@ -43,8 +43,11 @@ def _row_key(name: str) -> tuple[int, str]:
     return len(ROW_ORDER), name
 
 
-def results_table(runs: dict[str, list[dict]], reference: str = "part") -> tuple[str, dict]:
-    """Markdown table: one row per metric, one column per system (mean ± std over seeds, Δ vs `reference`)."""
+def results_table(
+    runs: dict[str, list[dict]], reference: str = "part", chance: dict[str, float] | None = None
+) -> tuple[str, dict]:
+    """Markdown table: one row per metric, one column per system (mean ± std over seeds, Δ vs `reference`), and a
+    last column with the chance level (`chance_metrics`), if given."""
     metrics = sorted(
         {k[len("test_"):] for rs in runs.values() for r in rs for k in r["metrics"]
          if k[len("test_"):].startswith(ROW_ORDER)},
@@ -62,8 +65,9 @@ def results_table(runs: dict[str, list[dict]], reference: str = "part") -> tuple
                     "n": len(values),
                 }
     systems = list(runs)
-    header = "| metric (lower WER/CER, higher BLEU is better) | " + " | ".join(systems) + " |"
-    lines = [header, "|---" * (len(systems) + 1) + "|"]
+    columns = systems + (["chance"] if chance else [])
+    header = "| metric (lower WER/CER, higher BLEU is better) | " + " | ".join(columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
     for metric in metrics:
         cells = []
         for system in systems:
@@ -76,6 +80,8 @@ def results_table(runs: dict[str, list[dict]], reference: str = "part") -> tuple
             if system != reference and base is not None:
                 cell += f" (Δ {entry['mean'] - base['mean']:+.1f})"
             cells.append(cell)
+        if chance:
+            cells.append(f"{chance[metric]:.1f}" if metric in chance else "–")
         bold = metric in ("asr_avg_error", "s2tt_avg_bleu")
         name = f"**{metric}**" if bold else metric
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -97,14 +103,16 @@ def run_paper(args: PaperArguments) -> dict:
                 print(f"\n===== {preset}, seed {seed} =====")
                 result = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, preset, seed)
             runs.setdefault(preset, []).append(result)
-    table, stats = results_table(runs)
+    chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)
+    table, stats = results_table(runs, chance=chance)
     note = (
         f"Seeds {args.seeds}; {args.max_steps} PART steps per run, batch {args.batch_size}; test split of the demo "
         f"corpus ({args.test_items} items per language). Mean ± standard deviation over seeds; Δ is the mean's "
-        "difference from `part`.\n"
+        "difference from `part`. `chance` answers every test item with a random training text of the same task "
+        "and languages (a system that does not listen).\n"
     )
     (out / "results.md").write_text(note + "\n" + table + "\n")
-    (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats}, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats, "chance": chance}, indent=2, default=str))
     print("\n" + note + "\n" + table)
     print(f"\nDone in {(time.time() - started) / 60:.1f} min; table in {out / 'results.md'}")
     return stats
