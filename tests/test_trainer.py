@@ -44,11 +44,13 @@ def _expected_trainable(model, stage):
 
 @pytest.mark.parametrize("schedule", PRESETS)
 def test_preset_runs_end_to_end_with_planned_trainable_sets(tmp_path, schedule):
+    # A heavy mt weight makes whole text-only batches likely wherever a preset feeds mt: such a batch must reach a
+    # trainable LLM group (the no-LoRA ablations once fed mt to a stage without one, and crashed).
     recorder = RecordStages()
-    trainer = tiny_trainer(tmp_path, schedule=schedule, max_steps=6, callbacks=[recorder], save_steps=100)
+    trainer = tiny_trainer(tmp_path, schedule=schedule, max_steps=12, callbacks=[recorder], save_steps=100, mt_weight=8.0)
     trainer.train()
     model = trainer.model
-    plan = load_schedule(schedule)
+    plan = load_schedule(schedule, mt_weight=8.0)
     assert [r["stage"].name for r in recorder.records] == [s.name for s in plan.stages]
     for record in recorder.records:
         stage = record["stage"]
@@ -60,7 +62,7 @@ def test_preset_runs_end_to_end_with_planned_trainable_sets(tmp_path, schedule):
             assert torch.equal(before, record["frozen_after"][name]), f"{stage.name}: frozen {name} changed"
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [s.name for s in plan.stages]
-    assert [s["global_step"] for s in summary["stages"]] == [s.num_steps(6) for s in plan.stages]
+    assert [s["global_step"] for s in summary["stages"]] == [s.num_steps(12) for s in plan.stages]
     assert all(s["last_loss"] is not None for s in summary["stages"])
     loaded = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path)
     assert not loaded.has_lora  # the final model has LoRA merged
@@ -108,6 +110,10 @@ def test_schedule_round_trip_and_errors(tmp_path):
         Stage("x", ["adapter"], {"asr": 1.0}, steps=1, fraction=0.5)
     with pytest.raises(ValueError, match="Unknown schedule preset"):
         load_schedule("nope")
+    with pytest.raises(ValueError, match="text-only tasks \\['mt'\\] need a trainable LLM group"):
+        Stage("x", ["adapter", "encoder"], {"asr": 1.0, "mt": 1.0}, steps=1)
+    for name in ("no_task_staging_no_lora", "no_task_staging_no_lora_no_progressive", "baseline_2stage"):
+        assert all("mt" not in stage.tasks for stage in load_schedule(name).stages), name
 
 
 def test_arguments_parse_from_the_command_line(tmp_path):

@@ -18,6 +18,11 @@ import yaml
 from modeling_part.modeling_part import PARAMETER_GROUPS
 from modeling_part.processing_part import TASKS
 
+from .data import SPEECH_TASKS
+
+LLM_GROUPS = ("llm", "llm_lora")
+"""Parameter groups inside the LLM: the only ones a text-only task (no audio in the batch) can train."""
+
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 
 
@@ -69,6 +74,13 @@ class Stage:
         if len(lengths) != 1 or lengths[0] <= 0:
             raise ValueError(
                 f"Stage {self.name!r}: give exactly one positive length: steps, fraction (of max_steps) or epochs."
+            )
+        text_only = sorted(set(self.tasks) - set(SPEECH_TASKS))
+        if text_only and not set(LLM_GROUPS) & set(self.trainable):
+            raise ValueError(
+                f"Stage {self.name!r}: text-only tasks {text_only} need a trainable LLM group ({' or '.join(LLM_GROUPS)}):"
+                f" a batch of them never reaches {self.trainable}, so it has no gradient. Add 'llm_lora' to trainable"
+                " or drop the text-only tasks from this stage."
             )
         if "llm_lora" in self.trainable and self.lora is None:
             self.lora = dict(DEFAULT_LORA)
@@ -141,7 +153,8 @@ ASR_S2TT = {"asr": 1.0, "s2tt": 1.0}
 
 
 def _part_stages(staged_tasks: bool, lora: bool, progressive: bool, mt_weight: float) -> list[Stage]:
-    cross = {"asr": 1.0, "s2tt": 1.0, **({"mt": mt_weight} if mt_weight > 0 else {})}
+    # Text-only `mt` can only train the LLM (LoRA); without LoRA it has nothing to train, so it is left out.
+    cross = {"asr": 1.0, "s2tt": 1.0, **({"mt": mt_weight} if mt_weight > 0 and lora else {})}
     early = ASR if staged_tasks else ASR_S2TT
     stages = [Stage("1_adapter", ["adapter"], dict(early), fraction=0.25, learning_rate=1e-3)]
     if progressive:
@@ -170,7 +183,7 @@ def preset(name: str, mt_weight: float = 0.25) -> Schedule:
       LLM LoRA on ASR + S2TT (+ text-only `mt` at `mt_weight`).
     - `baseline_2stage`: LLM frozen; adapter, then adapter + encoder, both on the ASR + S2TT mixture.
     - `no_task_staging`: `part` with ASR + S2TT mixed in every stage.
-    - `no_task_staging_no_lora`: ... and no LLM LoRA in stage 3.
+    - `no_task_staging_no_lora`: ... and no LLM LoRA in stage 3 (so no text-only `mt` either: nothing it could train).
     - `no_task_staging_no_lora_no_progressive`: ... and the whole encoder unfrozen at once after the adapter stage.
     """
     presets = {
