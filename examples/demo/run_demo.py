@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import sys
 import time
@@ -137,8 +138,6 @@ def chance_metrics(train, test, seed: int = 0) -> dict[str, float]:
     """The test metrics of a system that does not listen: each test item is answered with a random training text of
     the same task and languages. The demo's texts share templates ("We need <number> <unit>."), so this level is
     well above zero BLEU; a model that beats it uses the speech (or source text), not only the task prior."""
-    import random
-
     rng = random.Random(seed)
     pool: dict[tuple[str, str, str], list[str]] = {}
     for row in train.select_columns(["task", "source_language", "target_language", "text"]):
