@@ -6,6 +6,7 @@ positions only, with the LM head applied to those positions alone (no `[batch, s
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_part import PartAdapterConfig, PartConfig
 
@@ -31,11 +33,6 @@ AUDIO_BOS_TOKEN = "<|audio_bos|>"
 AUDIO_EOS_TOKEN = "<|audio_eos|>"
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_SAVE_MODES = ("merged", "unmerged", "adapter_only")
-# The LoRA settings recorded in PartConfig.lora_config (enough to rebuild the same LoRA modules on load).
-_STORED_LORA_FIELDS = (
-    "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out",
-    "layers_to_transform", "rank_pattern", "alpha_pattern",
-)
 # The keyword each encoder's forward takes for its frame mask (None: the encoder takes no mask).
 _AUDIO_MASK_ARGUMENT = {"fun_asr_nano_encoder": "input_features_mask", "whisper": None}
 
@@ -46,6 +43,33 @@ def _require_peft():
     except ImportError as error:  # pragma: no cover - peft is a dependency of the package
         raise ImportError("LoRA on the LLM needs `peft`: pip install peft") from error
     return peft
+
+
+def lora_config_from_dict(settings: dict):
+    """A `peft.LoraConfig` from a dict of its fields (unknown keys, as from another peft release, are dropped)."""
+    peft = _require_peft()
+    allowed = set(peft.LoraConfig.__dataclass_fields__) - {"peft_type", "base_model_name_or_path", "revision"}
+    settings = {k: v for k, v in settings.items() if k in allowed}
+    settings["task_type"] = None
+    return peft.LoraConfig(**settings)
+
+
+def lora_config_to_dict(lora_config) -> dict:
+    """Every field of a `peft.LoraConfig` as JSON-serialisable values (sets as sorted lists, enums as values), as
+    stored in `PartConfig.lora_config` so that loading rebuilds exactly the same LoRA modules."""
+
+    def plain(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(plain(v) for v in value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if hasattr(value, "to_dict"):
+            return plain(value.to_dict())
+        return getattr(value, "value", value)  # enums
+
+    return {k: plain(v) for k, v in lora_config.to_dict().items() if k not in ("peft_type", "task_type")}
 
 
 def build_audio_tower(audio_config) -> PreTrainedModel:
@@ -171,7 +195,7 @@ class PartCausalLMOutputWithPast(ModelOutput):
     loss (`torch.FloatTensor`, *optional*): token cross-entropy over target positions (labels != ignore_index).
     logits (`torch.FloatTensor`, *optional*): LM head outputs. Not computed when `labels` are given: the loss path
         applies the head to target positions only.
-    past_key_values (`Cache`, *optional*): the LLM's KV cache.
+    cache (`Cache`, *optional*): the LLM's KV cache (transformers >= 5.24 calls it `cache`, not `past_key_values`).
     hidden_states, attentions: the LLM's, when asked for.
     audio_token_lengths (`torch.LongTensor`, *optional*): audio positions per audio sample.
     num_target_tokens (`torch.LongTensor`, *optional*): target positions that entered the loss.
@@ -179,7 +203,7 @@ class PartCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_token_lengths: torch.LongTensor | None = None
@@ -194,7 +218,7 @@ class PartPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["PartAdapterLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -375,6 +399,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), audio_embeddings)
 
     # ----------------------------------------------------------------------------------------------- forward
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -382,7 +407,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         feature_attention_mask: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -411,7 +436,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
                 inputs_embeds = self._merge_audio_embeddings(
                     input_ids, inputs_embeds, audio_embeddings, audio_token_lengths
                 )
-            elif past_key_values is None or past_key_values.get_seq_length() == 0:
+            elif cache is None or cache.get_seq_length() == 0:
                 if self.config.audio_token_id is not None and (input_ids == self.config.audio_token_id).any():
                     raise ValueError(
                         "input_ids contain audio placeholder tokens but no input_features were given; pass the "
@@ -426,7 +451,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
@@ -451,7 +476,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         return PartCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             audio_token_lengths=audio_token_lengths,
@@ -576,13 +601,22 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         return counts
 
     # -------------------------------------------------------------------------------------------------- LoRA
+    # LoRA is driven through peft's own tuner (`peft.tuners.lora.LoraModel`, what `inject_adapter_in_model` builds),
+    # not transformers' `add_adapter` integration: that one pins peft versions per transformers release, peft's
+    # tuner works with every peft release in our range. The tuner is kept outside the module tree (no duplicate
+    # parameters in the state dict); its layers live in `language_model` as usual.
     @property
     def has_lora(self) -> bool:
         return self.config.lora_config is not None
 
+    @property
+    def lora_tuner(self):
+        """peft's `LoraModel` around `language_model` (None without LoRA)."""
+        return self.__dict__.get("_lora_tuner")
+
     def add_lora(self, lora_config=None, **lora_kwargs) -> None:
         """Adds LoRA to the LLM through `peft` (default: rank 16, alpha 32, dropout 0.05 on the attention and MLP
-        projections). `lora_config` may be a `peft.LoraConfig` or a dict of its fields."""
+        projections). `lora_config` may be a `peft.LoraConfig` or a dict of its fields; every field is kept."""
         if self.has_lora:
             raise ValueError("The LLM already has LoRA; merge_lora() first to add a new one.")
         settings = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": DEFAULT_LORA_TARGETS}
@@ -593,55 +627,62 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
     def _inject_lora(self, settings: dict) -> None:
         peft = _require_peft()
-        allowed = set(peft.LoraConfig.__dataclass_fields__)
-        settings = {k: v for k, v in settings.items() if k in allowed and k not in ("base_model_name_or_path",)}
-        if isinstance(settings.get("target_modules"), set):
-            settings["target_modules"] = sorted(settings["target_modules"])
-        settings["task_type"] = None
-        lora_config = peft.LoraConfig(**settings)
+        lora_config = lora_config_from_dict(settings)
         if lora_config.use_dora:
             raise ValueError("DoRA is not supported by PART's merge/save; use plain LoRA (use_dora=False).")
-        self.language_model.add_adapter(lora_config)
-        stored = {field: getattr(lora_config, field) for field in _STORED_LORA_FIELDS}
-        stored["target_modules"] = sorted(lora_config.target_modules) if lora_config.target_modules else None
-        self.config.lora_config = stored
+        self.__dict__["_lora_tuner"] = peft.tuners.lora.LoraModel(self.language_model, lora_config, "default")
+        self.config.lora_config = lora_config_to_dict(lora_config)
 
     def set_lora_enabled(self, enabled: bool) -> None:
-        """Switches the LLM's LoRA on or off (off: the base LLM's behaviour)."""
+        """Switches the LLM's LoRA on or off (off: the base LLM's behaviour). The trainable set is left as it is
+        (peft's switch would also set the LoRA weights' `requires_grad`; the stage plan owns that)."""
+        if not self.has_lora:
+            raise ValueError("The LLM has no LoRA; add_lora() first.")
+        lora_parameters = [p for name, p in self.language_model.named_parameters() if ".lora_" in name]
+        requires_grad = [p.requires_grad for p in lora_parameters]
         if enabled:
-            self.language_model.enable_adapters()
+            self.lora_tuner.enable_adapter_layers()
         else:
-            self.language_model.disable_adapters()
+            self.lora_tuner.disable_adapter_layers()
+        for parameter, flag in zip(lora_parameters, requires_grad):
+            parameter.requires_grad_(flag)
 
-    def merge_lora(self) -> None:
-        """Folds the LoRA weights into the LLM's linear layers and removes the LoRA modules."""
-        peft = _require_peft()
+    def merge_lora(self, safe_merge: bool = False) -> None:
+        """Folds the LoRA weights into the LLM (peft's `merge_and_unload`) and removes the LoRA modules."""
         if not self.has_lora:
             return
-        for name, module in list(self.language_model.named_modules()):
-            if isinstance(module, peft.tuners.tuners_utils.BaseTunerLayer):
-                module.merge()
-                parent_name, _, child_name = name.rpartition(".")
-                setattr(self.language_model.get_submodule(parent_name), child_name, module.get_base_layer())
-        self.language_model._hf_peft_config_loaded = False
-        self.language_model.peft_config = {}
+        self.language_model = self.lora_tuner.merge_and_unload(safe_merge=safe_merge)
+        del self.__dict__["_lora_tuner"]
         self.config.lora_config = None
 
     def merged_lora_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """A state dict with LoRA folded into the base weights, computed from `state_dict` (default: the model's),
-        without changing the model. Works on consolidated ZeRO-3 state dicts too."""
-        peft = _require_peft()
+        """A state dict with LoRA folded into the base weights by peft's merge, computed from `state_dict`
+        (default: the model's) without changing the model. Works on consolidated ZeRO-3 state dicts too.
+
+        The unmerged weights are assigned (not copied) to a meta-device twin whose LoRA is merged with
+        `safe_merge=True`, which writes each merged weight to new memory: only the merged layers cost memory."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        merged = {k.replace(".base_layer.", "."): v for k, v in state_dict.items() if ".lora_" not in k}
-        for name, module in self.named_modules():
-            if not isinstance(module, peft.tuners.lora.LoraLayer):
-                continue
-            for adapter, scaling in module.scaling.items():
-                lora_a = state_dict[f"{name}.lora_A.{adapter}.weight"].float()
-                lora_b = state_dict[f"{name}.lora_B.{adapter}.weight"].float()
-                weight = merged[f"{name}.weight"]
-                merged[f"{name}.weight"] = (weight.float() + (lora_b @ lora_a) * scaling).to(weight.dtype)
-        return merged
+        with torch.device("meta"):
+            twin = type(self)(copy.deepcopy(self.config))
+        twin.load_state_dict(state_dict, strict=False, assign=True)
+        twin.merge_lora(safe_merge=True)
+        return twin.state_dict()
+
+    def _save_lora_adapter(self, save_directory, is_main_process: bool = True) -> None:
+        """The LLM's LoRA as a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`), loadable
+        with `peft.PeftModel.from_pretrained(llm, folder)` on the extended LLM."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        lora_config = copy.deepcopy(self.lora_tuner.peft_config["default"])
+        lora_config.base_model_name_or_path = getattr(self.language_model, "name_or_path", None)
+        lora_config.save_pretrained(save_directory)
+        weights = get_peft_model_state_dict(self.language_model, adapter_name="default")
+        weights = {f"base_model.model.{k}": v.detach().contiguous() for k, v in weights.items()}
+        save_file(weights, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
 
     def save_pretrained(self, save_directory, *args, lora_save_mode: str = "merged", state_dict=None, **kwargs):
         """Saves a self-contained checkpoint (safetensors + config + the code for `trust_remote_code`).
@@ -654,7 +695,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         if lora_save_mode == "adapter_only":
             if not self.has_lora:
                 raise ValueError("lora_save_mode='adapter_only' needs LoRA on the LLM; add_lora() first.")
-            return self.language_model.save_pretrained(save_directory, *args, **kwargs)
+            return self._save_lora_adapter(save_directory, is_main_process=kwargs.get("is_main_process", True))
         if not self.has_lora or lora_save_mode == "unmerged":
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         merged_state_dict = self.merged_lora_state_dict(state_dict)
