@@ -1,21 +1,25 @@
-# The two commands: `make demo` (the main job) and `make test` (the suite). Both create or reuse .venv.
+# The two commands: `make demo` (the main job) and `make test` (the suite). Both create or reuse .venv, installed
+# from requirements/lock.txt (exact versions). `make lock` refreshes the lock; `make test-latest` runs the suite on
+# the newest releases setup.py allows, in .venv-latest, ignoring the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
+LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
+LATEST_VENV := .venv-latest
 
-.PHONY: venv test demo paper bench clean
+.PHONY: venv test demo paper bench lock test-latest clean
 
 venv: $(STAMP)
 
 # torch is installed first and pinned, so nothing that depends on it pulls a CUDA build.
-$(STAMP): setup.py
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[all]"
+	$(PIP) install -q -c $(LOCK) torch==$(TORCH_VERSION)
+	$(PIP) install -q -c $(LOCK) -e ".[all]"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -31,5 +35,18 @@ paper: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py
 
+# Re-resolves every dependency with pip's resolver (what an install today would get) and rewrites the lock.
+lock:
+	$(PYTHON) requirements/lock.py --torch $(TORCH_VERSION) --output $(LOCK)
+
+# The drift check: newest releases within setup.py's ranges (torch stays at the CPU build), then the suite.
+test-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager torch==$(TORCH_VERSION) -e ".[all]"
+	$(LATEST_VENV)/bin/python -m pip list --format freeze | grep -iE "^(torch|transformers|peft|accelerate|deepspeed|datasets|huggingface.hub|tokenizers)=="
+	$(LATEST_VENV)/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) outputs .pytest_cache

@@ -2,29 +2,34 @@
 
 from setuptools import find_packages, setup
 
+# Supported ranges. Each lower end is the version in requirements/lock.txt, on which `make test` runs; each upper
+# end stops before the next release that may break the API and has not been through the suite (`make test-latest`
+# runs it on the newest releases these ranges allow). Widen a range only after the suite passed on its new end.
 INSTALL_REQUIRES = [
-    "torch>=2.4,<3",  # 2.13.0 (the CPU build used here) satisfies this range
-    "transformers>=5.23,<6",
-    "peft>=0.17",
-    "datasets>=3.0",
-    "evaluate>=0.4",
-    "accelerate>=1.0",
-    "soundfile>=0.12",
-    "soxr>=0.3",
-    "asrfront>=0.2.2",
-    "numpy>=1.24",
-    "pyyaml>=6.0",
-    "sacrebleu>=2.4",
-    "jiwer>=3.0",
-    "matplotlib>=3.7",
-    "tqdm>=4.0",
-    "jinja2>=3.0",
+    "torch>=2.13,<2.14",
+    "transformers>=5.24,<5.25",  # 5.24 renamed the KV cache to `cache`; 5.23 and older are not supported
+    "peft>=0.21.2,<0.22",
+    "accelerate>=1.15,<2",
+    "datasets>=5.2,<6",
+    "evaluate>=0.4.6,<0.5",
+    "huggingface_hub>=2.4,<3",
+    "safetensors>=0.8,<1",
+    "soundfile>=0.14,<1",
+    "soxr>=1.1,<2",
+    "asrfront>=0.2.2,<0.3",
+    "numpy>=2.4,<3",
+    "pyyaml>=6.0,<7",
+    "sacrebleu>=2.6,<3",
+    "jiwer>=4.0,<5",
+    "matplotlib>=3.11,<4",
+    "tqdm>=4.70,<5",
+    "jinja2>=3.1,<4",
 ]
 
 EXTRAS = {
-    "deepspeed": ["deepspeed>=0.16"],
-    "demo": ["espeakng-loader>=0.2", "num2words>=0.5", "babel>=2.12", "tokenizers>=0.20"],
-    "test": ["pytest>=8", "kaldi-native-fbank>=1.20"],
+    "deepspeed": ["deepspeed>=0.19.8,<0.20"],
+    "demo": ["espeakng-loader>=0.2.4,<0.3", "num2words>=0.5.14,<0.6", "babel>=2.19,<3", "tokenizers>=0.23,<0.24"],
+    "test": ["pytest>=9.2,<10", "kaldi-native-fbank>=1.23,<2"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

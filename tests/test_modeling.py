@@ -175,6 +175,37 @@ def test_generation_with_beam_search_and_whisper_encoder(tiny_whisper_part):
     assert output.shape == (2, 4)
 
 
+def test_no_deprecation_from_our_code_paths(tiny_part):
+    """transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (old name deprecated until 5.40): forward,
+    the output, cached generation and beam search must use the new name, with no FutureWarning or deprecation log."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    model, processor = tiny_part
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch = _training_batch(processor)
+            model(**batch).loss.backward()
+            inputs = processor(audio=[make_audio(1.0), make_audio(1.4, 1)], sampling_rate=16000, task="asr",
+                               source_language="en")
+            outputs = model.generate(**inputs, max_new_tokens=3, return_dict_in_generate=True)
+            model.generate(**inputs, max_new_tokens=3, num_beams=2)
+            assert model(**inputs, use_cache=True).cache is not None
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert outputs.sequences.shape == (2, 3)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    messages += [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]
+    assert not messages, messages
+
+
 # ------------------------------------------------------------------------------------------ groups and modes
 def test_parameter_groups_partition_and_set_trainable(tiny_part):
     model, _ = tiny_part
