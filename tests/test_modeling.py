@@ -307,6 +307,51 @@ def test_save_load_without_lora_and_merge_in_place(tiny_part, tmp_path):
     torch.testing.assert_close(model(**batch).logits, with_lora, rtol=1e-4, atol=1e-5)
 
 
+def test_lora_merge_and_reload_keep_every_lora_config_field(tiny_part, tmp_path):
+    """peft's merge, not a hand-written B @ A: LoRA biases, excluded modules, per-module ranks and `modules_to_save`
+    survive a merged save and an unmerged save/reload exactly."""
+    model, processor = tiny_part
+    model.add_lora(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"], lora_bias=True,
+        exclude_modules=r".*layers\.0\.self_attn\.q_proj", rank_pattern={"v_proj": 2},
+        modules_to_save=["norm"],
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.normal_(std=0.2)
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("layers.0.self_attn.q_proj.lora_" in n for n in names)
+    assert any("lora_B.default.bias" in n for n in names)
+    batch = _training_batch(processor)
+    batch.pop("labels")
+    expected = model(**batch).logits
+
+    model.save_pretrained(tmp_path / "merged")
+    merged = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "merged").eval()
+    assert not merged.has_lora
+    torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+
+    model.save_pretrained(tmp_path / "unmerged", lora_save_mode="unmerged")
+    unmerged = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "unmerged").eval()
+    stored = unmerged.config.lora_config
+    assert stored["lora_bias"] and stored["modules_to_save"] == ["norm"] and stored["rank_pattern"] == {"v_proj": 2}
+    assert {n for n, _ in unmerged.named_parameters()} == names
+    torch.testing.assert_close(unmerged(**batch).logits, expected)
+
+
+def test_lora_switch_leaves_the_trainable_set_alone(tiny_part):
+    model, _ = tiny_part
+    model.add_lora(r=2)
+    model.set_trainable(["adapter"])
+    for enabled in (True, False, True):
+        model.set_lora_enabled(enabled)
+        assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
+    model.set_trainable(["adapter", "llm_lora"])
+    model.set_lora_enabled(False)
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
+
+
 def test_adapter_only_save_is_a_peft_adapter(tiny_part, tmp_path):
     model, _ = tiny_part
     with pytest.raises(ValueError, match="add_lora"):
