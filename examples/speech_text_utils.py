@@ -56,7 +56,10 @@ class ModelArguments:
         default=None, metadata={"help": "The LLM's tokenizer, if it is not stored with --llm."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the hub model."})
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "Branch, tag or commit of the hub model (also of --audio_encoder, --llm, --tokenizer_name)."},
+    )
     token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code stored with the model to run."})
     dtype: str | None = field(
@@ -199,10 +202,14 @@ def resolve_resume(training_args: PartTrainingArguments, data_args: DataTraining
 
 # ------------------------------------------------------------------------------------------------------ model
 def load_model_and_processor(model_args: ModelArguments):
-    """A saved PART model and its processor, or a new model from `--audio_encoder` + `--llm` (fresh adapter)."""
+    """A saved PART model and its processor, or a new model from `--audio_encoder` + `--llm` (fresh adapter).
+
+    `--cache_dir`, `--model_revision`, `--token` and `--trust_remote_code` apply to every `from_pretrained` call of
+    either path (the encoder, the LLM and its tokenizer alike), `--dtype` to every model.
+    """
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision,
+                  "token": model_args.token, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path is not None:
-        hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision,
-                      "token": model_args.token, "trust_remote_code": model_args.trust_remote_code}
         dtype_kwargs = {"dtype": model_args.dtype} if model_args.dtype is not None else {}
         model = AutoModelForSpeechSeq2Seq.from_pretrained(model_args.model_name_or_path, **hub_kwargs, **dtype_kwargs)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -211,8 +218,9 @@ def load_model_and_processor(model_args: ModelArguments):
         audio_encoder=model_args.audio_encoder,
         llm=model_args.llm,
         tokenizer=model_args.tokenizer_name,
-        dtype=None if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype),
+        dtype=None if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype),  # None: "auto"
         return_tokenizer=True,
+        load_kwargs=hub_kwargs,
     )
     return model, build_processor(model.config, tokenizer)
 
