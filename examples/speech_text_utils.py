@@ -116,6 +116,12 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Token limit of generated outputs (default: a bound from the audio length)."}
     )
     generation_num_beams: int = field(default=1, metadata={"help": "Beam size for evaluation and prediction."})
+    cap_hypotheses: bool = field(
+        default=False,
+        metadata={"help": "Also report WER/CER with each hypothesis cut to max(2 x reference, reference + 10) units, "
+                          "as <split>_wer_capped_<lang> (never in the model card). The plain <split>_wer_<lang> is "
+                          "always reported uncapped, as jiwer counts it."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train from scratch in a non-empty output_dir (removing its stage folders), not resume."},
@@ -472,7 +478,7 @@ def run_speech_text(
     for prefix, samples in (("eval", eval_samples), ("test", test_samples)):
         if samples is not None:
             logger.info(f"*** {'Evaluate' if prefix == 'eval' else 'Predict'} ***")
-            results.update(evaluate_split(trainer, samples, prefix, generate_kwargs))
+            results.update(evaluate_split(trainer, samples, prefix, generate_kwargs, data_args.cap_hypotheses))
 
     if training_args.do_train:
         write_card(trainer, model_args, data_args, results, components)
@@ -483,11 +489,15 @@ def run_speech_text(
     return results
 
 
-def evaluate_split(trainer: PartTrainer, samples: Dataset, prefix: str, generate_kwargs: dict) -> dict[str, float]:
+def evaluate_split(
+    trainer: PartTrainer, samples: Dataset, prefix: str, generate_kwargs: dict, cap_hypotheses: bool = False
+) -> dict[str, float]:
     """Teacher-forced loss and generation metrics (WER/CER per language, BLEU per direction) of one split; writes
-    `<prefix>_results.json` and `predictions_<prefix>.jsonl`."""
+    `<prefix>_results.json` and `predictions_<prefix>.jsonl`. `cap_hypotheses` adds the capped WER/CER keys."""
     metrics = trainer.evaluate(eval_dataset=samples, metric_key_prefix=prefix)
-    generated, predictions = trainer.evaluate_generation(samples, metric_key_prefix=prefix, **generate_kwargs)
+    generated, predictions = trainer.evaluate_generation(
+        samples, metric_key_prefix=prefix, hypothesis_cap=cap_hypotheses, **generate_kwargs
+    )
     metrics.update(generated)
     metrics[f"{prefix}_samples"] = len(samples)
     trainer.log_metrics(prefix, metrics)

@@ -148,9 +148,12 @@ def test_run_asr_trains_evaluates_predicts_and_resumes(workdir, restore_logging)
     metrics = run_asr.main([
         "--model_name_or_path", str(out), "--dataset_name", str(workdir / "saved_dataset"), "--text_column",
         "sentence", "--language_column", "language", "--output_dir", str(workdir / "asr_eval"), "--do_predict",
-        *COMMON,
+        "--cap_hypotheses", *COMMON,
     ])
     assert metrics["test_samples"] == 3 and "test_wer_fr" in metrics
+    # The opt-in cap adds labelled keys next to the plain (uncapped) ones; it never replaces them.
+    assert {"test_wer_capped_fr", "test_asr_avg_error_capped", "test_asr_capped_hypotheses"} <= set(metrics)
+    assert metrics["test_wer_capped_fr"] <= metrics["test_wer_fr"]
     assert len(_lines(workdir / "asr_eval" / "predictions_test.jsonl")) == 3
 
 
