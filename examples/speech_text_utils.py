@@ -56,7 +56,10 @@ class ModelArguments:
         default=None, metadata={"help": "The LLM's tokenizer, if it is not stored with --llm."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the hub model."})
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "Branch, tag or commit of the hub model (also of --audio_encoder, --llm, --tokenizer_name)."},
+    )
     token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code stored with the model to run."})
     dtype: str | None = field(
@@ -113,6 +116,12 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Token limit of generated outputs (default: a bound from the audio length)."}
     )
     generation_num_beams: int = field(default=1, metadata={"help": "Beam size for evaluation and prediction."})
+    cap_hypotheses: bool = field(
+        default=False,
+        metadata={"help": "Also report WER/CER with each hypothesis cut to max(2 x reference, reference + 10) units, "
+                          "as <split>_wer_capped_<lang> (never in the model card). The plain <split>_wer_<lang> is "
+                          "always reported uncapped, as jiwer counts it."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train from scratch in a non-empty output_dir (removing its stage folders), not resume."},
@@ -199,10 +208,14 @@ def resolve_resume(training_args: PartTrainingArguments, data_args: DataTraining
 
 # ------------------------------------------------------------------------------------------------------ model
 def load_model_and_processor(model_args: ModelArguments):
-    """A saved PART model and its processor, or a new model from `--audio_encoder` + `--llm` (fresh adapter)."""
+    """A saved PART model and its processor, or a new model from `--audio_encoder` + `--llm` (fresh adapter).
+
+    `--cache_dir`, `--model_revision`, `--token` and `--trust_remote_code` apply to every `from_pretrained` call of
+    either path (the encoder, the LLM and its tokenizer alike), `--dtype` to every model.
+    """
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision,
+                  "token": model_args.token, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path is not None:
-        hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision,
-                      "token": model_args.token, "trust_remote_code": model_args.trust_remote_code}
         dtype_kwargs = {"dtype": model_args.dtype} if model_args.dtype is not None else {}
         model = AutoModelForSpeechSeq2Seq.from_pretrained(model_args.model_name_or_path, **hub_kwargs, **dtype_kwargs)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -211,8 +224,9 @@ def load_model_and_processor(model_args: ModelArguments):
         audio_encoder=model_args.audio_encoder,
         llm=model_args.llm,
         tokenizer=model_args.tokenizer_name,
-        dtype=None if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype),
+        dtype=None if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype),  # None: "auto"
         return_tokenizer=True,
+        load_kwargs=hub_kwargs,
     )
     return model, build_processor(model.config, tokenizer)
 
@@ -464,7 +478,7 @@ def run_speech_text(
     for prefix, samples in (("eval", eval_samples), ("test", test_samples)):
         if samples is not None:
             logger.info(f"*** {'Evaluate' if prefix == 'eval' else 'Predict'} ***")
-            results.update(evaluate_split(trainer, samples, prefix, generate_kwargs))
+            results.update(evaluate_split(trainer, samples, prefix, generate_kwargs, data_args.cap_hypotheses))
 
     if training_args.do_train:
         write_card(trainer, model_args, data_args, results, components)
@@ -475,11 +489,15 @@ def run_speech_text(
     return results
 
 
-def evaluate_split(trainer: PartTrainer, samples: Dataset, prefix: str, generate_kwargs: dict) -> dict[str, float]:
+def evaluate_split(
+    trainer: PartTrainer, samples: Dataset, prefix: str, generate_kwargs: dict, cap_hypotheses: bool = False
+) -> dict[str, float]:
     """Teacher-forced loss and generation metrics (WER/CER per language, BLEU per direction) of one split; writes
-    `<prefix>_results.json` and `predictions_<prefix>.jsonl`."""
+    `<prefix>_results.json` and `predictions_<prefix>.jsonl`. `cap_hypotheses` adds the capped WER/CER keys."""
     metrics = trainer.evaluate(eval_dataset=samples, metric_key_prefix=prefix)
-    generated, predictions = trainer.evaluate_generation(samples, metric_key_prefix=prefix, **generate_kwargs)
+    generated, predictions = trainer.evaluate_generation(
+        samples, metric_key_prefix=prefix, hypothesis_cap=cap_hypotheses, **generate_kwargs
+    )
     metrics.update(generated)
     metrics[f"{prefix}_samples"] = len(samples)
     trainer.log_metrics(prefix, metrics)

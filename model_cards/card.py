@@ -38,7 +38,9 @@ EVAL_TASKS = {
 }
 """PART task -> (Hub task type, task name) of its `model-index` result."""
 
-_ASR_KEY = re.compile(r"(?P<metric>wer|cer)_(?P<language>[A-Za-z0-9][A-Za-z0-9_-]*)")
+_ASR_KEY = re.compile(r"(?P<metric>wer|cer)_(?!capped_)(?P<language>[A-Za-z0-9][A-Za-z0-9_-]*)")
+_CAPPED_KEY = re.compile(r"(?:wer|cer)_capped_[A-Za-z0-9][A-Za-z0-9_-]*|asr_avg_error_capped")
+"""Opt-in capped error rates (`compute_speech_metrics(hypothesis_cap=...)`): never reported as a WER/CER."""
 _BLEU_KEY = re.compile(r"(?P<task>bleu|mt_bleu)_(?P<direction>[A-Za-z0-9][A-Za-z0-9_-]*)")
 _AVERAGE_KEYS = ("asr_avg_error", "s2tt_avg_bleu", "mt_avg_bleu")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
@@ -108,6 +110,7 @@ def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None
     found: dict[str, float] = {}
     prefixed: set[str] = set()
     other_prefixes: set[str] = set()
+    capped = sorted(key for key in metrics if _CAPPED_KEY.fullmatch(key.removeprefix(prefix)))
     for key, value in metrics.items():
         if prefix and key.startswith(prefix) and _is_part_metric(key[len(prefix):]):
             name = key[len(prefix):]
@@ -137,6 +140,12 @@ def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None
         if other_prefixes:
             first = sorted(other_prefixes)[0]
             hint = f" Keys with the prefix {sorted(other_prefixes)} were found: pass metric_key_prefix={first!r}."
+        if capped:
+            hint += (
+                f" The capped error rates {capped[:4]} are not reported in a card: they truncate long hypotheses, so "
+                "they are not WER/CER; pass the plain `wer_<lang>` / `cer_<lang>` that compute_speech_metrics "
+                "always returns next to them."
+            )
         raise ValueError(
             f"No ASR or speech translation metrics in metrics (keys: {sorted(metrics)[:12]}). {_METRICS_HELP}.{hint}"
         )

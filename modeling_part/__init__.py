@@ -3,7 +3,7 @@
 Importing it registers `PartConfig` with `AutoConfig`, the model with `AutoModel` and `AutoModelForSpeechSeq2Seq`,
 the feature extractor and processor with `AutoFeatureExtractor` / `AutoProcessor`, marks every class for
 `trust_remote_code` export (saved folders carry their code), and routes the `automatic-speech-recognition` pipeline
-for PART models to `PartSpeechRecognitionPipeline`.
+for PART models to `PartSpeechRecognitionPipeline` (every other model still gets transformers' own pipeline).
 """
 
 from transformers import (

@@ -168,3 +168,50 @@ def test_asr_pipeline_on_saved_folder(saved_model):
     assert isinstance(translation["text"], str)
     with pytest.raises(ValueError, match="language="):
         asr(str(saved_model / "clip.wav"))
+
+
+def _tiny_whisper_pipeline_parts():
+    """A randomly initialised Whisper with a Whisper tokenizer and feature extractor, all built offline; its
+    `generate` records the keyword arguments the pipeline passes and returns fixed tokens."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizer
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
+                "<|notimestamps|>"]
+    vocab = {token: index for index, token in enumerate([*"abcdefghijklmnopqrstuvwxyz", "Ġ", *specials])}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=specials[1:])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(
+        WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=len(vocab),
+                      max_target_positions=32, pad_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|endoftext|>"],
+                      eos_token_id=vocab["<|endoftext|>"], decoder_start_token_id=vocab["<|startoftranscript|>"])
+    ).eval()
+    calls = []
+
+    def recording_generate(input_features=None, attention_mask=None, **kwargs):
+        calls.append(kwargs)
+        return torch.tensor([[vocab["<|startoftranscript|>"], vocab["h"], vocab["i"], vocab["<|endoftext|>"]]])
+
+    model.generate = recording_generate
+    return model, tokenizer, WhisperFeatureExtractor(), calls
+
+
+def test_asr_pipeline_of_other_models_is_transformers_own():
+    """With modeling_part imported, a Whisper ASR pipeline behaves exactly as transformers' own: language, task and
+    sampling_rate reach the same preprocess / forward / postprocess parameters and `generate`."""
+    import modeling_part  # noqa: F401  (registers the PART pipeline; imported above too)
+    from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
+
+    model, tokenizer, feature_extractor, calls = _tiny_whisper_pipeline_parts()
+    ours = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                    feature_extractor=feature_extractor)
+    plain = AutomaticSpeechRecognitionPipeline(model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    assert type(ours) is type(plain)  # transformers' own class, built from the same arguments
+    call = {"language": "fr", "task": "translate", "sampling_rate": 16000, "num_beams": 2}
+    assert ours._sanitize_parameters(**call) == plain._sanitize_parameters(**call)
+    assert ours._sanitize_parameters(**call)[1]["language"] == "fr"
+
+    audio = make_audio(1.0)
+    outputs = [asr(audio, **call) for asr in (ours, plain)]
+    assert outputs[0] == outputs[1]
+    assert calls[0] == calls[1] and (calls[0]["language"], calls[0]["task"]) == ("fr", "translate")

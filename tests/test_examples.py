@@ -148,9 +148,12 @@ def test_run_asr_trains_evaluates_predicts_and_resumes(workdir, restore_logging)
     metrics = run_asr.main([
         "--model_name_or_path", str(out), "--dataset_name", str(workdir / "saved_dataset"), "--text_column",
         "sentence", "--language_column", "language", "--output_dir", str(workdir / "asr_eval"), "--do_predict",
-        *COMMON,
+        "--cap_hypotheses", *COMMON,
     ])
     assert metrics["test_samples"] == 3 and "test_wer_fr" in metrics
+    # The opt-in cap adds labelled keys next to the plain (uncapped) ones; it never replaces them.
+    assert {"test_wer_capped_fr", "test_asr_avg_error_capped", "test_asr_capped_hypotheses"} <= set(metrics)
+    assert metrics["test_wer_capped_fr"] <= metrics["test_wer_fr"]
     assert len(_lines(workdir / "asr_eval" / "predictions_test.jsonl")) == 3
 
 
@@ -248,3 +251,51 @@ def test_push_publishes_the_final_model_folder_in_one_commit(tmp_path, monkeypat
     PartTrainer.push_to_hub(trainer)
     ((folder, repo_id, kwargs),) = calls
     assert folder == str(tmp_path) and repo_id == "me/part-asr" and kwargs["commit_message"] == "End of training"
+
+
+def test_hub_options_reach_every_from_pretrained_of_the_pretrained_parts(tmp_path, monkeypatch):
+    """--cache_dir, --token, --model_revision, --trust_remote_code and --dtype apply to the encoder, the LLM and the
+    tokenizer when the scripts assemble a model from --audio_encoder and --llm, as they do for --model_name_or_path."""
+    import modeling_part.modeling_part as modeling
+    from speech_text_utils import ModelArguments, load_model_and_processor
+
+    torch.manual_seed(0)
+    FunAsrNanoEncoder(
+        FunAsrNanoEncoderConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1,
+                                num_timestamp_prediction_layers=0)
+    ).save_pretrained(tmp_path / "encoder")
+    tokenizer = build_tokenizer(vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    ).save_pretrained(tmp_path / "llm")
+
+    calls = {}
+
+    def spy(name, load):
+        def recording(path, **kwargs):
+            calls[name] = kwargs
+            return load(path, **kwargs)
+        return recording
+
+    monkeypatch.setattr(modeling, "load_pretrained_audio_encoder",
+                        spy("encoder", modeling.load_pretrained_audio_encoder))
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained",
+                        spy("llm", modeling.AutoModelForCausalLM.from_pretrained))
+    monkeypatch.setattr(modeling.AutoTokenizer, "from_pretrained",
+                        spy("tokenizer", modeling.AutoTokenizer.from_pretrained))
+    model_args = ModelArguments(
+        audio_encoder=str(tmp_path / "encoder"), llm=str(tmp_path / "llm"), tokenizer_name=str(tmp_path / "tokenizer"),
+        cache_dir=str(tmp_path / "cache"), token="hf_not_a_real_token", model_revision="v1.2",
+        trust_remote_code=True, dtype="bfloat16",
+    )
+    model, processor = load_model_and_processor(model_args)
+
+    hub = {"cache_dir": str(tmp_path / "cache"), "token": "hf_not_a_real_token", "revision": "v1.2",
+           "trust_remote_code": True}
+    assert set(calls) == {"encoder", "llm", "tokenizer"}
+    for name in ("encoder", "llm"):
+        assert calls[name] == {**hub, "dtype": torch.bfloat16}, name
+    assert calls["tokenizer"] == hub  # a tokenizer has no dtype
+    assert model.language_model.dtype == torch.bfloat16 and processor.tokenizer is not None

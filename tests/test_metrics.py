@@ -4,6 +4,7 @@ import json
 
 import datasets
 import evaluate
+import jiwer
 import numpy as np
 import pytest
 import sacrebleu
@@ -11,10 +12,10 @@ from transformers import EvalPrediction
 
 from trainers.metrics import (
     CER_LANGUAGES,
+    HypothesisCap,
     TextNormalizer,
     bleu_by_direction,
     bleu_tokenizer,
-    cap_hypothesis,
     compute_speech_metrics,
     evaluate_metric_path,
     make_compute_metrics,
@@ -79,17 +80,76 @@ def test_english_normaliser_needs_spelling_map_and_never_touches_german(tmp_path
     assert word_error_rate(["the color"], ["the colour"], "de", normalizer=normalizer)["de"].errors == 1
 
 
-def test_hypothesis_cap():
-    assert len(cap_hypothesis(["w"] * 100, 20)) == 40  # 2 x reference
-    assert len(cap_hypothesis(["w"] * 100, 3)) == 13  # reference + 10
-    assert len(cap_hypothesis(["w"] * 100, 3, max_ratio=None)) == 100
+# Speech LLMs fail by inserting (repeating, continuing, translating instead of transcribing): thirty words for a
+# one-word reference is 29 insertions, a WER of 2900%, and that is what jiwer and the paper report.
+INSERTION_REFERENCES = ["hello", "the cat sat on the mat", "good morning"]
+INSERTION_HYPOTHESES = [
+    "hello " + " ".join(f"word{i}" for i in range(29)),  # 30 words for 1
+    "the cat sat on the mat " + "and then it sat on the mat again " * 3,  # 6 + 24 words for 6
+    "good evening",
+]
+
+
+def test_wer_is_uncapped_by_default_and_equals_jiwer():
+    runaway = word_error_rate([INSERTION_HYPOTHESES[0]], [INSERTION_REFERENCES[0]], "en")["en"]
+    assert (runaway.errors, runaway.reference_units) == (29, 1)
+    assert runaway.value == pytest.approx(2900.0) == pytest.approx(100 * jiwer.wer("hello", INSERTION_HYPOTHESES[0]))
+    corpus = word_error_rate(INSERTION_HYPOTHESES, INSERTION_REFERENCES, "en")["en"]
+    # Corpus level, as jiwer.wer over lists: all edits / all reference words (not a mean of sentence rates).
+    assert corpus.value == pytest.approx(100 * jiwer.wer(INSERTION_REFERENCES, INSERTION_HYPOTHESES))
+    assert corpus.value == pytest.approx(100 * (29 + 24 + 1) / 9)
+    characters = word_error_rate(["猫" * 30], ["猫"], "zh")["zh"]  # CER: characters, spaces removed
+    assert characters.value == pytest.approx(100 * jiwer.cer("猫", "猫" * 30)) == pytest.approx(2900.0)
+    metrics = compute_speech_metrics(INSERTION_HYPOTHESES, INSERTION_REFERENCES, ["asr"] * 3, ["en"] * 3, ["en"] * 3)
+    assert metrics["wer_en"] == pytest.approx(100 * jiwer.wer(INSERTION_REFERENCES, INSERTION_HYPOTHESES))
+    assert metrics["asr_avg_error"] == metrics["wer_en"]
+    assert not [key for key in metrics if "cap" in key]  # nothing capped, nothing labelled as capped
+
+
+def test_hypothesis_cap_is_opt_in_and_labelled():
+    cap = HypothesisCap()
+    assert len(cap.truncate(["w"] * 100, 20)) == 40  # 2 x reference
+    assert len(cap.truncate(["w"] * 100, 3)) == 13  # reference + 10
+    assert HypothesisCap(ratio=3.0, margin=0).limit(4) == 12
     reference = "one two three four five"
     runaway = " ".join([reference] * 20)  # 100 words
-    capped = word_error_rate([runaway], [reference], "en")["en"]
-    assert (capped.errors, capped.num_capped) == (10, 1)  # 15 words kept: 5 hits + 10 insertions
-    uncapped = word_error_rate([runaway], [reference], "en", max_hypothesis_ratio=None)["en"]
-    assert (uncapped.errors, uncapped.num_capped) == (95, 0)
-    assert word_error_rate(["猫" * 50], ["猫猫"], "zh")["zh"].errors == 10  # characters for CER languages
+    uncapped = word_error_rate([runaway], [reference], "en")["en"]
+    assert (uncapped.name, uncapped.errors, uncapped.num_capped, uncapped.hypothesis_cap) == ("wer", 95, 0, None)
+    capped = word_error_rate([runaway], [reference], "en", hypothesis_cap=True)["en"]
+    assert (capped.name, capped.errors, capped.num_capped) == ("wer_capped", 10, 1)  # 15 kept: 5 hits + 10 ins.
+    assert capped.hypothesis_cap == cap
+    assert word_error_rate(["猫" * 50], ["猫猫"], "zh", hypothesis_cap=cap)["zh"].errors == 10  # characters for CER
+    assert word_error_rate(["猫" * 50], ["猫猫"], "zh")["zh"].errors == 48
+
+
+def test_capped_metrics_come_with_their_label_next_to_the_plain_ones():
+    metrics = compute_speech_metrics(
+        [*INSERTION_HYPOTHESES, "猫" * 30],
+        [*INSERTION_REFERENCES, "猫"],
+        ["asr"] * 4,
+        ["en"] * 3 + ["zh"],
+        ["en"] * 3 + ["zh"],
+        hypothesis_cap={"ratio": 2.0, "margin": 10},
+    )
+    assert metrics["wer_en"] == pytest.approx(100 * jiwer.wer(INSERTION_REFERENCES, INSERTION_HYPOTHESES))
+    assert metrics["cer_zh"] == pytest.approx(2900.0)
+    # Capped: 1 hit + 10 insertions; 6 hits + 10 insertions (16 of 30 words kept); one substitution.
+    assert metrics["wer_capped_en"] == pytest.approx(100 * (10 + 10 + 1) / 9)
+    assert metrics["cer_capped_zh"] == pytest.approx(1000.0)
+    assert metrics["asr_avg_error"] == pytest.approx((metrics["wer_en"] + metrics["cer_zh"]) / 2)
+    assert metrics["asr_avg_error_capped"] == pytest.approx((metrics["wer_capped_en"] + metrics["cer_capped_zh"]) / 2)
+    assert (metrics["asr_capped_hypotheses"], metrics["asr_hypothesis_cap_ratio"]) == (3, 2.0)
+    assert metrics["asr_hypothesis_cap_margin"] == 10
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(0.5, "hypothesis_cap=0.5"), ({"ratio": 0.5}, "ratio must be a number >= 1"),
+     ({"margin": -1}, "margin must be an int >= 0"), ({"max_ratio": 2}, "hypothesis_cap=")],
+)
+def test_hypothesis_cap_errors_name_what_to_pass(value, message):
+    with pytest.raises(ValueError, match=message):
+        word_error_rate(["a"], ["a"], "en", hypothesis_cap=value)
 
 
 def test_empty_reference_and_hypothesis():
@@ -141,12 +201,8 @@ def test_compute_speech_metrics_keys_and_averages():
     assert metrics["asr_avg_error"] == pytest.approx((metrics["wer_en"] + metrics["cer_zh"]) / 2)
     assert metrics["s2tt_avg_bleu"] == pytest.approx((metrics["bleu_de-en"] + metrics["bleu_fr-en"]) / 2)
     assert metrics["mt_bleu_en-de"] == pytest.approx(sacrebleu.corpus_bleu(["hallo welt"], [["hallo welt"]]).score)
-    assert (metrics["asr_samples"], metrics["s2tt_samples"], metrics["mt_samples"], metrics["asr_capped"]) == (
-        2,
-        3,
-        1,
-        0,
-    )
+    assert (metrics["asr_samples"], metrics["s2tt_samples"], metrics["mt_samples"]) == (2, 3, 1)
+    assert not [key for key in metrics if "capped" in key]
 
 
 @pytest.mark.parametrize(
@@ -247,6 +303,14 @@ def test_evaluate_load_from_local_path():
         languages=["en", "zh"],
     )
     assert result["wer_en"] == pytest.approx(100 * 2 / 6) and result["cer_zh"] == pytest.approx(100 / 6)
+    runaway = part_wer.compute(
+        predictions=INSERTION_HYPOTHESES[:1], references=INSERTION_REFERENCES[:1], languages=["en"]
+    )
+    assert runaway == {"wer_en": pytest.approx(2900.0), "asr_avg_error": pytest.approx(2900.0), "asr_samples": 1}
+    capped = part_wer.compute(
+        predictions=INSERTION_HYPOTHESES[:1], references=INSERTION_REFERENCES[:1], languages=["en"], hypothesis_cap=True
+    )
+    assert (capped["wer_en"], capped["wer_capped_en"], capped["asr_capped_hypotheses"]) == (2900.0, 1000.0, 1)
     part_bleu = evaluate.load(evaluate_metric_path("part_bleu"))
     result = part_bleu.compute(
         predictions=HYPOTHESES, references=REFERENCES, source_languages=["de"] * 3, target_languages=["en"] * 3

@@ -154,6 +154,19 @@ def test_metrics_without_prefix_and_with_a_baseline():
     assert "worse for fr (WER 20.50 vs 19.00); zh-en (BLEU 15.12 vs 16.00)" in text
 
 
+def test_capped_error_rates_never_enter_the_card():
+    """Opt-in capped rates (`compute_speech_metrics(hypothesis_cap=...)`) sit next to the plain ones; a card and its
+    model-index report only plain WER/CER, never a capped number as the WER of a language named "capped_de"."""
+    capped = {"test_wer_capped_de": 5.0, "test_cer_capped_zh": 4.0, "test_asr_avg_error_capped": 4.5,
+              "test_asr_capped_hypotheses": 2, "test_asr_hypothesis_cap_ratio": 2.0,
+              "test_asr_hypothesis_cap_margin": 10}
+    card = build_model_card(metrics={**METRICS, **capped}, training_summary=SUMMARY, **CARD_ARGS)
+    assert measured(card.data.eval_results) == EXPECTED
+    assert parse_part_metrics({**METRICS, **capped}).asr_avg_error == METRICS["test_asr_avg_error"]
+    with pytest.raises(ValueError, match="capped error rates .* are not reported in a card"):
+        parse_part_metrics({"test_wer_capped_de": 5.0})
+
+
 def test_card_from_stage_summaries_only():
     """A summary without the schedule (only the trainer's stage records) still gives the schedule table."""
     stages = [{**s, "trainable_groups": ["adapter"], "tasks": {"asr": 1.0}} for s in SUMMARY["stages"]]

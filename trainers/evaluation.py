@@ -12,7 +12,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .collator import PartDataCollator
-from .metrics import compute_speech_metrics
+from .metrics import HypothesisCap, compute_speech_metrics
 
 META_COLUMNS = ("task", "source_language", "target_language", "text")
 
@@ -71,10 +71,13 @@ def evaluate_speech_to_text(
     batch_size: int = 8,
     metric_key_prefix: str = "test",
     progress: bool = True,
+    hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
     **generate_kwargs,
 ) -> tuple[dict[str, float], list[str]]:
     """Generates for every sample and scores against its `text`. Returns `(metrics, predictions)`; metric keys
-    are prefixed (`test_wer_de`, `test_bleu_de-en`, `test_asr_avg_error`, ...)."""
+    are prefixed (`test_wer_de`, `test_bleu_de-en`, `test_asr_avg_error`, ...). WER/CER are uncapped; with
+    `hypothesis_cap` (opt-in, see `trainers.metrics.HypothesisCap`) capped rates are added as `test_wer_capped_de`,
+    `test_asr_avg_error_capped`, ..."""
     missing = [c for c in META_COLUMNS if c not in samples[0]]
     if missing:
         raise ValueError(f"Evaluation samples lack the columns {missing}; each needs {META_COLUMNS}.")
@@ -85,6 +88,7 @@ def evaluate_speech_to_text(
         [s["task"] for s in samples],
         [s["source_language"] for s in samples],
         [s["target_language"] for s in samples],
+        hypothesis_cap=hypothesis_cap,
     )
     return {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}, predictions
 

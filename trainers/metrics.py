@@ -3,7 +3,9 @@ language (CER for zh, cmn, ja, ko, yue) and sacreBLEU per translation direction,
 `compute_metrics` factory for the Hugging Face `Trainer`.
 
 All scores are percentages: WER/CER = 100 * (substitutions + deletions + insertions) / reference units,
-summed over the corpus of one language; BLEU is sacreBLEU's corpus score (0-100).
+summed over the corpus of one language, exactly as `jiwer.wer` counts a list of sentences (on the normalised text;
+CER on characters without spaces), with no limit on insertions; BLEU is sacreBLEU's corpus score (0-100).
+Truncating long hypotheses before scoring (`HypothesisCap`) is an opt-in extra, reported under its own keys.
 """
 
 from __future__ import annotations
@@ -46,9 +48,6 @@ packages (`sacrebleu[ja]`, `sacrebleu[ko]`); pass `bleu_tokenizers={"ja": "ja-me
 
 EVALUATE_METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
 """Folder of the `evaluate` metric scripts ("part_wer", "part_bleu") wrapping this module."""
-
-DEFAULT_MAX_HYPOTHESIS_RATIO = 2.0
-DEFAULT_MAX_HYPOTHESIS_MARGIN = 10
 
 Normalizer = Callable[[str, str], str]
 """A text normaliser: `(text, language) -> normalised text`."""
@@ -120,18 +119,48 @@ def error_units(text: str, language: str) -> list[str]:
     return text.split()
 
 
-def cap_hypothesis(
-    hypothesis_units: list[str],
-    reference_length: int,
-    max_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
-    margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
-) -> list[str]:
-    """Truncate a hypothesis to `max(max_ratio * reference_length, reference_length + margin)` units, so
-    one runaway (repeating) output cannot dominate a corpus error rate. `max_ratio=None` disables it."""
-    if max_ratio is None:
-        return hypothesis_units
-    limit = max(int(max_ratio * reference_length), reference_length + margin)
-    return hypothesis_units[:limit]
+@dataclass(frozen=True)
+class HypothesisCap:
+    """Opt-in truncation of each hypothesis to `max(ratio * reference units, reference units + margin)` units
+    before WER/CER, so one runaway (repeating) output cannot dominate a corpus error rate.
+
+    Insertions are how speech LLMs fail, and a capped rate hides them and is not comparable with `jiwer` or
+    published numbers: capped rates are reported under their own keys (`wer_capped_<lang>`), next to the plain ones.
+    """
+
+    ratio: float = 2.0
+    margin: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio >= 1:
+            raise ValueError(f"HypothesisCap(ratio={self.ratio!r}): ratio must be a number >= 1 (e.g. 2.0).")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+            raise ValueError(f"HypothesisCap(margin={self.margin!r}): margin must be an int >= 0 (e.g. 10).")
+
+    def limit(self, reference_length: int) -> int:
+        """How many hypothesis units are kept for a reference of `reference_length` units."""
+        return max(int(self.ratio * reference_length), reference_length + self.margin)
+
+    def truncate(self, hypothesis_units: list[str], reference_length: int) -> list[str]:
+        """The first `limit(reference_length)` units of a hypothesis."""
+        return hypothesis_units[: self.limit(reference_length)]
+
+    @classmethod
+    def coerce(cls, value: HypothesisCap | Mapping[str, Any] | bool | None) -> HypothesisCap | None:
+        """A cap from `None`/`False` (no cap, the default), `True` (2 x reference, reference + 10), a
+        `HypothesisCap` or a mapping `{"ratio": ..., "margin": ...}`."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping) and set(value) <= {"ratio", "margin"}:
+            return cls(**value)
+        raise ValueError(
+            f"hypothesis_cap={value!r}: pass None (no cap, the default), True (2 x reference, reference + 10 units), "
+            "HypothesisCap(ratio=..., margin=...) or {'ratio': ..., 'margin': ...}."
+        )
 
 
 @dataclass(frozen=True)
@@ -142,7 +171,13 @@ class ErrorRate:
     errors: int  # substitutions + deletions + insertions
     reference_units: int  # words (WER) or characters (CER) in the normalised references
     num_samples: int
-    num_capped: int  # hypotheses truncated by `cap_hypothesis`
+    hypothesis_cap: HypothesisCap | None = None  # the opt-in truncation applied before counting, if any
+    num_capped: int = 0  # hypotheses `hypothesis_cap` truncated
+
+    @property
+    def name(self) -> str:
+        """The metric's label: "wer"/"cer", or "wer_capped"/"cer_capped" when a `hypothesis_cap` was applied."""
+        return f"{self.metric}_capped" if self.hypothesis_cap is not None else self.metric
 
     @property
     def value(self) -> float:
@@ -163,17 +198,18 @@ def word_error_rate(
     languages: Sequence[str] | str,
     *,
     normalizer: Normalizer | None = None,
-    max_hypothesis_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
-    max_hypothesis_margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
+    hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
 ) -> dict[str, ErrorRate]:
-    """Corpus WER (or CER for `CER_LANGUAGES`) per language, after normalisation and hypothesis capping.
+    """Corpus WER (or CER for `CER_LANGUAGES`) per language after normalisation: all edits over all reference
+    units of the language, as `jiwer.wer(references, hypotheses)` computes it for lists, with every insertion counted.
 
     Args:
         predictions: hypotheses, one per sample.
         references: reference transcripts, one per sample.
         languages: the language of each sample, or one language for all.
         normalizer: `(text, language) -> text`; default `TextNormalizer()`. Pass `lambda t, _: t` to score raw text.
-        max_hypothesis_ratio, max_hypothesis_margin: see `cap_hypothesis`.
+        hypothesis_cap: opt-in truncation of long hypotheses first (see `HypothesisCap.coerce`); default none.
+            The results then say so (`ErrorRate.name` is "wer_capped"/"cer_capped").
 
     Returns:
         `{language: ErrorRate}`; `ErrorRate.value` is the percentage.
@@ -182,14 +218,13 @@ def word_error_rate(
         languages = [languages] * len(references)
     _check_lengths(predictions=predictions, references=references, languages=languages)
     normalizer = TextNormalizer() if normalizer is None else normalizer
+    cap = HypothesisCap.coerce(hypothesis_cap)
     pairs: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     capped: Counter[str] = Counter()
     for prediction, reference, language in zip(predictions, references, languages):
         reference_units = error_units(normalizer(reference, language), language)
         hypothesis_units = error_units(normalizer(prediction, language), language)
-        kept_units = cap_hypothesis(
-            hypothesis_units, len(reference_units), max_hypothesis_ratio, max_hypothesis_margin
-        )
+        kept_units = hypothesis_units if cap is None else cap.truncate(hypothesis_units, len(reference_units))
         capped[language] += len(kept_units) < len(hypothesis_units)
         # jiwer splits on whitespace; units never contain whitespace, so joining them is lossless.
         pairs[language][0].append(" ".join(reference_units))
@@ -202,6 +237,7 @@ def word_error_rate(
             errors=alignment.substitutions + alignment.deletions + alignment.insertions,
             reference_units=alignment.substitutions + alignment.deletions + alignment.hits,
             num_samples=len(language_references),
+            hypothesis_cap=cap,
             num_capped=capped[language],
         )
     return results
@@ -253,17 +289,21 @@ def compute_speech_metrics(
     target_languages: Sequence[str],
     *,
     normalizer: Normalizer | None = None,
-    max_hypothesis_ratio: float | None = DEFAULT_MAX_HYPOTHESIS_RATIO,
-    max_hypothesis_margin: int = DEFAULT_MAX_HYPOTHESIS_MARGIN,
+    hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
     bleu_tokenizers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """All PART metrics of a mixed evaluation set, as one flat dict.
 
-    Keys (only for tasks present): `wer_<lang>` / `cer_<lang>` per ASR language and `asr_avg_error` (their
-    unweighted mean, the paper's "average WER"); `bleu_<src>-<tgt>` per S2TT direction and `s2tt_avg_bleu`;
-    `mt_bleu_<src>-<tgt>` and `mt_avg_bleu` for text translation; counts `<task>_samples` and `asr_capped`
-    (hypotheses truncated before scoring). ASR samples must have source language == target language.
+    Keys (only for tasks present): `wer_<lang>` / `cer_<lang>` per ASR language (uncapped, see `word_error_rate`)
+    and `asr_avg_error` (their unweighted mean, the paper's "average WER"); `bleu_<src>-<tgt>` per S2TT direction and
+    `s2tt_avg_bleu`; `mt_bleu_<src>-<tgt>` and `mt_avg_bleu` for text translation; counts `<task>_samples`.
+    ASR samples must have source language == target language.
+
+    With `hypothesis_cap` (opt-in, see `HypothesisCap.coerce`) the capped rates come in addition, under their own
+    keys: `wer_capped_<lang>` / `cer_capped_<lang>`, `asr_avg_error_capped`, `asr_capped_hypotheses` (how many were
+    truncated) and the cap's `asr_hypothesis_cap_ratio` / `asr_hypothesis_cap_margin`.
     """
+    cap = HypothesisCap.coerce(hypothesis_cap)
     _check_lengths(
         predictions=predictions,
         references=references,
@@ -287,18 +327,18 @@ def compute_speech_metrics(
 
     metrics: dict[str, float] = {}
     if asr := by_task.get("asr"):
-        rates = word_error_rate(
-            pick(predictions, asr),
-            pick(references, asr),
-            pick(target_languages, asr),
-            normalizer=normalizer,
-            max_hypothesis_ratio=max_hypothesis_ratio,
-            max_hypothesis_margin=max_hypothesis_margin,
-        )
-        metrics.update({f"{rate.metric}_{language}": rate.value for language, rate in rates.items()})
+        asr_columns = (pick(predictions, asr), pick(references, asr), pick(target_languages, asr))
+        rates = word_error_rate(*asr_columns, normalizer=normalizer)
+        metrics.update({f"{rate.name}_{language}": rate.value for language, rate in rates.items()})
         metrics["asr_avg_error"] = float(np.mean([rate.value for rate in rates.values()]))
         metrics["asr_samples"] = len(asr)
-        metrics["asr_capped"] = sum(rate.num_capped for rate in rates.values())
+        if cap is not None:
+            capped = word_error_rate(*asr_columns, normalizer=normalizer, hypothesis_cap=cap)
+            metrics.update({f"{rate.name}_{language}": rate.value for language, rate in capped.items()})
+            metrics["asr_avg_error_capped"] = float(np.mean([rate.value for rate in capped.values()]))
+            metrics["asr_capped_hypotheses"] = sum(rate.num_capped for rate in capped.values())
+            metrics["asr_hypothesis_cap_ratio"] = float(cap.ratio)
+            metrics["asr_hypothesis_cap_margin"] = cap.margin
     for task, prefix in (("s2tt", "bleu"), ("mt", "mt_bleu")):
         if indices := by_task.get(task):
             scores = bleu_by_direction(
@@ -359,7 +399,7 @@ def make_compute_metrics(
         eval_dataset_meta: per evaluation sample, in evaluation order, `task`, `source_language`,
             `target_language` and optionally the reference `text`: a `datasets.Dataset` with those columns or a
             sequence of mappings. Without `text`, references are decoded from `label_ids` (-100 removed).
-        metric_kwargs: forwarded to `compute_speech_metrics` (e.g. `max_hypothesis_ratio`, `bleu_tokenizers`).
+        metric_kwargs: forwarded to `compute_speech_metrics` (e.g. `hypothesis_cap`, `bleu_tokenizers`).
 
     The returned function takes an `EvalPrediction` whose `predictions` are the generated continuation's
     token ids (prompt excluded), padded with -100 or the pad token, and returns `compute_speech_metrics`.

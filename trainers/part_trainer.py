@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from .callbacks import PartStageCallback
 from .collator import PartDataCollator
 from .data import LengthGrouping, MixtureComponent, MixtureDataset
 from .evaluation import evaluate_speech_to_text
+from .metrics import HypothesisCap
 from .stages import PRESETS, Schedule, Stage, load_schedule
 
 logger = logging.get_logger(__name__)
@@ -413,10 +415,12 @@ class PartTrainer(Trainer):
         samples=None,
         metric_key_prefix: str = "test",
         batch_size: int | None = None,
+        hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
         **generate_kwargs,
     ) -> tuple[dict[str, float], list[str]]:
-        """Generates for `samples` (default: `eval_dataset`) and scores WER/CER per language and BLEU per
-        direction; logs the metrics and returns `(metrics, predictions)`. Runs on every rank under DeepSpeed."""
+        """Generates for `samples` (default: `eval_dataset`) and scores WER/CER per language (uncapped) and BLEU per
+        direction; logs the metrics and returns `(metrics, predictions)`. Runs on every rank under DeepSpeed.
+        `hypothesis_cap` (opt-in) adds capped rates under their own keys (`<prefix>_wer_capped_<lang>`, ...)."""
         samples = samples if samples is not None else self.eval_dataset
         if samples is None:
             raise ValueError("evaluate_generation needs samples= or an eval_dataset.")
@@ -427,6 +431,7 @@ class PartTrainer(Trainer):
             batch_size=batch_size or self.args.per_device_eval_batch_size,
             metric_key_prefix=metric_key_prefix,
             progress=not self.args.disable_tqdm,
+            hypothesis_cap=hypothesis_cap,
             **generate_kwargs,
         )
         self.log(dict(metrics))  # Trainer.log adds the epoch to the dict it is given

@@ -7,18 +7,15 @@ script to its module cache, so it imports the installed `trainers.metrics` inste
 import datasets
 import evaluate
 
-from trainers.metrics import (
-    DEFAULT_MAX_HYPOTHESIS_MARGIN,
-    DEFAULT_MAX_HYPOTHESIS_RATIO,
-    TextNormalizer,
-    compute_speech_metrics,
-)
+from trainers.metrics import HypothesisCap, TextNormalizer, compute_speech_metrics
 
 
 _DESCRIPTION = """
 Corpus word error rate per language, in percent, after Whisper's text normalisation; character error rate
-(spaces removed) for zh, cmn, ja, ko and yue. Hypotheses longer than max(2 x reference, reference + 10) units
-are truncated first, so one runaway output cannot dominate. Also returns the unweighted mean over languages.
+(spaces removed) for zh, cmn, ja, ko and yue. Every insertion counts, as in `jiwer.wer` over a list of sentences:
+a 30-word hypothesis for a 1-word reference scores 2900%. Also returns the unweighted mean over languages.
+Opt-in: `hypothesis_cap` also reports rates with each hypothesis first truncated to
+max(2 x reference, reference + 10) units, under their own keys (`wer_capped_<lang>`, `asr_avg_error_capped`).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -26,16 +23,18 @@ Args:
     predictions: list of hypotheses (str).
     references: list of reference transcripts (str).
     languages: list of language codes (str), one per sample.
-    max_hypothesis_ratio: float or None (no cap), default 2.0.
-    max_hypothesis_margin: int, default 10.
+    hypothesis_cap: None (default, no cap), True (2 x reference, reference + 10 units) or
+        {"ratio": float, "margin": int}: adds capped rates under `*_capped*` keys; the plain ones stay uncapped.
     english_spelling_mapping: dict or path to Whisper's normalizer.json; enables Whisper's English normaliser
         for English (default: basic normalisation for every language).
 Returns:
-    `wer_<lang>` or `cer_<lang>` per language, `asr_avg_error`, `asr_samples`, `asr_capped`.
+    `wer_<lang>` or `cer_<lang>` per language, `asr_avg_error`, `asr_samples`; with `hypothesis_cap` also
+    `wer_capped_<lang>` / `cer_capped_<lang>`, `asr_avg_error_capped`, `asr_capped_hypotheses`,
+    `asr_hypothesis_cap_ratio`, `asr_hypothesis_cap_margin`.
 Example:
     >>> part_wer = evaluate.load("trainers/evaluate_metrics/part_wer")
     >>> part_wer.compute(predictions=["the cat sit on mat"], references=["The cat sat on the mat."], languages=["en"])
-    {'wer_en': 33.333333333333336, 'asr_avg_error': 33.333333333333336, 'asr_samples': 1, 'asr_capped': 0}
+    {'wer_en': 33.333333333333336, 'asr_avg_error': 33.333333333333336, 'asr_samples': 1}
 """
 
 _CITATION = """
@@ -64,15 +63,7 @@ class PartWer(evaluate.Metric):
             ),
         )
 
-    def _compute(
-        self,
-        predictions,
-        references,
-        languages,
-        max_hypothesis_ratio=DEFAULT_MAX_HYPOTHESIS_RATIO,
-        max_hypothesis_margin=DEFAULT_MAX_HYPOTHESIS_MARGIN,
-        english_spelling_mapping=None,
-    ):
+    def _compute(self, predictions, references, languages, hypothesis_cap=None, english_spelling_mapping=None):
         return compute_speech_metrics(
             predictions,
             references,
@@ -80,6 +71,5 @@ class PartWer(evaluate.Metric):
             languages,
             languages,
             normalizer=TextNormalizer(english_spelling_mapping),
-            max_hypothesis_ratio=max_hypothesis_ratio,
-            max_hypothesis_margin=max_hypothesis_margin,
+            hypothesis_cap=HypothesisCap.coerce(hypothesis_cap),
         )
