@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template.md"
 """The Jinja template of the card (the format `huggingface_hub.ModelCard.from_template` renders)."""
@@ -42,7 +43,6 @@ AVERAGE_KEYS = {"asr": "asr_avg_error", "s2tt": "s2tt_avg_bleu", "mt": "mt_avg_b
 _SCORE_KEY = re.compile(rf"({'|'.join(SCORE_NAMES)})_((?!capped_)[A-Za-z0-9][A-Za-z0-9_-]*)")
 _CAPPED = ("wer_capped_", "cer_capped_", "asr_avg_error_capped")
 """Opt-in capped error rates (`compute_speech_metrics(hypothesis_cap=...)`): never reported as a WER/CER."""
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
 _METRICS_HELP = (
     "Pass the flat dict of PartTrainer.evaluate_generation / trainers.metrics.compute_speech_metrics: "
     "`test_wer_<lang>` or `test_cer_<lang>` per ASR language and `test_bleu_<src>-<tgt>` per translation "
@@ -225,13 +225,21 @@ def _data_table(data_summary: Any) -> dict[str, dict[str, float]]:
     return table
 
 
+def _is_hub_id(name: Any) -> bool:
+    try:
+        validate_repo_id(name)  # huggingface_hub's own rules for "namespace/name"
+    except HFValidationError:
+        return False
+    return isinstance(name, str)
+
+
 def base_models_from_config(config: Mapping[str, Any]) -> dict[str, str]:
     """The Hub ids the encoder and LLM were loaded from (`_name_or_path` of the sub-configs), when they look like
     Hub ids and not local folders: {"encoder": ..., "llm": ...}."""
     found = {}
     for role, key in (("encoder", "audio_config"), ("llm", "text_config")):
         name = (config.get(key) or {}).get("_name_or_path") or ""
-        if "/" in name and _HUB_ID.fullmatch(name) and not os.path.exists(name):
+        if "/" in name and _is_hub_id(name) and not os.path.exists(name):
             found[role] = name
     return found
 
@@ -245,7 +253,7 @@ def _split_base_models(base_models: Sequence[str] | Mapping[str, str] | None) ->
         raise ValueError(f"base_models keys must be 'encoder' and/or 'llm', got {sorted(unknown_roles)}.")
     ids = list(roles.values()) if roles else list(base_models or [])
     for model_id in ids:
-        if not isinstance(model_id, str) or not _HUB_ID.fullmatch(model_id):
+        if not _is_hub_id(model_id):
             raise ValueError(
                 f"base_models entry {model_id!r} is not a Hub model id; the Hub's `base_model` needs ids such as "
                 "'Qwen/Qwen2.5-1.5B' (pass {'encoder': ..., 'llm': ...} to name their roles)."
@@ -438,12 +446,6 @@ def build_model_card(
         ),
         None,
     )
-    example_language = next(iter(s.subject for s in rows["asr"]), all_languages[0] if all_languages else "en")
-    if rows["s2tt"]:
-        example_source, example_target = split_direction(rows["s2tt"][0].subject)
-    else:
-        example_source = example_language
-        example_target = next((lang for lang in all_languages if lang != example_language), "en")
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path or TEMPLATE_PATH),
@@ -469,9 +471,6 @@ def build_model_card(
         rows=rows,
         averages={s.task: s for s in scores if s.subject is None},
         baseline_name=baseline_name if baseline_metrics is not None else None,
-        example_language=example_language,
-        example_source=example_source,
-        example_target=example_target,
         limitations=list(limitations),
     )
 

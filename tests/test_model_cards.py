@@ -195,6 +195,7 @@ def test_card_from_stage_summaries_only():
         ({"training_summary": {"total_seconds": 1}}, "neither 'schedule' nor 'stages'"),
         ({"languages": ["German"]}, "not an ISO 639 code"),
         ({"base_models": ["/local/qwen"]}, "not a Hub model id"),
+        ({"base_models": ["Qwen/Qwen2.5-1.5B.git"]}, "not a Hub model id"),  # huggingface_hub's validate_repo_id
         ({"data_summary": {"asr": {"de": -1}}}, "give a number >= 0"),
     ],
 )
