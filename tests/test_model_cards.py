@@ -249,8 +249,13 @@ def offline(monkeypatch):
 
 @pytest.fixture
 def hub_calls(monkeypatch, offline):
-    """Records HfApi.create_repo and HfApi.create_commit (with their operations) instead of calling the Hub."""
-    calls = {"create_repo": [], "create_commit": []}
+    """Records ModelCard.validate, HfApi.create_repo and HfApi.create_commit (with their operations) instead of
+    calling the Hub."""
+    calls = {"validate": [], "create_repo": [], "create_commit": []}
+
+    def validate(self, repo_type=None):
+        assert not calls["create_repo"], "the card is validated before the repository is created"
+        calls["validate"].append((str(self), repo_type))
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"].append({"repo_id": repo_id, **kwargs})
@@ -261,6 +266,7 @@ def hub_calls(monkeypatch, offline):
         oid = "0" * 40
         return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", kwargs["commit_message"], "", oid)
 
+    monkeypatch.setattr(ModelCard, "validate", validate)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return calls
@@ -296,6 +302,7 @@ def test_publish_uploads_one_commit_that_loads(run_folder, hub_calls, tmp_path):
     assert info.oid == "0" * 40
 
     assert len(hub_calls["create_repo"]) == 1 and len(hub_calls["create_commit"]) == 1
+    assert hub_calls["validate"] == [((folder / "README.md").read_text(encoding="utf-8"), "model")]
     repo = hub_calls["create_repo"][0]
     assert repo["repo_id"] == "someone/part-tiny" and repo["exist_ok"] and repo["private"]
     commit = hub_calls["create_commit"][0]
@@ -342,7 +349,7 @@ def test_publish_refuses_an_incomplete_folder(run_folder, hub_calls, tmp_path):
     message = str(error.value)
     assert "model.safetensors" in message and "README.md" in message
     assert "config.json (" not in message and "tokenizer files" not in message
-    assert hub_calls == {"create_repo": [], "create_commit": []}
+    assert hub_calls == {"validate": [], "create_repo": [], "create_commit": []}
 
     # remote code the auto_map (or a relative import) needs, and weights dropped by an ignore pattern
     (tmp_path / "audio_utils.py").unlink()
@@ -351,3 +358,15 @@ def test_publish_refuses_an_incomplete_folder(run_folder, hub_calls, tmp_path):
     with pytest.raises(ValueError, match="model.safetensors"):
         publish(folder, "someone/part-tiny", ignore_patterns=["*.safetensors"])
     assert hub_calls["create_repo"] == []
+
+
+def test_publish_stops_when_the_hub_rejects_the_card(run_folder, hub_calls, monkeypatch):
+    folder, _, _ = run_folder
+
+    def reject(self, repo_type=None):
+        raise ValueError('"model-index[0].results[0].metrics[0].value" must be a number')
+
+    monkeypatch.setattr(ModelCard, "validate", reject)
+    with pytest.raises(ValueError, match="model-index"):
+        publish(folder, "someone/part-tiny")
+    assert hub_calls["create_repo"] == [] and hub_calls["create_commit"] == []
