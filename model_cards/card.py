@@ -1,9 +1,8 @@
-"""Hub model cards for PART runs: fills `template.md` from a run's training summary and its test metrics.
+"""Hub model cards for PART runs: a `huggingface_hub.ModelCard` filled from a run's training summary and test metrics.
 
-`build_model_card` returns a `huggingface_hub.ModelCard`. Its front matter follows the Hub's conventions (languages,
-license, base models, tags, and a `model-index` with the measured WER/CER/BLEU, built with `EvalResult`s), and its body
-holds the stage schedule, the training data and the per-language and per-direction results. `write_model_card`
-reads a run's output folder and writes the card there as `README.md`.
+The front matter is a `ModelCardData` (languages, license, tags, datasets, base models, and the `model-index` of
+`EvalResult`s: WER/CER per ASR language, BLEU per speech translation direction). The body is `template.md`, rendered by
+`ModelCard.from_template`: all of the card's text is there; this module only reads and checks the inputs.
 """
 
 from __future__ import annotations
@@ -14,11 +13,11 @@ import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template.md"
 """The Jinja template of the card (the format `huggingface_hub.ModelCard.from_template` renders)."""
@@ -31,64 +30,57 @@ RESULTS_NAMES = ("results.json", "test_results.json", "all_results.json", "metri
 """Files of a run folder that `write_model_card` reads the test metrics from (the first one present)."""
 
 DEFAULT_TAGS = ("speech-translation", "speech-llm", "part", "audio", "speech")
-TASK_LABELS = {"asr": "ASR", "s2tt": "S2TT", "mt": "MT (text)"}
+TASKS = ("asr", "s2tt", "mt")
 EVAL_TASKS = {
     "asr": ("automatic-speech-recognition", "Speech Recognition"),
     "s2tt": ("translation", "Speech Translation"),
 }
-"""PART task -> (Hub task type, task name) of its `model-index` result."""
+"""PART task -> (Hub task type, task name) of its `model-index` results (text-only `mt` stays in the body)."""
 
-_ASR_KEY = re.compile(r"(?P<metric>wer|cer)_(?!capped_)(?P<language>[A-Za-z0-9][A-Za-z0-9_-]*)")
-_CAPPED_KEY = re.compile(r"(?:wer|cer)_capped_[A-Za-z0-9][A-Za-z0-9_-]*|asr_avg_error_capped")
+# The keys of `trainers.metrics.compute_speech_metrics`: `<name>_<language or direction>` and a task's average.
+SCORE_NAMES = {"wer": ("asr", "wer"), "cer": ("asr", "cer"), "bleu": ("s2tt", "bleu"), "mt_bleu": ("mt", "bleu")}
+AVERAGE_KEYS = {"asr": "asr_avg_error", "s2tt": "s2tt_avg_bleu", "mt": "mt_avg_bleu"}
+_SCORE_KEY = re.compile(rf"({'|'.join(SCORE_NAMES)})_((?!capped_)[A-Za-z0-9][A-Za-z0-9_-]*)")
+_CAPPED = ("wer_capped_", "cer_capped_", "asr_avg_error_capped")
 """Opt-in capped error rates (`compute_speech_metrics(hypothesis_cap=...)`): never reported as a WER/CER."""
-_BLEU_KEY = re.compile(r"(?P<task>bleu|mt_bleu)_(?P<direction>[A-Za-z0-9][A-Za-z0-9_-]*)")
-_AVERAGE_KEYS = ("asr_avg_error", "s2tt_avg_bleu", "mt_avg_bleu")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
-_ISO_639 = re.compile(r"[a-z]{2,3}")
 _METRICS_HELP = (
     "Pass the flat dict of PartTrainer.evaluate_generation / trainers.metrics.compute_speech_metrics: "
     "`test_wer_<lang>` or `test_cer_<lang>` per ASR language and `test_bleu_<src>-<tgt>` per translation "
     "direction (the `test_` prefix is optional), e.g. "
     "{'test_wer_de': 12.3, 'test_cer_zh': 8.1, 'test_bleu_de-en': 21.4}"
 )
+_SUMMARY_HELP = (
+    "pass the trainer's training_summary.json (written by PartTrainer.train()) as a dict with "
+    "'schedule': {'name', 'stages': [{'name', 'trainable', 'tasks', 'steps' | 'fraction', ...}]} and/or "
+    "'stages': [{'name', 'steps', 'trainable_parameters', 'total_parameters', 'first_loss', 'last_loss', "
+    "'seconds'}]"
+)
+_DATA_HELP = (
+    "data_summary must map task -> {language or direction: hours} (e.g. {'asr': {'de': 120.0}, "
+    "'s2tt': {'de-en': 40.0}}), language -> {task: hours}, or language -> hours"
+)
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
-@dataclass
-class PartResults:
-    """The PART test metrics of one model.
+class Score(NamedTuple):
+    """One test score of a PART model."""
 
-    Args:
-        asr: language -> (`"wer"` or `"cer"`, value in %).
-        s2tt: direction `"<src>-<tgt>"` -> BLEU.
-        mt: direction -> BLEU of text-only translation (the auxiliary `mt` task).
-        asr_avg_error, s2tt_avg_bleu, mt_avg_bleu: unweighted averages (given, or computed from the entries).
-    """
-
-    asr: dict[str, tuple[str, float]] = field(default_factory=dict)
-    s2tt: dict[str, float] = field(default_factory=dict)
-    mt: dict[str, float] = field(default_factory=dict)
-    asr_avg_error: float | None = None
-    s2tt_avg_bleu: float | None = None
-    mt_avg_bleu: float | None = None
+    task: str  # "asr", "s2tt" or "mt"
+    metric: str  # "wer", "cer" or "bleu"; "error" for the ASR average (it may mix WER and CER)
+    subject: str | None  # the ASR language or the "<src>-<tgt>" direction; None for the task's average
+    value: float  # percent (WER/CER) or BLEU
+    baseline: float | None = None  # the comparison model's score, when one is given
 
     @property
-    def languages(self) -> list[str]:
-        """Every language the results name: ASR languages, then translation sources and targets."""
-        found = list(self.asr)
-        for direction in [*self.s2tt, *self.mt]:
-            found += split_direction(direction)
-        return list(dict.fromkeys(found))
-
-
-def split_direction(direction: str) -> tuple[str, str]:
-    """`"de-en"` -> `("de", "en")`; with more hyphens, the first and last parts."""
-    parts = direction.split("-")
-    return (parts[0], parts[-1]) if len(parts) > 1 else (direction, direction)
+    def worse(self) -> bool:
+        """Worse than the baseline: a higher error rate, a lower BLEU."""
+        if self.baseline is None:
+            return False
+        return self.value < self.baseline if self.metric == "bleu" else self.value > self.baseline
 
 
 def _is_part_metric(name: str) -> bool:
-    return name in _AVERAGE_KEYS or bool(_ASR_KEY.fullmatch(name) or _BLEU_KEY.fullmatch(name))
+    return name in AVERAGE_KEYS.values() or bool(_SCORE_KEY.fullmatch(name))
 
 
 def _metric_value(key: str, value: Any) -> float:
@@ -97,50 +89,42 @@ def _metric_value(key: str, value: Any) -> float:
     return float(value)
 
 
-def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None = "test") -> PartResults:
-    """Reads WER/CER per language and BLEU per direction from a flat metrics dict.
+def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None = "test") -> list[Score]:
+    """The scores of a flat metrics dict: one `Score` per ASR language, S2TT and MT direction (in key order), then
+    each task's average (as given, else the unweighted mean of its scores).
 
     Keys are `<prefix>_wer_<lang>`, `<prefix>_cer_<lang>`, `<prefix>_bleu_<src>-<tgt>`, `<prefix>_mt_bleu_<src>-<tgt>`
     and the averages `<prefix>_asr_avg_error`, `<prefix>_s2tt_avg_bleu`, `<prefix>_mt_avg_bleu`; the prefix is optional
-    (a prefixed key wins over the same key without it). Other keys (loss, runtime, sample counts) are ignored.
+    (a prefixed key wins over the same key without it). Other keys (loss, runtime, sample counts, the capped
+    `wer_capped_<lang>`) are ignored.
     """
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}. {_METRICS_HELP}.")
     prefix = f"{metric_key_prefix}_" if metric_key_prefix else ""
-    found: dict[str, float] = {}
-    prefixed: set[str] = set()
-    other_prefixes: set[str] = set()
-    capped = sorted(key for key in metrics if _CAPPED_KEY.fullmatch(key.removeprefix(prefix)))
-    for key, value in metrics.items():
+    keys: dict[str, str] = {}  # metric name -> the key it is read from
+    other_prefixes = set()
+    for key in metrics:
         if prefix and key.startswith(prefix) and _is_part_metric(key[len(prefix):]):
-            name = key[len(prefix):]
-            prefixed.add(name)
+            keys[key[len(prefix):]] = key
         elif _is_part_metric(key):
-            name = key
-            if name in prefixed:
-                continue
-        else:
-            head, _, rest = key.partition("_")
-            if rest and _is_part_metric(rest):
-                other_prefixes.add(head)
-            continue
-        found[name] = _metric_value(key, value)
+            keys.setdefault(key, key)
+        elif _is_part_metric(key.partition("_")[2]):
+            other_prefixes.add(key.partition("_")[0])
+    values = {name: _metric_value(key, metrics[key]) for name, key in keys.items()}
 
-    results = PartResults()
-    for name, value in found.items():
-        if asr := _ASR_KEY.fullmatch(name):
-            language = asr["language"]
-            if language in results.asr and results.asr[language][0] != asr["metric"]:
-                raise ValueError(f"Language {language!r} has both a WER and a CER; pass one error rate per language.")
-            results.asr[language] = (asr["metric"], value)
-        elif bleu := _BLEU_KEY.fullmatch(name):
-            (results.s2tt if bleu["task"] == "bleu" else results.mt)[bleu["direction"]] = value
-    if not (results.asr or results.s2tt):
+    scores = []
+    for name, value in values.items():
+        if match := _SCORE_KEY.fullmatch(name):
+            task, metric = SCORE_NAMES[match[1]]
+            if task == "asr" and any(s.task == "asr" and s.subject == match[2] for s in scores):
+                raise ValueError(f"Language {match[2]!r} has both a WER and a CER; pass one error rate per language.")
+            scores.append(Score(task, metric, match[2], value))
+    if not any(s.task in EVAL_TASKS for s in scores):
         hint = ""
         if other_prefixes:
-            first = sorted(other_prefixes)[0]
-            hint = f" Keys with the prefix {sorted(other_prefixes)} were found: pass metric_key_prefix={first!r}."
-        if capped:
+            found = sorted(other_prefixes)
+            hint = f" Keys with the prefix {found} were found: pass metric_key_prefix={found[0]!r}."
+        if capped := sorted(key for key in metrics if key.removeprefix(prefix).startswith(_CAPPED)):
             hint += (
                 f" The capped error rates {capped[:4]} are not reported in a card: they truncate long hypotheses, so "
                 "they are not WER/CER; pass the plain `wer_<lang>` / `cer_<lang>` that compute_speech_metrics "
@@ -149,138 +133,40 @@ def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None
         raise ValueError(
             f"No ASR or speech translation metrics in metrics (keys: {sorted(metrics)[:12]}). {_METRICS_HELP}.{hint}"
         )
-    results.asr_avg_error = found.get("asr_avg_error", _mean(v for _, v in results.asr.values()))
-    results.s2tt_avg_bleu = found.get("s2tt_avg_bleu", _mean(results.s2tt.values()))
-    results.mt_avg_bleu = found.get("mt_avg_bleu", _mean(results.mt.values()))
-    return results
+    for task, key in AVERAGE_KEYS.items():
+        task_values = [s.value for s in scores if s.task == task]
+        average = values.get(key, sum(task_values) / len(task_values) if task_values else None)
+        if average is not None:
+            scores.append(Score(task, "error" if task == "asr" else "bleu", None, average))
+    return scores
 
 
-def _mean(values) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
+def split_direction(direction: str) -> tuple[str, str]:
+    """`"de-en"` -> `("de", "en")`; with more hyphens, the first and last parts."""
+    parts = direction.split("-")
+    return (parts[0], parts[-1]) if len(parts) > 1 else (direction, direction)
 
 
-# ---------------------------------------------------------------------------------------------------- datasets
-@dataclass
-class EvalDataset:
-    """The test set of one task, as the `model-index` names it."""
-
-    id: str
-    name: str
-    config: str | None = None
-    split: str = "test"
-
-    @classmethod
-    def coerce(cls, value: Any, task: str, split: str) -> EvalDataset:
-        if isinstance(value, EvalDataset):
-            return value
-        if isinstance(value, str):
-            return cls(id=value, name=value, split=split)
-        if isinstance(value, Mapping) and "id" in value:
-            return cls(
-                id=str(value["id"]),
-                name=str(value.get("name", value["id"])),
-                config=value.get("config"),
-                split=str(value.get("split", split)),
-            )
+# ----------------------------------------------------------------------------------------------------- inputs
+def _eval_dataset(value: Any, task: str, split: str) -> dict[str, Any]:
+    """The `EvalResult` dataset fields of a test set given as a Hub id or {'id', 'name', 'config', 'split'}."""
+    value = {"id": value} if isinstance(value, str) else value
+    if not isinstance(value, Mapping) or "id" not in value:
         raise ValueError(
             f"eval_datasets[{task!r}] is {value!r}; give a Hub dataset id or a dict "
             "{'id': 'google/fleurs', 'name': 'FLEURS', 'config': ..., 'split': 'test'}."
         )
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "part-test-set"
-
-
-# ------------------------------------------------------------------------------------------------- formatting
-def _cell(value: Any) -> str:
-    """Text for a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return str(int(n))
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _change(value: float | None, baseline: float | None) -> str:
-    if value is None or baseline is None:
-        return "—"
-    return f"{round(value - baseline, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
-
-
-def _groups_text(stage: Mapping[str, Any]) -> str:
-    k = stage.get("encoder_last_k", 8)
-    labels = {
-        "adapter": "adapter",
-        "encoder": "encoder",
-        "encoder_last_k": f"encoder (top {k} layers)",
-        "llm": "LLM (all weights)",
-        "llm_lora": "LLM (LoRA)",
+    return {
+        "dataset_type": str(value["id"]),
+        "dataset_name": str(value.get("name", value["id"])),
+        "dataset_config": value.get("config"),
+        "dataset_split": str(value.get("split", split)),
     }
-    groups = stage.get("trainable") or stage.get("trainable_groups") or []
-    text = " + ".join(labels.get(g, g) for g in groups) or "—"
-    for step, later in sorted((int(s), g) for s, g in (stage.get("unfreeze_at") or {}).items()):
-        text += f"; + {' + '.join(labels.get(g, g) for g in later)} from step {step}"
-    return text
-
-
-def _tasks_text(stage: Mapping[str, Any]) -> str:
-    tasks = stage.get("tasks") or {}
-    if isinstance(tasks, Sequence) and not isinstance(tasks, str):
-        tasks = {task: 1.0 for task in tasks}
-    weights = set(tasks.values())
-    if len(weights) <= 1:
-        text = " + ".join(TASK_LABELS.get(t, t) for t in tasks)
-    else:
-        text = " + ".join(TASK_LABELS.get(t, t) + (f" ×{w:g}" if w != 1 else "") for t, w in tasks.items())
-    if stage.get("languages"):
-        text += f" ({', '.join(stage['languages'])} only)"
-    return text or "—"
-
-
-def _steps_text(stage: Mapping[str, Any], summary: Mapping[str, Any] | None) -> str:
-    if summary and summary.get("steps") is not None:
-        return f"{int(summary['steps']):,}"
-    if stage.get("steps") is not None:
-        return f"{int(stage['steps']):,}"
-    if stage.get("fraction") is not None:
-        return f"{float(stage['fraction']):.0%} of max_steps"
-    if stage.get("epochs") is not None:
-        return f"{float(stage['epochs']):g} epochs"
-    return "—"
-
-
-def _language_name(code: str) -> str:
-    try:  # the processor's names; importing modeling_part is the expensive part, so only when a card is built
-        from modeling_part.processing_part import LANGUAGE_NAMES
-    except ImportError:  # pragma: no cover - the package ships both
-        LANGUAGE_NAMES = {}
-    return LANGUAGE_NAMES.get(code, LANGUAGE_NAMES.get(code.split("-")[0].split("_")[0], code))
 
 
 def _iso_code(language: str) -> str:
     base = str(language).strip().lower().replace("_", "-").split("-")[0]
-    if not _ISO_639.fullmatch(base):
+    if not re.fullmatch(r"[a-z]{2,3}", base):
         raise ValueError(
             f"Language {language!r} is not an ISO 639 code; the Hub's `language` field needs two- or three-letter "
             "codes: pass languages=['de', 'zh', 'yue', ...]."
@@ -288,94 +174,42 @@ def _iso_code(language: str) -> str:
     return base
 
 
-# ------------------------------------------------------------------------------------------ training summary
+def _language_names(codes: Sequence[str]) -> dict[str, str]:
+    """English names of language codes (the processor's table; the code itself when it has none)."""
+    from modeling_part.processing_part import LANGUAGE_NAMES  # only when a card is built: it imports torch
+
+    return {code: LANGUAGE_NAMES.get(code, LANGUAGE_NAMES.get(re.split("[-_]", code)[0], code)) for code in codes}
+
+
 def _validate_summary(training_summary: Any) -> tuple[dict[str, Any] | None, list[Mapping[str, Any]]]:
-    """The schedule (or None) and the stage summaries of a trainer's training_summary.json."""
-    help_text = (
-        "pass the trainer's training_summary.json (written by PartTrainer.train()) as a dict with "
-        "'schedule': {'name', 'stages': [{'name', 'trainable', 'tasks', 'steps' | 'fraction', ...}]} and/or "
-        "'stages': [{'name', 'steps', 'trainable_parameters', 'total_parameters', 'first_loss', 'last_loss', "
-        "'seconds'}]"
-    )
+    """The schedule (or None) and the stage records of a trainer's training_summary.json."""
     if not isinstance(training_summary, Mapping):
-        raise ValueError(f"training_summary is {type(training_summary).__name__}; {help_text}.")
+        raise ValueError(f"training_summary is {type(training_summary).__name__}; {_SUMMARY_HELP}.")
     schedule = training_summary.get("schedule")
     stages = training_summary.get("stages") or []
     if schedule is not None and (not isinstance(schedule, Mapping) or not isinstance(schedule.get("stages"), list)):
-        raise ValueError(f"training_summary['schedule'] has no list of 'stages'; {help_text}.")
+        raise ValueError(f"training_summary['schedule'] has no list of 'stages'; {_SUMMARY_HELP}.")
     if not isinstance(stages, list):
-        raise ValueError(f"training_summary['stages'] must be a list; {help_text}.")
+        raise ValueError(f"training_summary['stages'] must be a list; {_SUMMARY_HELP}.")
     if schedule is None and not stages:
-        raise ValueError(f"training_summary has neither 'schedule' nor 'stages'; {help_text}.")
+        raise ValueError(f"training_summary has neither 'schedule' nor 'stages'; {_SUMMARY_HELP}.")
     for where, entries in (("schedule['stages']", schedule["stages"] if schedule else []), ("stages", stages)):
         for index, entry in enumerate(entries):
             if not isinstance(entry, Mapping) or "name" not in entry:
-                raise ValueError(f"training_summary {where}[{index}] has no 'name'; {help_text}.")
+                raise ValueError(f"training_summary {where}[{index}] has no 'name'; {_SUMMARY_HELP}.")
     return (dict(schedule) if schedule is not None else None), stages
 
 
-def _stage_rows(schedule: Mapping[str, Any] | None, summaries: list[Mapping[str, Any]]) -> list[dict[str, str]]:
-    by_name = {s["name"]: s for s in summaries}
-    stages = schedule["stages"] if schedule else summaries
-    rows = []
-    for index, stage in enumerate(stages, start=1):
-        summary = by_name.get(stage["name"])
-        trainable, total = (summary or {}).get("trainable_parameters"), (summary or {}).get("total_parameters")
-        params = _count(trainable)
-        if trainable is not None and total:
-            params += f" ({100 * trainable / total:.1f}%)"
-        first, last = (summary or {}).get("first_loss"), (summary or {}).get("last_loss")
-        learning_rate = stage.get("learning_rate")
-        if learning_rate is not None:
-            learning_rate = f"{learning_rate:g}"
-        else:
-            learning_rate = "run default" if schedule else "—"
-        rows.append(
-            {
-                "index": str(index),
-                "name": _cell(stage["name"]),
-                "trainable": _cell(_groups_text(stage)),
-                "tasks": _cell(_tasks_text(stage)),
-                "steps": _steps_text(stage, summary) if summary or schedule else "—",
-                "learning_rate": learning_rate,
-                "trainable_parameters": params,
-                "loss": f"{first:.3f} → {last:.3f}" if first is not None and last is not None else "—",
-                "time": _duration(summary.get("seconds")) if summary else "not run",
-            }
-        )
-    return rows
-
-
-def _lora_text(schedule: Mapping[str, Any] | None, lora_config: Mapping[str, Any] | None = None) -> str | None:
-    """The LoRA settings: `lora_config` (the run's effective settings) over the schedule's."""
-    for stage in (schedule or {}).get("stages", []):
-        if "llm_lora" in (stage.get("trainable") or []) and (stage.get("lora") or lora_config):
-            lora = {**(stage.get("lora") or {}), **(lora_config or {})}
-            parts = [f"rank {lora['r']}"] if "r" in lora else []
-            for key in ("lora_alpha", "lora_dropout"):
-                if key in lora:
-                    parts.append(f"{key.replace('lora_', '')} {lora[key]}")
-            if lora.get("target_modules"):
-                parts.append(f"targets {', '.join(map(str, lora['target_modules']))}")
-            return ", ".join(parts) or json.dumps(lora)
-    return None
-
-
-# ----------------------------------------------------------------------------------------------- data summary
-def _data_table(data_summary: Mapping[str, Any]) -> tuple[str, list[str], list[dict[str, Any]]]:
-    """(key header, columns, rows) of the hours table. Accepts {task: {language or direction: hours}},
-    {language: {task: hours}} or {language: hours}."""
-    help_text = (
-        "data_summary must map task -> {language or direction: hours} (e.g. {'asr': {'de': 120.0}, "
-        "'s2tt': {'de-en': 40.0}}), language -> {task: hours}, or language -> hours"
-    )
+def _data_table(data_summary: Any) -> dict[str, dict[str, float]]:
+    """{column: {language or direction: hours}} of {task: {language or direction: hours}}, {language: {task: hours}}
+    or {language: hours} (one column, "hours")."""
     if not isinstance(data_summary, Mapping) or not data_summary:
-        raise ValueError(f"{help_text}; got {data_summary!r}.")
+        raise ValueError(f"{_DATA_HELP}; got {data_summary!r}.")
     values = list(data_summary.values())
     if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
         table = {"hours": dict(data_summary)}
     elif all(isinstance(v, Mapping) for v in values):
-        if set(data_summary) <= set(TASK_LABELS):
+        if set(data_summary) <= set(TASKS):
             table = {task: dict(entries) for task, entries in data_summary.items()}
         else:
             table = {}
@@ -383,29 +217,60 @@ def _data_table(data_summary: Mapping[str, Any]) -> tuple[str, list[str], list[d
                 for task, hours in entries.items():
                     table.setdefault(task, {})[key] = hours
     else:
-        raise ValueError(f"{help_text}; got {data_summary!r}.")
-    keys = list(dict.fromkeys(key for entries in table.values() for key in entries))
-    columns = list(table)
+        raise ValueError(f"{_DATA_HELP}; got {data_summary!r}.")
     for column, entries in table.items():
         for key, hours in entries.items():
             if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not hours >= 0:
                 raise ValueError(f"data_summary hours for {column!r} / {key!r} is {hours!r}; give a number >= 0.")
-    rows = [
-        {"key": _cell(key), "cells": [f"{table[c][key]:,.1f}" if key in table[c] else "—" for c in columns]}
-        for key in keys
-    ]
-    if len(keys) > 1:
-        rows.append({"key": "**total**", "cells": [f"**{sum(table[c].values()):,.1f}**" for c in columns]})
-    labels = [f"{TASK_LABELS.get(c, c)} hours" if c != "hours" else "hours" for c in columns]
-    return "language / direction", labels, rows
+    return table
 
 
-# ---------------------------------------------------------------------------------------------- run folder
+def _is_hub_id(name: Any) -> bool:
+    try:
+        validate_repo_id(name)  # huggingface_hub's own rules for "namespace/name"
+    except HFValidationError:
+        return False
+    return isinstance(name, str)
+
+
+def base_models_from_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """The Hub ids the encoder and LLM were loaded from (`_name_or_path` of the sub-configs), when they look like
+    Hub ids and not local folders: {"encoder": ..., "llm": ...}."""
+    found = {}
+    for role, key in (("encoder", "audio_config"), ("llm", "text_config")):
+        name = (config.get(key) or {}).get("_name_or_path") or ""
+        if "/" in name and _is_hub_id(name) and not os.path.exists(name):
+            found[role] = name
+    return found
+
+
+def _split_base_models(base_models: Sequence[str] | Mapping[str, str] | None) -> tuple[dict[str, str], list[str]]:
+    """({"encoder"/"llm": id}, other ids) of `base_models`, checked to be Hub ids."""
+    if isinstance(base_models, str):
+        base_models = [base_models]
+    roles = dict(base_models) if isinstance(base_models, Mapping) else {}
+    if unknown_roles := set(roles) - {"encoder", "llm"}:
+        raise ValueError(f"base_models keys must be 'encoder' and/or 'llm', got {sorted(unknown_roles)}.")
+    ids = list(roles.values()) if roles else list(base_models or [])
+    for model_id in ids:
+        if not _is_hub_id(model_id):
+            raise ValueError(
+                f"base_models entry {model_id!r} is not a Hub model id; the Hub's `base_model` needs ids such as "
+                "'Qwen/Qwen2.5-1.5B' (pass {'encoder': ..., 'llm': ...} to name their roles)."
+            )
+    return roles, [m for m in ids if m not in roles.values()]
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from error
+
+
+def _run_file(folder: Path, name: str) -> Any:
+    """The JSON content of `folder/name`, or None when it does not exist."""
+    return _read_json(folder / name) if (folder / name).is_file() else None
 
 
 def _metrics_from_file(path: Path) -> Mapping[str, Any]:
@@ -415,37 +280,6 @@ def _metrics_from_file(path: Path) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds {type(data).__name__}; expected a flat dict of metrics. {_METRICS_HELP}.")
     return data
-
-
-def base_models_from_config(config: Mapping[str, Any]) -> dict[str, str]:
-    """The Hub ids the encoder and LLM were loaded from (`_name_or_path` of the sub-configs), when they look like
-    Hub ids and not local folders: {"encoder": ..., "llm": ...}."""
-    found = {}
-    for role, key in (("encoder", "audio_config"), ("llm", "text_config")):
-        name = (config.get(key) or {}).get("_name_or_path") or ""
-        if "/" in name and _HUB_ID.fullmatch(name) and not os.path.exists(name):
-            found[role] = name
-    return found
-
-
-def _split_base_models(base_models: Sequence[str] | Mapping[str, str] | None) -> tuple[dict[str, str], list[str]]:
-    if base_models is None:
-        return {}, []
-    if isinstance(base_models, str):
-        base_models = [base_models]
-    roles = dict(base_models) if isinstance(base_models, Mapping) else {}
-    unknown_roles = set(roles) - {"encoder", "llm"}
-    if unknown_roles:
-        raise ValueError(f"base_models keys must be 'encoder' and/or 'llm', got {sorted(unknown_roles)}.")
-    ids = list(roles.values()) if roles else list(base_models)
-    for model_id in ids:
-        if not isinstance(model_id, str) or not _HUB_ID.fullmatch(model_id):
-            raise ValueError(
-                f"base_models entry {model_id!r} is not a Hub model id; the Hub's `base_model` needs ids such as "
-                "'Qwen/Qwen2.5-1.5B' (pass {'encoder': ..., 'llm': ...} to name their roles)."
-            )
-    others = [m for m in ids if m not in roles.values()]
-    return roles, others
 
 
 # --------------------------------------------------------------------------------------------------- the card
@@ -533,37 +367,56 @@ def build_model_card(
             "build_model_card needs the training summary: pass training_summary= (the dict of the "
             f"training_summary.json that PartTrainer.train() writes) or output_dir= of the run{where}."
         )
-    schedule, stage_summaries = _validate_summary(training_summary)
+    schedule, stage_records = _validate_summary(training_summary)
     try:
-        results = parse_part_metrics(metrics, metric_key_prefix)
+        scores = parse_part_metrics(metrics, metric_key_prefix)
     except ValueError as error:
         raise ValueError(f"{metrics_source}: {error}") from None
-    baseline = parse_part_metrics(baseline_metrics, metric_key_prefix) if baseline_metrics is not None else None
+    if baseline_metrics is not None:
+        baseline = {(s.task, s.subject): s.value for s in parse_part_metrics(baseline_metrics, metric_key_prefix)}
+        scores = [s._replace(baseline=baseline.get((s.task, s.subject))) for s in scores]
+    rows = {task: [s for s in scores if s.task == task and s.subject is not None] for task in TASKS}
     if not isinstance(license, str) or not license:
         raise ValueError(f"license must be a Hub license id such as 'apache-2.0', got {license!r}.")
-    unknown_tasks = set(eval_datasets or {}) - set(EVAL_TASKS)
-    if unknown_tasks:
+    if unknown_tasks := set(eval_datasets or {}) - set(EVAL_TASKS):
         raise ValueError(f"eval_datasets keys must be in {sorted(EVAL_TASKS)}, got {sorted(unknown_tasks)}.")
-
     data_table = _data_table(data_summary) if data_summary is not None else None
-    all_languages = _card_languages(languages, results, schedule, data_summary)
+
+    # languages: the given ones, then those of the metrics, the schedule and the data summary (first seen order)
+    found = [*(languages or []), *(s.subject for s in rows["asr"])]
+    found += [lang for s in rows["s2tt"] + rows["mt"] for lang in split_direction(s.subject)]
+    found += [lang for stage in (schedule or {}).get("stages", []) for lang in (stage.get("languages") or [])]
+    for task_or_key, entries in (data_summary or {}).items():
+        keys = entries.keys() if isinstance(entries, Mapping) and task_or_key in TASKS else [task_or_key]
+        found += [part for key in keys for part in split_direction(str(key))]
+    all_languages = [lang for lang in dict.fromkeys(found) if lang not in TASKS]
     iso_codes = list(dict.fromkeys(_iso_code(lang) for lang in all_languages))
+
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else None)
     model_name = model_name or (folder.resolve().name if folder is not None else "part-speech-model")
-    default_dataset = EvalDataset(
-        id=dataset_id or _slug(dataset_name or "part-test-set"),
-        name=dataset_name or dataset_id or "PART test set",
-        split=eval_split,
-    )
-    per_task = {
-        task: EvalDataset.coerce((eval_datasets or {}).get(task, default_dataset), task, eval_split)
-        for task in EVAL_TASKS
+    default_dataset = {
+        "id": dataset_id or re.sub(r"[^a-z0-9]+", "-", (dataset_name or "part-test-set").lower()).strip("-")
+        or "part-test-set",
+        "name": dataset_name or dataset_id or "PART test set",
     }
+    eval_sets = {
+        task: _eval_dataset((eval_datasets or {}).get(task, default_dataset), task, eval_split) for task in EVAL_TASKS
+    }
+    eval_results = [
+        EvalResult(
+            task_type=EVAL_TASKS[task][0],
+            task_name=EVAL_TASKS[task][1],
+            **eval_sets[task],
+            metric_type=s.metric,
+            metric_value=s.value,
+            metric_name=f"{s.metric.upper()} ({s.subject})",
+        )
+        for task in EVAL_TASKS
+        for s in rows[task]
+    ]
     roles, other_models = _split_base_models(base_models)
     if datasets is None and dataset_id:
         datasets = [dataset_id]
-
-    eval_results = _eval_results(results, per_task)
     card_data = ModelCardData(
         language=iso_codes,
         license=license,
@@ -577,250 +430,61 @@ def build_model_card(
         eval_results=eval_results,
     )
 
-    total_parameters = next((s.get("total_parameters") for s in stage_summaries if s.get("total_parameters")), None)
     total_seconds = training_summary.get("total_seconds")
-    if total_seconds is None and stage_summaries and all(s.get("seconds") is not None for s in stage_summaries):
-        total_seconds = sum(s["seconds"] for s in stage_summaries)
-    example_language, example_source, example_target = _examples(results, all_languages)
-    evaluated = {"asr": results.asr, "s2tt": results.s2tt}
+    if total_seconds is None and stage_records and all(s.get("seconds") is not None for s in stage_records):
+        total_seconds = sum(s["seconds"] for s in stage_records)
+    by_name = {s["name"]: s for s in stage_records}
+    stages = [
+        (stage, by_name.get(stage["name"]), sorted((int(k), v) for k, v in (stage.get("unfreeze_at") or {}).items()))
+        for stage in (schedule["stages"] if schedule else stage_records)
+    ]
+    lora = next(
+        (
+            {**(stage.get("lora") or {}), **(lora_config or {})}
+            for stage in (schedule or {}).get("stages", [])
+            if "llm_lora" in (stage.get("trainable") or []) and (stage.get("lora") or lora_config)
+        ),
+        None,
+    )
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path or TEMPLATE_PATH),
         model_name=model_name,
         model_id=repo_id or model_name,
-        license_label="Apache 2.0" if license == "apache-2.0" else license,
         encoder_model=roles.get("encoder"),
         llm_model=roles.get("llm"),
         other_base_models=other_models,
-        total_parameters=f"{_count(total_parameters)} ({total_parameters:,})" if total_parameters else None,
-        total_time=_duration(total_seconds) if total_seconds is not None else None,
-        schedule_name=(schedule or {}).get("name", "custom"),
-        stages=_stage_rows(schedule, stage_summaries),
-        lora=_lora_text(schedule, lora_config),
-        language_list=", ".join(f"{_language_name(lang)} (`{lang}`)" for lang in all_languages),
-        dataset_description=dataset_description or _default_data_description(dataset_name, synthetic_data),
-        data_key_header=data_table[0] if data_table else None,
-        data_columns=data_table[1] if data_table else None,
-        data_rows=data_table[2] if data_table else None,
+        total_parameters=next((s["total_parameters"] for s in stage_records if s.get("total_parameters")), None),
+        total_seconds=total_seconds,
+        schedule=schedule,
+        stages=stages,
+        lora=lora,
+        languages=all_languages,
+        language_names=_language_names([*all_languages, *(s.subject for s in rows["asr"])]),
+        dataset_name=dataset_name,
+        dataset_description=dataset_description,
+        synthetic_data=synthetic_data,
+        data_table=data_table,
+        data_keys=list(dict.fromkeys(key for entries in (data_table or {}).values() for key in entries)),
         eval_split=eval_split,
-        eval_dataset_names=" and ".join(dict.fromkeys(d.name for task, d in per_task.items() if evaluated[task])),
-        baseline_name=_cell(baseline_name) if baseline else None,
-        example_language=example_language,
-        example_source=example_source,
-        example_target=example_target,
-        limitations=_limitations(
-            results, baseline, baseline_name, all_languages, total_parameters, synthetic_data, limitations
-        ),
-        **_result_tables(results, baseline),
+        eval_dataset_names=" and ".join(dict.fromkeys(d["dataset_name"] for t, d in eval_sets.items() if rows[t])),
+        rows=rows,
+        averages={s.task: s for s in scores if s.subject is None},
+        baseline_name=baseline_name if baseline_metrics is not None else None,
+        limitations=list(limitations),
     )
-
-
-def _run_file(folder: Path, name: str) -> Any:
-    """The JSON content of `folder/name`, or None when it does not exist."""
-    return _read_json(folder / name) if (folder / name).is_file() else None
-
-
-def _card_languages(
-    languages: Sequence[str] | None,
-    results: PartResults,
-    schedule: Mapping[str, Any] | None,
-    data_summary: Mapping[str, Any] | None,
-) -> list[str]:
-    """The given languages, then those the metrics, the schedule and the data summary name (first seen order)."""
-    scheduled = [lang for stage in (schedule or {}).get("stages", []) for lang in (stage.get("languages") or [])]
-    in_data = []
-    for task_or_key, entries in (data_summary or {}).items():
-        keys = entries.keys() if isinstance(entries, Mapping) and task_or_key in TASK_LABELS else [task_or_key]
-        in_data += [part for key in keys for part in split_direction(str(key))]
-    found = dict.fromkeys([*(languages or []), *results.languages, *scheduled, *in_data])
-    return [lang for lang in found if lang not in TASK_LABELS]
-
-
-def _eval_results(results: PartResults, per_task: Mapping[str, EvalDataset]) -> list[EvalResult]:
-    """The model-index entries: WER/CER per ASR language, BLEU per S2TT direction (the averages stay in the body:
-    the ASR one may mix WER and CER)."""
-    entries = [
-        _eval_result("asr", per_task["asr"], metric, value, f"{metric.upper()} ({language})")
-        for language, (metric, value) in results.asr.items()
-    ]
-    entries += [
-        _eval_result("s2tt", per_task["s2tt"], "bleu", value, f"BLEU ({direction})")
-        for direction, value in results.s2tt.items()
-    ]
-    return entries
-
-
-def _result_tables(results: PartResults, baseline: PartResults | None) -> dict[str, Any]:
-    """Template variables of the evaluation section: rows per language/direction and the averages."""
-    asr_metrics = sorted({metric for metric, _ in results.asr.values()}, reverse=True)  # wer before cer
-    cer_languages = [lang for lang, (metric, _) in results.asr.items() if metric == "cer"]
-    tables: dict[str, Any] = {
-        "asr_rows": [
-            {
-                "language": _cell(f"{_language_name(lang)} (`{lang}`)"),
-                "metric": metric.upper(),
-                "value": _score(value),
-                "baseline": _score(_asr_value(baseline, lang)),
-                "change": _change(value, _asr_value(baseline, lang)),
-            }
-            for lang, (metric, value) in results.asr.items()
-        ],
-        "asr_average": None,
-        "asr_metric_names": (
-            f"WER (CER for {', '.join(cer_languages)})"
-            if asr_metrics == ["wer", "cer"]
-            else "/".join(m.upper() for m in asr_metrics)
-        ),
-        "average_note": (
-            "Averages are unweighted means over languages (ASR) and directions (translation), as in the paper"
-            + ("; the ASR average mixes WER and CER." if len(asr_metrics) > 1 else ".")
-        ),
-    }
-    if results.asr:
-        baseline_average = baseline.asr_avg_error if baseline else None
-        tables["asr_average"] = {
-            "metric": "/".join(m.upper() for m in asr_metrics),
-            "value": _score(results.asr_avg_error),
-            "baseline": _score(baseline_average),
-            "change": _change(results.asr_avg_error, baseline_average),
-        }
-    for task in ("s2tt", "mt"):
-        rows, average = _bleu_rows(
-            getattr(results, task),
-            getattr(results, f"{task}_avg_bleu"),
-            getattr(baseline, task) if baseline else {},
-            getattr(baseline, f"{task}_avg_bleu") if baseline else None,
-        )
-        tables[f"{task}_rows"], tables[f"{task}_average"] = rows, average
-    return tables
-
-
-def _eval_result(task: str, dataset: EvalDataset, metric: str, value: float, name: str) -> EvalResult:
-    task_type, task_name = EVAL_TASKS[task]
-    return EvalResult(
-        task_type=task_type,
-        task_name=task_name,
-        dataset_type=dataset.id,
-        dataset_name=dataset.name,
-        dataset_config=dataset.config,
-        dataset_split=dataset.split,
-        metric_type=metric,
-        metric_value=value,
-        metric_name=name,
-    )
-
-
-def _asr_value(results: PartResults | None, language: str) -> float | None:
-    return results.asr[language][1] if results is not None and language in results.asr else None
-
-
-def _bleu_rows(scores, average, baseline_scores, baseline_average):
-    rows = [
-        {
-            "direction": _cell(direction.replace("-", " → ", 1) if direction.count("-") == 1 else direction),
-            "value": _score(value),
-            "baseline": _score(baseline_scores.get(direction)),
-            "change": _change(value, baseline_scores.get(direction)),
-        }
-        for direction, value in scores.items()
-    ]
-    summary = (
-        {"value": _score(average), "baseline": _score(baseline_average), "change": _change(average, baseline_average)}
-        if scores
-        else None
-    )
-    return rows, summary
-
-
-def _examples(results: PartResults, languages: list[str]) -> tuple[str, str, str]:
-    """A language for the ASR example and a direction for the translation example."""
-    language = next(iter(results.asr), languages[0] if languages else "en")
-    if results.s2tt:
-        source, target = split_direction(next(iter(results.s2tt)))
-    else:
-        source, target = language, next((lang for lang in languages if lang != language), "en")
-    return language, source, target
-
-
-def _default_data_description(dataset_name: str | None, synthetic_data: bool) -> str:
-    text = f"Trained on {dataset_name}." if dataset_name else "The training data was not described for this card."
-    if synthetic_data:
-        text += " The speech is synthetic (text-to-speech), not recorded."
-    return text
-
-
-def _limitations(
-    results: PartResults,
-    baseline: PartResults | None,
-    baseline_name: str,
-    languages: list[str],
-    total_parameters: int | None,
-    synthetic_data: bool,
-    extra: Sequence[str],
-) -> list[str]:
-    items = []
-    if synthetic_data:
-        items.append(
-            "Trained and evaluated on synthetic speech (text-to-speech of a small corpus). The scores say nothing "
-            "about real recordings, speakers, accents or noise: this checkpoint demonstrates the training recipe, "
-            "it is not a usable recognizer or translator."
-        )
-    if total_parameters and total_parameters < 1e9:
-        items.append(
-            f"A small model ({_count(total_parameters)} parameters), far smaller than the paper's PART-2B and "
-            "PART-8B; its scores are not comparable with the paper's."
-        )
-    directions = ", ".join(results.s2tt) or "none"
-    items.append(
-        f"Covers only {', '.join(languages)} (translation directions evaluated: {directions}). Speech in another "
-        "language, or a direction it was not trained on, gives unreliable output."
-    )
-    not_evaluated = [lang for lang in languages if lang not in results.asr]
-    if results.asr and not_evaluated:
-        items.append(f"Not evaluated for ASR: {', '.join(not_evaluated)}.")
-    if baseline is not None:
-        worse = [
-            f"{lang} ({metric.upper()} {value:.2f} vs {baseline.asr[lang][1]:.2f})"
-            for lang, (metric, value) in results.asr.items()
-            if lang in baseline.asr and value > baseline.asr[lang][1]
-        ]
-        worse += [
-            f"{direction} (BLEU {value:.2f} vs {baseline.s2tt[direction]:.2f})"
-            for direction, value in results.s2tt.items()
-            if direction in baseline.s2tt and value < baseline.s2tt[direction]
-        ]
-        if worse:
-            items.append(f"Not every language improves over {baseline_name}: worse for {'; '.join(worse)}.")
-        else:
-            items.append(f"Every evaluated language and direction is at least as good as {baseline_name} here.")
-    else:
-        items.append(
-            "Not every language improves with PART: the paper reports languages that get slightly worse in some "
-            "settings (e.g. Korean in one ablation). Check the table above for the languages you need."
-        )
-    items.append(
-        "The prompt must name the spoken language (there is no language identification), and long recordings must "
-        "be cut into segments (the processor rejects audio over its `max_audio_seconds`, 30 s by default)."
-    )
-    items.append(
-        "Like other speech LLMs it can produce fluent text that is not in the audio, especially for silence, noise "
-        "or music."
-    )
-    return [*items, *extra]
 
 
 def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Builds the card of the run in `output_dir` (see `build_model_card` for the arguments) and writes it as
     `output_dir/README.md`; returns that path."""
-    card = build_model_card(output_dir, **kwargs)
     path = Path(output_dir) / CARD_NAME
-    card.save(path)
+    build_model_card(output_dir, **kwargs).save(path)
     return path
 
 
 __all__ = [
-    "EvalDataset",
-    "PartResults",
+    "Score",
     "TEMPLATE_PATH",
     "base_models_from_config",
     "build_model_card",

@@ -1,5 +1,6 @@
 """Publishing a finished PART run to the Hugging Face Hub: the model with its remote code, the processor and the
-model card, checked for completeness first and uploaded in one commit.
+model card, checked for completeness (locally) and the card's metadata by the Hub (`ModelCard.validate`) first, then
+uploaded in one commit.
 
 The files are chosen with `huggingface_hub`'s own pattern filter (`filter_repo_objects`, as `upload_folder` does) and
 committed with one `HfApi.create_commit`. `upload_folder` is not used because with `hf_xet` installed it streams a
@@ -50,11 +51,7 @@ REMOTE_CODE_MODULES = ("modeling_part",)
 """Remote code every PART folder must carry, besides the modules its `auto_map`s name."""
 
 
-def publish_files(
-    output_dir: str | os.PathLike,
-    ignore_patterns: Sequence[str] | None = None,
-    allow_patterns: Sequence[str] | None = None,
-) -> list[str]:
+def publish_files(output_dir: str | os.PathLike, ignore_patterns: Sequence[str] | None = None) -> list[str]:
     """The files of `output_dir` that `publish` uploads (paths relative to it, sorted): everything but
     `PUBLISH_IGNORE_PATTERNS`, `ignore_patterns` and `huggingface_hub`'s default ignores."""
     folder = Path(output_dir)
@@ -62,7 +59,7 @@ def publish_files(
         raise ValueError(f"output_dir {str(folder)!r} is not a folder; pass the folder of a finished PART run.")
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*") if p.is_file())
     ignore = [*PUBLISH_IGNORE_PATTERNS, *(ignore_patterns or []), *DEFAULT_IGNORE_PATTERNS]
-    return list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore))
+    return list(filter_repo_objects(files, ignore_patterns=ignore))
 
 
 def _json(folder: Path, name: str, problems: list[str]) -> dict[str, Any] | None:
@@ -209,7 +206,8 @@ def publish(
         The `CommitInfo` of the commit.
 
     Raises:
-        ValueError: `output_dir` lacks files a loadable PART repository needs; the message lists them.
+        ValueError: `output_dir` lacks files a loadable PART repository needs (the message lists them), or the Hub
+            rejects the card's metadata (`ModelCard.validate`, on the `HF_ENDPOINT` Hub).
     """
     folder = Path(output_dir)
     files = publish_files(folder, ignore_patterns)
@@ -217,11 +215,13 @@ def publish(
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         raise ValueError(f"{folder} is not ready to publish; missing:\n{listed}")
-    if repo_id not in (folder / CARD_NAME).read_text(encoding="utf-8"):
+    card = ModelCard.load(folder / CARD_NAME)
+    if repo_id not in card.content:
         logger.warning(
             f"{CARD_NAME} does not mention {repo_id!r}: its code examples load another id. Rewrite it with "
             f"model_cards.write_model_card({str(folder)!r}, repo_id={repo_id!r}, ...) before publishing."
         )
+    card.validate(repo_type="model")  # the Hub's metadata check (ValueError), before the repository is created
 
     api = api or HfApi(token=token)
     repo_url = api.create_repo(repo_id, token=token, private=private, repo_type="model", exist_ok=True)

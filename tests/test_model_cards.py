@@ -9,7 +9,7 @@ import huggingface_hub
 import pytest
 import torch
 import yaml
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, RepoUrl
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData, RepoUrl, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
@@ -73,6 +73,10 @@ def front_matter(text: str) -> dict:
 
 def measured(eval_results) -> dict:
     return {(r.task_type, r.metric_type, r.metric_name): r.metric_value for r in eval_results}
+
+
+def averages(scores) -> dict:
+    return {s.task: s.value for s in scores if s.subject is None}
 
 
 EXPECTED = {
@@ -140,9 +144,12 @@ def test_metrics_without_prefix_and_with_a_baseline():
     unprefixed = {key.removeprefix("test_"): value for key, value in METRICS.items()}
     card = build_model_card(metrics=unprefixed, training_summary=SUMMARY, **CARD_ARGS)
     assert measured(card.data.eval_results) == EXPECTED
-    # averages are computed when not given
-    results = parse_part_metrics({"wer_de": 10.0, "cer_zh": 20.0, "bleu_de-en": 30.0})
-    assert results.asr_avg_error == 15.0 and results.s2tt_avg_bleu == 30.0
+    # one typed row per language / direction, then the averages, computed when not given
+    scores = parse_part_metrics({"wer_de": 10.0, "cer_zh": 20.0, "bleu_de-en": 30.0})
+    assert [(s.task, s.metric, s.subject, s.value) for s in scores if s.subject] == [
+        ("asr", "wer", "de", 10.0), ("asr", "cer", "zh", 20.0), ("s2tt", "bleu", "de-en", 30.0)]
+    assert averages(scores) == {"asr": 15.0, "s2tt": 30.0}
+    assert averages(parse_part_metrics(METRICS)) == {"asr": 13.6984263, "s2tt": 18.2625, "mt": 30.0}  # as given
 
     baseline = {"test_wer_de": 13.0, "test_wer_fr": 19.0, "test_cer_zh": 9.0, "test_bleu_de-en": 20.0,
                 "test_bleu_zh-en": 16.0}
@@ -162,7 +169,8 @@ def test_capped_error_rates_never_enter_the_card():
               "test_asr_hypothesis_cap_margin": 10}
     card = build_model_card(metrics={**METRICS, **capped}, training_summary=SUMMARY, **CARD_ARGS)
     assert measured(card.data.eval_results) == EXPECTED
-    assert parse_part_metrics({**METRICS, **capped}).asr_avg_error == METRICS["test_asr_avg_error"]
+    scores = parse_part_metrics({**METRICS, **capped})
+    assert scores == parse_part_metrics(METRICS) and averages(scores)["asr"] == METRICS["test_asr_avg_error"]
     with pytest.raises(ValueError, match="capped error rates .* are not reported in a card"):
         parse_part_metrics({"test_wer_capped_de": 5.0})
 
@@ -187,6 +195,7 @@ def test_card_from_stage_summaries_only():
         ({"training_summary": {"total_seconds": 1}}, "neither 'schedule' nor 'stages'"),
         ({"languages": ["German"]}, "not an ISO 639 code"),
         ({"base_models": ["/local/qwen"]}, "not a Hub model id"),
+        ({"base_models": ["Qwen/Qwen2.5-1.5B.git"]}, "not a Hub model id"),  # huggingface_hub's validate_repo_id
         ({"data_summary": {"asr": {"de": -1}}}, "give a number >= 0"),
     ],
 )
@@ -206,6 +215,9 @@ def test_write_model_card_reads_the_run_folder(tmp_path):
     path = write_model_card(tmp_path, dataset_name="PART demo corpus")
     assert path == tmp_path / "README.md"
     card = ModelCard.load(path)
+    # the Hub's metadata reader gives the same card data, and ModelCardData takes it back as it is
+    metadata = metadata_load(path)
+    assert metadata == card.data.to_dict() and ModelCardData(**metadata).to_dict() == metadata
     assert card.data.base_model == ["Qwen/Qwen2.5-1.5B"]
     assert card.data.model_name == tmp_path.name
     assert measured(card.data.eval_results) == EXPECTED
@@ -237,8 +249,13 @@ def offline(monkeypatch):
 
 @pytest.fixture
 def hub_calls(monkeypatch, offline):
-    """Records HfApi.create_repo and HfApi.create_commit (with their operations) instead of calling the Hub."""
-    calls = {"create_repo": [], "create_commit": []}
+    """Records ModelCard.validate, HfApi.create_repo and HfApi.create_commit (with their operations) instead of
+    calling the Hub."""
+    calls = {"validate": [], "create_repo": [], "create_commit": []}
+
+    def validate(self, repo_type=None):
+        assert not calls["create_repo"], "the card is validated before the repository is created"
+        calls["validate"].append((str(self), repo_type))
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"].append({"repo_id": repo_id, **kwargs})
@@ -249,6 +266,7 @@ def hub_calls(monkeypatch, offline):
         oid = "0" * 40
         return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", kwargs["commit_message"], "", oid)
 
+    monkeypatch.setattr(ModelCard, "validate", validate)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return calls
@@ -284,6 +302,7 @@ def test_publish_uploads_one_commit_that_loads(run_folder, hub_calls, tmp_path):
     assert info.oid == "0" * 40
 
     assert len(hub_calls["create_repo"]) == 1 and len(hub_calls["create_commit"]) == 1
+    assert hub_calls["validate"] == [((folder / "README.md").read_text(encoding="utf-8"), "model")]
     repo = hub_calls["create_repo"][0]
     assert repo["repo_id"] == "someone/part-tiny" and repo["exist_ok"] and repo["private"]
     commit = hub_calls["create_commit"][0]
@@ -330,7 +349,7 @@ def test_publish_refuses_an_incomplete_folder(run_folder, hub_calls, tmp_path):
     message = str(error.value)
     assert "model.safetensors" in message and "README.md" in message
     assert "config.json (" not in message and "tokenizer files" not in message
-    assert hub_calls == {"create_repo": [], "create_commit": []}
+    assert hub_calls == {"validate": [], "create_repo": [], "create_commit": []}
 
     # remote code the auto_map (or a relative import) needs, and weights dropped by an ignore pattern
     (tmp_path / "audio_utils.py").unlink()
@@ -339,3 +358,15 @@ def test_publish_refuses_an_incomplete_folder(run_folder, hub_calls, tmp_path):
     with pytest.raises(ValueError, match="model.safetensors"):
         publish(folder, "someone/part-tiny", ignore_patterns=["*.safetensors"])
     assert hub_calls["create_repo"] == []
+
+
+def test_publish_stops_when_the_hub_rejects_the_card(run_folder, hub_calls, monkeypatch):
+    folder, _, _ = run_folder
+
+    def reject(self, repo_type=None):
+        raise ValueError('"model-index[0].results[0].metrics[0].value" must be a number')
+
+    monkeypatch.setattr(ModelCard, "validate", reject)
+    with pytest.raises(ValueError, match="model-index"):
+        publish(folder, "someone/part-tiny")
+    assert hub_calls["create_repo"] == [] and hub_calls["create_commit"] == []
