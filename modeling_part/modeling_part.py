@@ -259,13 +259,19 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm` folder. The audio tokens
                 `<|AUDIO|>`, `<|audio_bos|>`, `<|audio_eos|>` are added when missing and the embeddings resized.
             adapter_config: settings of the new adapter.
-            dtype: dtype of the loaded parts.
+            dtype: dtype of the loaded parts (default float32, not the checkpoints' own dtypes, which differ
+                between encoder and LLM on the hub and would leave the trainable parts in half precision).
             return_tokenizer: also return the (extended) tokenizer.
             load_kwargs: options for every `from_pretrained` call (`revision`, `token`, `cache_dir`,
                 `trust_remote_code`, ...).
             config_kwargs: further `PartConfig` fields.
         """
-        load_kwargs = {**(load_kwargs or {}), **({"dtype": dtype} if dtype is not None else {})}
+        load_kwargs = dict(load_kwargs or {})
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        # one dtype for every part: transformers 5 would load each in its checkpoint's (Whisper-large-v3 float16,
+        # Qwen bfloat16), and the trainable parts need float32 unless the user chooses otherwise
+        load_kwargs.setdefault("dtype", torch.float32)
         tokenizer_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
@@ -339,7 +345,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         tower_kwargs = {mask_argument: feature_attention_mask} if mask_argument else {}
         encoder_states = self.audio_tower(input_features=input_features.to(tower_dtype), **tower_kwargs)
         encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
-        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state, encoder_lengths)
+        adapter_dtype = self.adapter.projection.weight.dtype  # the encoder may run in another dtype
+        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state.to(adapter_dtype), encoder_lengths)
         return embeddings, token_lengths
 
     def _audio_path_on_every_rank(self) -> bool:

@@ -21,6 +21,7 @@ from transformers import (
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
 
 from modeling_part import PartForSpeechToText
+from modeling_part.modeling_part import load_pretrained_audio_encoder
 from modeling_part.tiny import build_processor, build_tokenizer
 
 from conftest import make_audio
@@ -85,6 +86,25 @@ def test_from_pretrained_components(saved_parts, encoder):
     processor = build_processor(model.config, tokenizer)
     batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="hi")
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_hub_checkpoints_of_different_dtypes_make_one_model(hub_checkpoints):
+    """On the hub Whisper-large-v3 is float16 and Qwen bfloat16, and transformers 5 loads each in its own dtype:
+    the parts are loaded in one dtype (float32 unless asked), and mixed parts passed in still run."""
+    model, tokenizer = PartForSpeechToText.from_pretrained_components(
+        hub_checkpoints["whisper-large-v3"], hub_checkpoints["qwen2.5-0.5b-instruct"], return_tokenizer=True,
+        adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    bf16_encoder = load_pretrained_audio_encoder(hub_checkpoints["fun-asr-nano"], dtype=torch.bfloat16)
+    mixed, tokenizer = PartForSpeechToText.from_pretrained_components(
+        bf16_encoder, hub_checkpoints["qwen3-0.6b"], return_tokenizer=True,
+        adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    assert mixed.audio_tower.dtype == torch.bfloat16 and mixed.language_model.dtype == torch.float32
+    processor = build_processor(mixed.config, tokenizer)
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="one")
+    assert torch.isfinite(mixed(**batch).loss)
 
 
 @pytest.fixture(scope="module")
