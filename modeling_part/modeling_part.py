@@ -132,6 +132,18 @@ def _gathered_for_modification(parameters: list[nn.Parameter]):
     return contextlib.nullcontext()
 
 
+def _without_zero3_init():
+    """A context in which `from_config` builds modules without DeepSpeed's `zero.Init` (transformers' own marker
+    for "already inside zero.Init"), for skeletons on the meta device, which zero.Init cannot partition."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    from transformers.modeling_utils import set_zero3_state
+
+    return set_zero3_state()
+
+
 def mean_initialise_rows(weight: torch.Tensor, trained_ids: torch.Tensor, new_ids: torch.Tensor) -> None:
     """Sets `weight[new_ids]` as transformers' `mean_resizing` initialises added tokens, from the statistics of
     the trained rows `weight[trained_ids]` only (never padding rows): a sample of N(mean, 1e-9 * covariance), or
@@ -380,7 +392,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
             **config_kwargs,
         )
-        with torch.device("meta"):
+        with torch.device("meta"), _without_zero3_init():  # a skeleton whose parts are replaced right away
             model = cls(config)
         model.audio_tower = audio_encoder
         model.language_model = llm
@@ -748,7 +760,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         The unmerged weights are assigned (not copied) to a meta-device twin whose LoRA is merged with
         `safe_merge=True`, which writes each merged weight to new memory: only the merged layers cost memory."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        with torch.device("meta"):
+        with torch.device("meta"), _without_zero3_init():  # under ZeRO-3 only rank 0 gets here
             twin = type(self)(copy.deepcopy(self.config))
         twin.load_state_dict(state_dict, strict=False, assign=True)
         twin.merge_lora(safe_merge=True)
