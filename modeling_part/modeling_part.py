@@ -166,7 +166,9 @@ def mean_initialise_rows(weight: torch.Tensor, trained_ids: torch.Tensor, new_id
     weight.data[new_ids.to(weight.device)] = rows.to(weight.dtype)
 
 
-def fit_embeddings_to_tokenizer(llm: PreTrainedModel, num_tokens: int, trained_ids: list[int], new_ids: list[int]):
+def fit_embeddings_to_tokenizer(
+    llm: PreTrainedModel, num_tokens: int, trained_ids: list[int], new_ids: list[int]
+) -> None:
     """Makes `llm`'s vocabulary hold `num_tokens` tokens and initialises the rows of the added tokens `new_ids`.
 
     Resizes only when the embedding matrix has fewer rows than `num_tokens`; a padded vocabulary (Qwen2.5:

@@ -102,17 +102,18 @@ CHAT_TEMPLATES = {
 }
 
 
-def _training_text() -> list[str]:
-    from modeling_part.processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES
-    from modeling_part.tiny import _DEFAULT_TEXT
-
-    return [
-        *_DEFAULT_TEXT,
-        *DEFAULT_PROMPT_TEMPLATES.values(),
-        " ".join(LANGUAGE_NAMES.values()),
-        "one two three four eins zwei drei vier",
-        "system user assistant You are a helpful assistant. You are Qwen, created by Alibaba Cloud.",
-    ]
+# The BPE's training text (kept here, so the cached fixtures depend on this file alone).
+TRAINING_TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "der schnelle braune Fuchs springt über den faulen Hund",
+    "le renard brun rapide saute par-dessus le chien paresseux",
+    "一二三四五六七八九十 百 千 万",
+    "Transcribe the English speech into English text. Transcribe the German speech into German text.",
+    "Translate the German speech into English text. Translate the German text into English text: zwei drei",
+    "English German French Spanish Italian Russian Chinese Japanese Korean Cantonese Portuguese Dutch",
+    "one two three four eins zwei drei vier",
+    "system user assistant You are a helpful assistant. You are Qwen, created by Alibaba Cloud.",
+]
 
 
 # ----------------------------------------------------------------------------------------------- tokenizers
@@ -135,7 +136,7 @@ def write_qwen_tokenizer(folder: Path, flavour: str) -> int:
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer=trainer)
     added = QWEN3_ADDED_TOKENS if flavour == "qwen3" else QWEN25_ADDED_TOKENS
     for content, special in added:  # one at a time: ids follow the list order, as in Qwen's tokenizer
         tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)])
