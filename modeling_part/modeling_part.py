@@ -6,6 +6,7 @@ positions only, with the LM head applied to those positions alone (no `[batch, s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -112,6 +113,94 @@ def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
 def _numel(parameter: torch.Tensor) -> int:
     """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (then `numel()` is 0)."""
     return getattr(parameter, "ds_numel", parameter.numel())
+
+
+def embedding_rows(weight: torch.Tensor) -> int:
+    """Rows of an embedding or LM-head matrix: its real size, also while DeepSpeed ZeRO-3 has partitioned it
+    (`weight.shape` is then `(0,)` on every rank and the full shape is `weight.ds_shape`)."""
+    shape = getattr(weight, "ds_shape", None)
+    return int((shape if shape is not None else weight.shape)[0])
+
+
+def _gathered_for_modification(parameters: list[nn.Parameter]):
+    """A context in which `parameters` hold their full data and changes made on rank 0 are kept: DeepSpeed's
+    `GatheredParameters(..., modifier_rank=0)` for ZeRO-3 partitioned parameters, a no-op otherwise."""
+    if any(hasattr(p, "ds_id") for p in parameters):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+def _without_zero3_init():
+    """A context in which `from_config` builds modules without DeepSpeed's `zero.Init` (transformers' own marker
+    for "already inside zero.Init"), for skeletons on the meta device, which zero.Init cannot partition."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    from transformers.modeling_utils import set_zero3_state
+
+    return set_zero3_state()
+
+
+def mean_initialise_rows(weight: torch.Tensor, trained_ids: torch.Tensor, new_ids: torch.Tensor) -> None:
+    """Sets `weight[new_ids]` as transformers' `mean_resizing` initialises added tokens, from the statistics of
+    the trained rows `weight[trained_ids]` only (never padding rows): a sample of N(mean, 1e-9 * covariance), or
+    the mean itself when that covariance is not positive definite. Works on the full (gathered) weight."""
+    if len(new_ids) == 0:
+        return
+    if len(trained_ids) == 0:
+        raise ValueError("No trained embedding rows to initialise the new token rows from (empty tokenizer?).")
+    contiguous = torch.equal(trained_ids, torch.arange(len(trained_ids), device=trained_ids.device))
+    trained = (weight.data[: len(trained_ids)] if contiguous else weight.data[trained_ids.to(weight.device)]).float()
+    mean = trained.mean(0)
+    centered = trained - mean
+    covariance = 1e-9 * (centered.T @ centered) / trained.shape[0]
+    del centered, trained
+    if torch.distributions.constraints.positive_definite.check(covariance).all():
+        distribution = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance)
+        rows = distribution.sample((len(new_ids),))
+    else:
+        rows = mean.expand(len(new_ids), -1)
+    weight.data[new_ids.to(weight.device)] = rows.to(weight.dtype)
+
+
+def fit_embeddings_to_tokenizer(
+    llm: PreTrainedModel, num_tokens: int, trained_ids: list[int], new_ids: list[int]
+) -> None:
+    """Makes `llm`'s vocabulary hold `num_tokens` tokens and initialises the rows of the added tokens `new_ids`.
+
+    Resizes only when the embedding matrix has fewer rows than `num_tokens`; a padded vocabulary (Qwen2.5:
+    151,936 rows for 151,665 tokens) is never shrunk, so new tokens may land on existing padding rows, which
+    pretraining never trained. Either way, every new token's input row (and output row, when the LM head is not
+    tied to the input embeddings) is set from the mean and covariance of the rows of `trained_ids`, the tokens
+    the tokenizer had before (see `mean_initialise_rows`); rows added by resizing beyond `new_ids` too. Under
+    DeepSpeed ZeRO-3 the row count comes from `ds_shape` and the rows are written on gathered parameters.
+    """
+    rows = embedding_rows(llm.get_input_embeddings().weight)
+    if num_tokens > rows:
+        # mean_resizing=False: transformers' mean would include the padding rows; ours follows below
+        llm.resize_token_embeddings(num_tokens, mean_resizing=False)
+        new_ids = sorted(set(new_ids) | set(range(rows, num_tokens)))
+    added = torch.tensor(sorted(set(new_ids)), dtype=torch.long)
+    trained = torch.tensor(sorted(set(i for i in trained_ids if i < rows) - set(new_ids)), dtype=torch.long)
+    if added.numel() == 0:
+        return
+    input_embeddings, output_embeddings = llm.get_input_embeddings(), llm.get_output_embeddings()
+    parameters = [input_embeddings.weight]
+    untied = output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight
+    if untied:
+        parameters.append(output_embeddings.weight)
+        if getattr(output_embeddings, "bias", None) is not None:
+            parameters.append(output_embeddings.bias)
+    with torch.no_grad(), _gathered_for_modification(parameters):
+        mean_initialise_rows(input_embeddings.weight, trained, added)
+        if untied:
+            mean_initialise_rows(output_embeddings.weight, trained, added)
+            bias = getattr(output_embeddings, "bias", None)
+            if bias is not None:
+                bias.data[added.to(bias.device)] = bias.data[trained.to(bias.device)].float().mean().to(bias.dtype)
 
 
 def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -257,15 +346,24 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
                 Whisper checkpoint, or an already loaded encoder module.
             llm: a hub id / folder of a causal LM, or a loaded `PreTrainedModel`.
             tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm` folder. The audio tokens
-                `<|AUDIO|>`, `<|audio_bos|>`, `<|audio_eos|>` are added when missing and the embeddings resized.
+                `<|AUDIO|>`, `<|audio_bos|>`, `<|audio_eos|>` are added when missing; the embeddings grow only when
+                the LLM has fewer rows than tokens (a padded vocabulary is kept), and the new tokens' rows are
+                initialised from the mean and covariance of the pretrained tokens' rows (see
+                `fit_embeddings_to_tokenizer`). They stay frozen with the `llm` parameter group.
             adapter_config: settings of the new adapter.
-            dtype: dtype of the loaded parts.
+            dtype: dtype of the loaded parts (default float32, not the checkpoints' own dtypes, which differ
+                between encoder and LLM on the hub and would leave the trainable parts in half precision).
             return_tokenizer: also return the (extended) tokenizer.
             load_kwargs: options for every `from_pretrained` call (`revision`, `token`, `cache_dir`,
                 `trust_remote_code`, ...).
             config_kwargs: further `PartConfig` fields.
         """
-        load_kwargs = {**(load_kwargs or {}), **({"dtype": dtype} if dtype is not None else {})}
+        load_kwargs = dict(load_kwargs or {})
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        # one dtype for every part: transformers 5 would load each in its checkpoint's (Whisper-large-v3 float16,
+        # Qwen bfloat16), and the trainable parts need float32 unless the user chooses otherwise
+        load_kwargs.setdefault("dtype", torch.float32)
         tokenizer_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
@@ -280,13 +378,14 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             tokenizer = llm_path
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tokenizer_kwargs)
+        pretrained_ids = list(tokenizer.get_vocab().values())  # the tokens the LLM was trained with
         missing = [t for t in (AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN) if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
-            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        num_tokens = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+        fit_embeddings_to_tokenizer(llm, num_tokens, pretrained_ids, tokenizer.convert_tokens_to_ids(missing))
 
         config = PartConfig(
             audio_config=audio_encoder.config,
@@ -295,7 +394,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
             **config_kwargs,
         )
-        with torch.device("meta"):
+        with torch.device("meta"), _without_zero3_init():  # a skeleton whose parts are replaced right away
             model = cls(config)
         model.audio_tower = audio_encoder
         model.language_model = llm
@@ -339,7 +438,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         tower_kwargs = {mask_argument: feature_attention_mask} if mask_argument else {}
         encoder_states = self.audio_tower(input_features=input_features.to(tower_dtype), **tower_kwargs)
         encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
-        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state, encoder_lengths)
+        adapter_dtype = self.adapter.projection.weight.dtype  # the encoder may run in another dtype
+        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state.to(adapter_dtype), encoder_lengths)
         return embeddings, token_lengths
 
     def _audio_path_on_every_rank(self) -> bool:
@@ -662,7 +762,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         The unmerged weights are assigned (not copied) to a meta-device twin whose LoRA is merged with
         `safe_merge=True`, which writes each merged weight to new memory: only the merged layers cost memory."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        with torch.device("meta"):
+        with torch.device("meta"), _without_zero3_init():  # under ZeRO-3 only rank 0 gets here
             twin = type(self)(copy.deepcopy(self.config))
         twin.load_state_dict(state_dict, strict=False, assign=True)
         twin.merge_lora(safe_merge=True)
@@ -712,6 +812,9 @@ __all__ = [
     "PartForSpeechToText",
     "PartPreTrainedModel",
     "build_audio_tower",
+    "embedding_rows",
+    "fit_embeddings_to_tokenizer",
     "load_pretrained_audio_encoder",
+    "mean_initialise_rows",
     "PARAMETER_GROUPS",
 ]

@@ -29,3 +29,11 @@ def tiny_whisper_part():
     torch.manual_seed(0)
     model, processor = build_tiny_part("whisper", num_mel_bins=80)
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def hub_checkpoints():
+    """Hub-shaped component checkpoints (see tests/hub_fixtures.py), built once and cached on disk."""
+    from hub_fixtures import build_hub_checkpoints
+
+    return build_hub_checkpoints()

@@ -9,7 +9,9 @@ import textwrap
 import pytest
 import soundfile as sf
 import torch
+from torch import nn
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     FunAsrNanoEncoderConfig,
     Qwen2Config,
@@ -21,6 +23,7 @@ from transformers import (
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
 
 from modeling_part import PartForSpeechToText
+from modeling_part.modeling_part import embedding_rows, fit_embeddings_to_tokenizer, load_pretrained_audio_encoder
 from modeling_part.tiny import build_processor, build_tokenizer
 
 from conftest import make_audio
@@ -42,6 +45,7 @@ def saved_parts(tmp_path_factory):
     ).save_pretrained(root / "whisper")
     tokenizer = build_tokenizer(vocab_size=300)
     plain = type(tokenizer)(tokenizer_object=_without_audio_tokens(tokenizer), eos_token="<|endoftext|>")
+    assert sorted(plain.get_vocab().values()) == list(range(len(plain)))
     plain.save_pretrained(root / "llm")
     Qwen2ForCausalLM(
         Qwen2Config(vocab_size=len(plain), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
@@ -57,6 +61,11 @@ def _without_audio_tokens(tokenizer):
     state["added_tokens"] = [t for t in state["added_tokens"] if "audio" not in t["content"].lower()]
     for token in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"):
         state["model"]["vocab"].pop(token, None)
+    # contiguous ids, as a real tokenizer has (BPE merges name tokens, not ids)
+    renumbered = {token: i for i, token in enumerate(sorted(state["model"]["vocab"], key=state["model"]["vocab"].get))}
+    state["model"]["vocab"] = renumbered
+    for added in state["added_tokens"]:
+        added["id"] = renumbered[added["content"]]
     return Tokenizer.from_str(json.dumps(state))
 
 
@@ -69,9 +78,13 @@ def test_from_pretrained_components(saved_parts, encoder):
     assert "<|AUDIO|>" in tokenizer.get_vocab()
     assert model.config.audio_token_id == tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
-    # The LLM keeps its pretrained weights; only the new token rows are added.
+    # The LLM keeps its pretrained weights; only the new token rows are added, set to the pretrained rows' mean.
     old_vocab = llm.get_input_embeddings().weight.shape[0]
     torch.testing.assert_close(model.get_input_embeddings().weight[:old_vocab], llm.get_input_embeddings().weight)
+    new_rows = model.get_input_embeddings().weight[old_vocab:]
+    assert new_rows.shape[0] == 3
+    mean = llm.get_input_embeddings().weight.mean(0).expand_as(new_rows)
+    torch.testing.assert_close(new_rows, mean, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.language_model.model.layers[1].mlp.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
     if encoder == "whisper":
         reference = WhisperForConditionalGeneration.from_pretrained(saved_parts / "whisper").model.encoder
@@ -85,6 +98,96 @@ def test_from_pretrained_components(saved_parts, encoder):
     processor = build_processor(model.config, tokenizer)
     batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="hi")
     assert torch.isfinite(model(**batch).loss)
+
+
+AUDIO_TOKENS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+
+@pytest.mark.parametrize("llm_name", ["qwen2.5-0.5b-instruct", "qwen2.5-1.5b", "qwen2.5-7b", "qwen3-0.6b"])
+def test_audio_tokens_on_a_padded_vocabulary_get_mean_initialised_rows(hub_checkpoints, llm_name):
+    """Qwen pads its vocabulary (151,936 rows for 151,665 tokens): the audio tokens land on padding rows, which
+    pretraining never trained (zero here). Their rows (input, and output when untied) must be set from the mean of
+    the tokenizer's pretrained tokens' rows, not the padding; nothing is resized, least of all shrunk."""
+    folder = hub_checkpoints[llm_name]
+    pretrained = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    original = AutoTokenizer.from_pretrained(folder)
+    trained_ids = sorted(original.get_vocab().values())
+    rows = pretrained.config.vocab_size
+    assert trained_ids == list(range(len(original))) and rows >= len(original) + 3 and rows % 128 == 0
+
+    model, tokenizer = PartForSpeechToText.from_pretrained_components(
+        hub_checkpoints["fun-asr-nano"], folder, return_tokenizer=True
+    )
+    audio_ids = tokenizer.convert_tokens_to_ids(AUDIO_TOKENS)
+    assert audio_ids == [len(original), len(original) + 1, len(original) + 2]
+    assert max(tokenizer.get_vocab().values()) < rows and len(tokenizer) <= rows
+    llm = model.language_model
+    assert llm.get_input_embeddings().weight.shape[0] == rows == llm.config.vocab_size
+    assert model.config.text_config.vocab_size == rows and model.config.audio_token_id == audio_ids[0]
+    tied = pretrained.config.tie_word_embeddings
+    assert (llm.get_output_embeddings().weight is llm.get_input_embeddings().weight) == tied
+    pairs = [(llm.get_input_embeddings().weight, pretrained.get_input_embeddings().weight)]
+    if not tied:
+        pairs.append((llm.get_output_embeddings().weight, pretrained.get_output_embeddings().weight))
+    others = [i for i in range(rows) if i not in audio_ids]
+    for new, old in pairs:
+        assert old[audio_ids].abs().max() == 0  # padding rows, as the fixture left them
+        trained_mean = old[trained_ids].mean(0)
+        # a mean over all rows (padding included) is pulled towards zero, and would fail the check below
+        assert not torch.allclose(old.mean(0), trained_mean, atol=1e-5, rtol=0)
+        assert new[audio_ids].abs().min(-1).values.gt(0).all(), "audio token rows are still zero"
+        torch.testing.assert_close(new[audio_ids], trained_mean.expand(3, -1), atol=1e-5, rtol=0)
+        assert torch.equal(new[others], old[others])  # every pretrained (and other padding) row kept
+
+
+class _PartitionedLLM:
+    """An LLM whose embedding is ZeRO-3 partitioned (`shape` (0,), full `ds_shape`); records resizes."""
+
+    def __init__(self, rows: int):
+        weight = nn.Parameter(torch.empty(0))
+        weight.ds_shape, weight.ds_id = torch.Size([rows, 8]), 0
+        self.embeddings = nn.Module()
+        self.embeddings.weight = weight
+        self.resized_to = []
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def resize_token_embeddings(self, num_tokens, **kwargs):
+        self.resized_to.append(num_tokens)
+        raise InterruptedError  # stop before the row initialisation, which would need DeepSpeed
+
+
+def test_vocabulary_rows_of_a_zero3_partitioned_embedding_come_from_ds_shape():
+    weight = _PartitionedLLM(384).get_input_embeddings().weight
+    assert weight.shape[0] == 0 and embedding_rows(weight) == 384
+    assert embedding_rows(torch.zeros(7, 3)) == 7
+    padded = _PartitionedLLM(384)
+    fit_embeddings_to_tokenizer(padded, 365, trained_ids=list(range(362)), new_ids=[])
+    assert padded.resized_to == []  # 384 rows hold 365 tokens: no resize, in particular no shrink to 365
+    small = _PartitionedLLM(300)
+    with pytest.raises(InterruptedError):
+        fit_embeddings_to_tokenizer(small, 365, trained_ids=list(range(297)), new_ids=[297, 298, 299])
+    assert small.resized_to == [365]
+
+
+def test_hub_checkpoints_of_different_dtypes_make_one_model(hub_checkpoints):
+    """On the hub Whisper-large-v3 is float16 and Qwen bfloat16, and transformers 5 loads each in its own dtype:
+    the parts are loaded in one dtype (float32 unless asked), and mixed parts passed in still run."""
+    model, tokenizer = PartForSpeechToText.from_pretrained_components(
+        hub_checkpoints["whisper-large-v3"], hub_checkpoints["qwen2.5-0.5b-instruct"], return_tokenizer=True,
+        adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    bf16_encoder = load_pretrained_audio_encoder(hub_checkpoints["fun-asr-nano"], dtype=torch.bfloat16)
+    mixed, tokenizer = PartForSpeechToText.from_pretrained_components(
+        bf16_encoder, hub_checkpoints["qwen3-0.6b"], return_tokenizer=True,
+        adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    assert mixed.audio_tower.dtype == torch.bfloat16 and mixed.language_model.dtype == torch.float32
+    processor = build_processor(mixed.config, tokenizer)
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="one")
+    assert torch.isfinite(mixed(**batch).loss)
 
 
 @pytest.fixture(scope="module")
