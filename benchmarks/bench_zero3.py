@@ -3,8 +3,8 @@
 Run without a launcher, it launches itself: `python -m torch.distributed.run --standalone --nproc_per_node 2
 benchmarks/bench_zero3.py ...`, and prints the combined result. Each rank builds the same PART model (the suite's
 dimensions), wraps it with `deepspeed.initialize` and the repository's `examples/configs/ds_zero3.json` (its
-"auto" values filled as the Trainer fills them: fp32, micro batch = global batch / ranks, buckets from the LLM
-width), with a torch AdamW optimizer.
+"auto" values filled by the Trainer's own `HfTrainerDeepSpeedConfig` from `TrainingArguments`: fp32, micro batch =
+global batch / ranks, buckets from the LLM width), with a torch AdamW optimizer.
 
 Step = forward + backward + optimizer step, global batch 8 (4 clips per rank, 1 thread per rank). The one-process
 reference (rank 0: a plain PyTorch copy of the same model, the whole batch of 8, AdamW, 2 threads) runs in the same
@@ -26,45 +26,6 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(HERE), "examples", "configs", "ds_zero3.json")
-
-
-def fill_auto(config: dict, *, hidden_size: int, micro_batch: int, world_size: int) -> dict:
-    """The Trainer's values for the config's "auto" entries (fp32, no accumulation, clipping at 1.0)."""
-    config = json.loads(json.dumps(config))
-    for precision in ("bf16", "fp16"):
-        if isinstance(config.get(precision), dict) and config[precision].get("enabled") == "auto":
-            config[precision]["enabled"] = False
-    zero = config.setdefault("zero_optimization", {})
-    automatic = {
-        "reduce_bucket_size": hidden_size * hidden_size,
-        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
-        "stage3_param_persistence_threshold": 10 * hidden_size,
-    }
-    for key, value in automatic.items():
-        if zero.get(key) == "auto":
-            zero[key] = value
-    top = {
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "train_batch_size": micro_batch * world_size,
-    }
-    for key, value in top.items():
-        if config.get(key, "auto") == "auto":
-            config[key] = value
-    config["zero_allow_untested_optimizer"] = True
-    leftover = [k for k, v in _walk(config) if v == "auto"]
-    if leftover:
-        raise ValueError(f"unfilled 'auto' entries in the DeepSpeed config: {leftover}")
-    return config
-
-
-def _walk(node, prefix=""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _walk(value, f"{prefix}{key}.")
-    else:
-        yield prefix.rstrip("."), node
 
 
 def launch(args) -> None:
@@ -102,6 +63,8 @@ def worker(args) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
+    from transformers import TrainingArguments
+    from transformers.integrations import HfTrainerDeepSpeedConfig
 
     from common import Dims, batches, build_part, build_processors, build_tokenizer, log, process_peak_bytes
 
@@ -116,8 +79,13 @@ def worker(args) -> None:
     single = build_part(dims, tokenizer).train() if rank == 0 else None  # the one-process reference, same seed
     single_optimizer = torch.optim.AdamW(single.parameters(), lr=1e-5) if single is not None else None
 
-    with open(args.config) as f:
-        config = fill_auto(json.load(f), hidden_size=dims.llm_width, micro_batch=per_rank, world_size=world_size)
+    # the config's "auto" entries filled by the Trainer's own code, from the Trainer's arguments for this batch
+    training_args = TrainingArguments(output_dir=args.output_dir, per_device_train_batch_size=per_rank,
+                                      max_grad_norm=1.0, use_cpu=True, report_to=[])
+    ds_config = HfTrainerDeepSpeedConfig(args.config)
+    ds_config.trainer_config_process(training_args)
+    ds_config.trainer_config_finalize(training_args, model, num_training_steps=args.repeats + 1)
+    config = {**ds_config.config, "zero_allow_untested_optimizer": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5),
                                       config=config)
     if rank == 0:

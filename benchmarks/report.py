@@ -346,9 +346,10 @@ context."""
 
 ZERO3 = """\
 `python -m torch.distributed.run --standalone --nproc_per_node {ranks} benchmarks/bench_zero3.py` (gloo), \
-`deepspeed.initialize` with `examples/configs/ds_zero3.json`, its "auto" entries filled as the Trainer fills them \
-(stage {stage}, fp32, reduce_bucket_size {bucket}, prefetch {prefetch}, persistence threshold {threshold}, micro \
-batch {micro}, clipping {clip}), torch AdamW, 1 thread per rank. The one-process reference is plain PyTorch with the whole batch, 2 threads, AdamW, run in the same launch on \
+`deepspeed.initialize` with `examples/configs/ds_zero3.json`, its "auto" entries filled by transformers' \
+`HfTrainerDeepSpeedConfig` from the Trainer's arguments (stage {stage}, fp32, reduce_bucket_size {bucket}, prefetch \
+{prefetch}, persistence threshold {threshold}, micro batch {micro}, clipping {clip}), torch AdamW, 1 thread per \
+rank. The one-process reference is plain PyTorch with the whole batch, 2 threads, AdamW, run in the same launch on \
 rank 0 and interleaved with the ZeRO-3 steps. On one machine ZeRO-3 cannot be faster: the same arithmetic on the \
 same cores plus the all-gathers and reduce-scatters through gloo; the step-time ratio measures that overhead.
 
