@@ -96,7 +96,7 @@ def train_section(state: dict, args) -> dict:
         functions.update(part_full_logits=full_logits, part_sparse_embedding_grad=sparse_embedding_grad)
     log(f"train step: {args.train_repeats} interleaved rounds of {', '.join(functions)} (batch {dims.batch_size} x "
         f"{dims.seconds:g} s, vocab {dims.vocab_size:,}, all parameters trainable)")
-    result = {"times": interleave(functions, args.train_repeats, label="train"),
+    result = {"times": interleave(functions, args.train_repeats, label="train", blocked=("collator", "front_end")),
               "step_memory": _step_memory(state, _steps(state, True))}
     if args.frozen_repeats > 0:
         log(f"train step, LLM frozen (PART stages 1-2 trainable set): {args.frozen_repeats} interleaved rounds")
@@ -151,7 +151,8 @@ def frontend_section(state: dict, args) -> dict:
                                                    padding="longest")
     functions["whisper_30s"] = lambda: whisper(audio, sampling_rate=SAMPLE_RATE, return_tensors="np")
     log(f"front end: {args.fe_repeats} interleaved rounds over {len(audio)} clips")
-    return {"times": interleave(functions, args.fe_repeats), "audio_seconds": len(audio) * state["dims"].seconds}
+    return {"times": interleave(functions, args.fe_repeats, blocked=tuple(functions)),
+            "audio_seconds": len(audio) * state["dims"].seconds}
 
 
 def _forward_breakdown(model, batch) -> dict:

@@ -110,25 +110,24 @@ def measure_peak(fn, model=None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- timing
-def interleave(functions: dict, rounds: int, label: str = "", min_run_time: float = 0.2) -> dict[str, list[float]]:
+def interleave(functions: dict, rounds: int, label: str = "", blocked: tuple = (), min_run_time: float = 0.2,
+               ) -> dict[str, list[float]]:
     """Seconds per call of each function, one value per round. Every function is called once to warm up, then the
     rounds run them side by side, alternating the order (A B, B A, ...), so that a ratio of two functions' values
     in the same round compares them under the same machine load.
 
-    A function faster than `min_run_time` (a front-end or collator call) is timed in each round by
+    The functions named in `blocked` (millisecond calls: front end, collator) are timed in each round by
     `torch.utils.benchmark.Timer.blocked_autorange(min_run_time)`: blocks of calls, the round's value being their
-    median per call. A slower one (a training step, a generation) is timed once per round as is: the Timer would
-    first run an untimed call to size its blocks (`timeit(n)` even runs at least 2), doubling the suite's time."""
+    median per call. The others (training steps, generations: seconds) are timed once per round as they are: the
+    Timer first runs an untimed call to size its blocks (`timeit(n)` at least 2), which would double their time."""
     import torch
     from torch.utils.benchmark import Timer
 
     threads = torch.get_num_threads()
-    names, timers = list(functions), {}
-    for name, fn in functions.items():
-        start = time.perf_counter()
+    timers = {name: Timer("fn()", globals={"fn": functions[name]}, num_threads=threads) for name in blocked}
+    names = list(functions)
+    for fn in functions.values():
         fn()
-        if time.perf_counter() - start < min_run_time:
-            timers[name] = Timer("fn()", globals={"fn": fn}, num_threads=threads)
     times = {name: [] for name in names}
     for index in range(rounds):
         for name in names if index % 2 == 0 else names[::-1]:

@@ -335,10 +335,10 @@ logits" is PART with the peer's loss path; the sparse-gradient what-if is a prop
 True` on the tied embedding), not what PART does today. Generation: batched greedy decoding, `min_new_tokens = \
 max_new_tokens`, KV cache, features precomputed.
 - Timing (`common.interleave`): both models in one process with the same threads and inputs; after one warm-up call \
-each, every round runs every variant once, alternating the order (A B, B A, ...); calls shorter than 0.2 s (front \
-end, collator) are timed per round with `torch.utils.benchmark.Timer.blocked_autorange`. Ratios are per round. \
-Collator: `trainers.PartDataCollator` from undecoded 16-bit WAV bytes (decode, features, prompt, tokens, labels, \
-padding).
+each, every round runs every variant once, alternating the order (A B, B A, ...); front-end and collator calls \
+(milliseconds) are timed per round with `torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.2)`, the \
+steps and generations (seconds) once per round. Ratios are per round. Collator: `trainers.PartDataCollator` \
+from undecoded 16-bit WAV bytes (decode, features, prompt, tokens, labels, padding).
 - Peak memory: one fresh process per variant. Headline = peak RSS minus the RSS after imports (model, gradients, \
 batch, activations; not the interpreter and libraries, identical for both). The whole-process peak and the step's \
 own high-water mark above the RSS before it (gradients dropped, allocator caches released via `malloc_trim`) are \
