@@ -1,8 +1,9 @@
 """Worker: peak memory of one training step (forward + backward) of one variant, in a fresh process.
 
-Reports the process peak RSS (`ru_maxrss`: interpreter, libraries, model, batch and the step) and the step's own
-high-water mark above the RSS right before it (allocator caches released first; the second step is reported,
-the first one too). Usage: python benchmarks/bench_memory.py --variant part|peer [--dims JSON] [--llm-frozen]
+Reports the process peak RSS (`ru_maxrss`: interpreter, libraries, model, batch and the step), the RSS after the
+imports and after building the model and batch, and the step's own high-water mark above the RSS right before it
+(allocator caches released first; the second step is reported, the first one too).
+Usage: python benchmarks/bench_memory.py --variant part|peer|part_full_logits [--dims JSON] [--llm-frozen]
 """
 
 from __future__ import annotations
@@ -16,22 +17,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
     Dims,
+    batches,
     build_part,
     build_peer,
     build_processors,
     build_tokenizer,
     emit_result,
-    full_logits_train_step,
     log,
     measure_peak,
-    parameter_count,
     part_config,
     process_peak_bytes,
     release_memory,
     rss_bytes,
+    set_llm_trainable,
     set_threads,
     train_step,
-    training_batches,
 )
 
 
@@ -45,9 +45,8 @@ def main() -> None:
                              "the tied embedding/LM head does not get a second dense vocab x width gradient")
     args = parser.parse_args()
 
-    threads = set_threads()
-    import torch  # noqa: F401 - imported by set_threads; the RSS below includes it
-    import transformers  # noqa: F401
+    set_threads()
+    import transformers  # noqa: F401 - the RSS after imports includes the libraries the step needs
 
     import modeling_part  # noqa: F401
     import trainers  # noqa: F401
@@ -57,42 +56,27 @@ def main() -> None:
     dims = Dims(**json.loads(args.dims))
     tokenizer = build_tokenizer()
     log(f"memory: {args.variant} in a fresh process")
-    if args.variant in ("part", "part_full_logits"):
-        model = build_part(dims, tokenizer)
-        processor_config = model.config
-    else:
-        model = build_peer(dims, tokenizer)
-        processor_config = part_config(dims, tokenizer)  # the config only: PART's processor makes PART's prompts
-    model.train()
-    if args.sparse_embedding_grad:
-        model.get_input_embeddings().sparse = True
-    if args.llm_frozen:
-        llm = model.model.language_model if args.variant == "peer" else model.language_model
-        for parameter in [*llm.parameters(), *model.get_output_embeddings().parameters()]:
-            parameter.requires_grad_(False)
-    part_processor, peer_processor = build_processors(processor_config, tokenizer)
-    part_batch, peer_batch = training_batches(dims, part_processor, peer_processor, tokenizer)
-    batch = peer_batch if args.variant == "peer" else part_batch
-    del part_batch, peer_batch
-    step = full_logits_train_step if args.variant == "part_full_logits" else train_step
+    peer = args.variant == "peer"
+    model = (build_peer if peer else build_part)(dims, tokenizer).train()
+    model.get_input_embeddings().sparse = args.sparse_embedding_grad
+    set_llm_trainable(model, not args.llm_frozen)
+    # PART's config for both: the processors make PART's prompts, and the peer's with one placeholder per frame
+    processors = build_processors(part_config(dims, tokenizer) if peer else model.config, tokenizer)
+    batch = batches(dims, *processors, tokenizer)[1 if peer else 0]
     release_memory()
     rss_built = rss_bytes()
-    first = measure_peak(lambda: step(model, batch), model)
-    second = measure_peak(lambda: step(model, batch), model)
-    parameters = parameter_count(model)
+    steps = [measure_peak(lambda: train_step(model, batch, full_logits=args.variant == "part_full_logits"), model)
+             for _ in range(2)]
     emit_result({
         "variant": args.variant,
         "llm_frozen": args.llm_frozen,
         "sparse_embedding_grad": args.sparse_embedding_grad,
-        "threads": threads,
-        "parameters": parameters,
-        "parameter_bytes": 4 * parameters,
         "rss_after_imports": rss_imports,
         "rss_after_build": rss_built,
-        "first_step": {k: first[k] for k in ("before", "peak", "delta", "reset_ok")},
-        "step": {k: second[k] for k in ("before", "peak", "delta", "reset_ok")},
+        "first_step": {k: v for k, v in steps[0].items() if k != "out"},
+        "step": {k: v for k, v in steps[1].items() if k != "out"},
         "process_peak": process_peak_bytes(),
-        "loss": second["out"],
+        "loss": steps[1]["out"],
     })
 
 

@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark suite: the PART model and its peer at identical dimensions, their inputs,
-memory probes (RSS high-water marks), interleaved timing and progress output.
+memory probes (RSS high-water marks) and interleaved timing on `torch.utils.benchmark`.
 
 The peer is `transformers.FunAsrNanoForConditionalGeneration`: the same SenseVoice-style encoder config
 (`fun_asr_nano_encoder`), an adaptor of the same width and depth (2 layers), the same qwen2 LLM and vocabulary.
@@ -17,18 +17,15 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-VOCAB = 151_936
 SAMPLE_RATE = 16_000
-TARGET_TOKENS = 24  # target text tokens per clip; eos is appended, so 25 loss positions
 
 
 @dataclass(frozen=True)
@@ -43,19 +40,13 @@ class Dims:
     llm_heads: int = 8
     llm_kv_heads: int = 2
     adapter_layers: int = 2
-    vocab_size: int = VOCAB
+    vocab_size: int = 151_936
     batch_size: int = 8
     seconds: float = 6.0
-    target_tokens: int = TARGET_TOKENS
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def with_(self, **changes) -> "Dims":
-        return replace(self, **changes)
+    target_tokens: int = 24  # target text tokens per clip; eos is appended, so 25 loss positions
 
 
-# --------------------------------------------------------------------------------------------------- output
+# ------------------------------------------------------------------------------------------ output, threads
 _START = time.time()
 
 
@@ -70,41 +61,23 @@ def emit_result(result: dict) -> None:
     sys.stdout.flush()
 
 
-# -------------------------------------------------------------------------------------------------- threads
-def set_threads(num_threads: int | None = None) -> int:
+def set_threads() -> int:
     import torch
 
-    num_threads = num_threads or int(os.environ.get("BENCH_THREADS", 0)) or (os.cpu_count() or 1)
-    torch.set_num_threads(num_threads)
-    return num_threads
+    threads = int(os.environ.get("BENCH_THREADS", 0)) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 # --------------------------------------------------------------------------------------------------- memory
-def rss_bytes() -> int:
-    return _status_field("VmRSS")
-
-
-def hwm_bytes() -> int:
-    """High-water mark of the resident set since the process started or since `reset_peak()`."""
-    return _status_field("VmHWM")
-
-
-def _status_field(name: str) -> int:
+def rss_bytes(field: str = "VmRSS") -> int:
+    """A field of /proc/self/status in bytes: `VmRSS` (resident now) or `VmHWM` (its high-water mark)."""
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{name} not in /proc/self/status")
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
-def reset_peak() -> bool:
-    """Resets VmHWM to the current RSS (Linux `clear_refs` 5). Returns False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def process_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def release_memory() -> None:
@@ -116,61 +89,61 @@ def release_memory() -> None:
         pass
 
 
-def process_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def measure_peak(fn, model=None) -> dict:
-    """Runs `fn()` once and returns the RSS before it and its high-water mark (bytes); the memory cost of `fn`
-    is `peak - before` (allocator caches are released first, so freed memory is not silently reused). With
-    `model`, its gradients are dropped first (as `optimizer.zero_grad(set_to_none=True)` leaves them)."""
+    """Runs `fn()` once; returns the RSS before it, its high-water mark and their difference (bytes), the cost of
+    `fn`. Allocator caches are released first, so freed memory is not silently reused; with `model`, its gradients
+    are dropped first (as `optimizer.zero_grad(set_to_none=True)` leaves them). The high-water mark is reset with
+    Linux `clear_refs` 5; where that is not allowed (`reset_ok` False), the process peak is read instead."""
     if model is not None:
         model.zero_grad(set_to_none=True)
     release_memory()
     before = rss_bytes()
-    can_reset = reset_peak()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset_ok = True
+    except OSError:
+        reset_ok = False
     out = fn()
-    peak = hwm_bytes() if can_reset else process_peak_bytes()
-    return {"before": before, "peak": peak, "delta": peak - before, "reset_ok": can_reset, "out": out}
+    peak = rss_bytes("VmHWM") if reset_ok else process_peak_bytes()
+    return {"before": before, "peak": peak, "delta": peak - before, "reset_ok": reset_ok, "out": out}
 
 
 # --------------------------------------------------------------------------------------------------- timing
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def interleave(functions: dict, rounds: int, label: str = "", blocked: tuple = (), min_run_time: float = 0.2,
+               ) -> dict[str, list[float]]:
+    """Seconds per call of each function, one value per round. Every function is called once to warm up, then the
+    rounds run them side by side, alternating the order (A B, B A, ...), so that a ratio of two functions' values
+    in the same round compares them under the same machine load.
 
+    The functions named in `blocked` (millisecond calls: front end, collator) are timed in each round by
+    `torch.utils.benchmark.Timer.blocked_autorange(min_run_time)`: blocks of calls, the round's value being their
+    median per call. The others (training steps, generations: seconds) are timed once per round as they are: the
+    Timer first runs an untimed call to size its blocks (`timeit(n)` at least 2), which would double their time."""
+    import torch
+    from torch.utils.benchmark import Timer
 
-def interleave(functions: dict, repeats: int, warmup: int = 1, label: str = "") -> dict[str, list[float]]:
-    """Times each function `repeats` times, interleaved A B C A B C ..., after `warmup` untimed rounds.
-    The order inside a round alternates (A B, B A, ...) so neither always runs right after the other."""
+    threads = torch.get_num_threads()
+    timers = {name: Timer("fn()", globals={"fn": functions[name]}, num_threads=threads) for name in blocked}
     names = list(functions)
-    for _ in range(warmup):
-        for name in names:
-            functions[name]()
+    for fn in functions.values():
+        fn()
     times = {name: [] for name in names}
-    for repeat in range(repeats):
-        order = names if repeat % 2 == 0 else names[::-1]
-        for name in order:
-            times[name].append(timed(functions[name]))
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            if name in timers:
+                times[name].append(timers[name].blocked_autorange(min_run_time=min_run_time).median)
+            else:
+                start = time.perf_counter()
+                functions[name]()
+                times[name].append(time.perf_counter() - start)
         if label:
-            summary = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
-            log(f"  {label} round {repeat + 1}/{repeats}: {summary}")
+            log(f"  {label} round {index + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3g}s" for n in names))
     return times
 
 
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "values": values}
-
-
-def paired_ratios(numerator: list[float], denominator: list[float]) -> dict:
-    """Ratios of the i-th measurements (taken side by side): median, min, max."""
-    return summary([a / b for a, b in zip(numerator, denominator, strict=True)])
-
-
 # ---------------------------------------------------------------------------------------------------- audio
-def make_audio(seconds: float, seed: int = 0) -> "np.ndarray":
+def make_audio(seconds: float, seed: int = 0):
     """A speech-like signal (harmonics with a moving pitch, amplitude modulation, a little noise)."""
     import numpy as np
 
@@ -180,6 +153,10 @@ def make_audio(seconds: float, seed: int = 0) -> "np.ndarray":
     phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
     signal = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
     return (0.1 * signal + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def clips(dims: Dims, seed: int = 0):
+    return [make_audio(dims.seconds, seed=seed + i) for i in range(dims.batch_size)]
 
 
 def wav_bytes(audio) -> bytes:
@@ -192,72 +169,51 @@ def wav_bytes(audio) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------------- models
-def build_tokenizer(cache_dir: str | None = None):
-    """The suite's BPE tokenizer (trained in-process; cached in `cache_dir`, default `$BENCH_CACHE`, so each worker
-    process does not train it again)."""
+def build_tokenizer():
+    """The suite's BPE tokenizer, trained in-process and cached in `$BENCH_CACHE` so each worker does not train it
+    again."""
     from transformers import PreTrainedTokenizerFast
 
-    from modeling_part.tiny import build_tokenizer as _build
+    from modeling_part.tiny import build_tokenizer as train_tokenizer
 
-    cache_dir = cache_dir or os.environ.get("BENCH_CACHE")
-    path = os.path.join(cache_dir, "tokenizer") if cache_dir else None
+    path = os.path.join(os.environ["BENCH_CACHE"], "tokenizer") if os.environ.get("BENCH_CACHE") else None
     if path and os.path.isfile(os.path.join(path, "tokenizer.json")):
         return PreTrainedTokenizerFast.from_pretrained(path)
-    tokenizer = _build(vocab_size=512)
+    tokenizer = train_tokenizer(vocab_size=512)
     if path:
         tokenizer.save_pretrained(path)
     return tokenizer
 
 
-def _text_config(dims: Dims) -> dict:
-    return {
-        "model_type": "qwen2",
-        "vocab_size": dims.vocab_size,
-        "hidden_size": dims.llm_width,
-        "intermediate_size": 4 * dims.llm_width,
-        "num_hidden_layers": dims.llm_layers,
-        "num_attention_heads": dims.llm_heads,
-        "num_key_value_heads": dims.llm_kv_heads,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": True,
-    }
-
-
-def _audio_config(dims: Dims) -> dict:
-    return {
-        "model_type": "fun_asr_nano_encoder",
-        "num_mel_bins": 80,
-        "hidden_size": dims.encoder_width,
-        "num_attention_heads": dims.encoder_heads,
-        "intermediate_size": 4 * dims.encoder_width,
-        "num_hidden_layers": dims.encoder_layers,
-        "num_timestamp_prediction_layers": 0,
-        "hidden_dropout": 0.0,
-        "attention_dropout": 0.0,
-    }
-
-
-def _adapter_config(dims: Dims) -> dict:
-    # The peer's adaptor fixes its width to the LLM width and its feed-forward to width // 4 (its config
-    # validation demands both); PART's adapter gets exactly those numbers, the peer's relu included.
-    return {
-        "hidden_size": dims.llm_width,
-        "num_attention_heads": dims.llm_heads,
-        "intermediate_size": dims.llm_width // 4,
-        "num_hidden_layers": dims.adapter_layers,
-        "hidden_act": "relu",
-    }
+def _configs(dims: Dims) -> tuple[dict, dict, dict]:
+    """The encoder, adapter and LLM configs both models are built from. The peer's adaptor fixes its width to the LLM
+    width and its feed-forward to width // 4 (its config validation demands both); PART's adapter gets exactly those
+    numbers, the peer's relu included."""
+    audio = {"model_type": "fun_asr_nano_encoder", "num_mel_bins": 80, "hidden_size": dims.encoder_width,
+             "num_attention_heads": dims.encoder_heads, "intermediate_size": 4 * dims.encoder_width,
+             "num_hidden_layers": dims.encoder_layers, "num_timestamp_prediction_layers": 0, "hidden_dropout": 0.0,
+             "attention_dropout": 0.0}
+    adapter = {"hidden_size": dims.llm_width, "num_attention_heads": dims.llm_heads,
+               "intermediate_size": dims.llm_width // 4, "num_hidden_layers": dims.adapter_layers}
+    text = {"model_type": "qwen2", "vocab_size": dims.vocab_size, "hidden_size": dims.llm_width,
+            "intermediate_size": 4 * dims.llm_width, "num_hidden_layers": dims.llm_layers,
+            "num_attention_heads": dims.llm_heads, "num_key_value_heads": dims.llm_kv_heads,
+            "max_position_embeddings": 4096, "tie_word_embeddings": True}
+    return audio, adapter, text
 
 
 def part_config(dims: Dims, tokenizer):
     from modeling_part import PartConfig
 
-    return PartConfig(
-        audio_config=_audio_config(dims),
-        adapter_config=_adapter_config(dims),
-        text_config=_text_config(dims),
-        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
+    audio, adapter, text = _configs(dims)
+    return PartConfig(audio_config=audio, adapter_config={**adapter, "hidden_act": "relu"}, text_config=text,
+                      audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+
+
+def _generation_ids(model, tokenizer):
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def build_part(dims: Dims, tokenizer, seed: int = 0):
@@ -266,10 +222,7 @@ def build_part(dims: Dims, tokenizer, seed: int = 0):
     from modeling_part import PartForSpeechToText
 
     torch.manual_seed(seed)
-    model = PartForSpeechToText(part_config(dims, tokenizer))
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return _generation_ids(PartForSpeechToText(part_config(dims, tokenizer)), tokenizer)
 
 
 def build_peer(dims: Dims, tokenizer, part_model=None, seed: int = 0):
@@ -282,34 +235,32 @@ def build_peer(dims: Dims, tokenizer, part_model=None, seed: int = 0):
     from transformers import FunAsrNanoConfig, FunAsrNanoForConditionalGeneration
 
     torch.manual_seed(seed)
-    adapter = _adapter_config(dims)
-    config = FunAsrNanoConfig(
-        audio_config=_audio_config(dims),
-        text_config=_text_config(dims),
-        adaptor_config={
-            "hidden_size": adapter["hidden_size"],
-            "num_attention_heads": adapter["num_attention_heads"],
-            "intermediate_size": adapter["intermediate_size"],
-            "num_hidden_layers": adapter["num_hidden_layers"],
-            "projector_hidden_size": dims.llm_width,
-        },
-        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
+    audio, adapter, text = _configs(dims)
+    config = FunAsrNanoConfig(audio_config=audio, text_config=text,
+                              adaptor_config={**adapter, "projector_hidden_size": dims.llm_width},
+                              audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     model = FunAsrNanoForConditionalGeneration(config)
     if part_model is not None:
-        for ours, theirs in ((part_model.audio_tower, model.model.audio_tower),
-                             (part_model.language_model.model, model.model.language_model),
-                             (part_model.language_model.lm_head, model.lm_head)):
+        shared = ((part_model.audio_tower, model.model, "audio_tower"),
+                  (part_model.language_model.model, model.model, "language_model"),
+                  (part_model.language_model.lm_head, model, "lm_head"))
+        for ours, owner, name in shared:
+            theirs = getattr(owner, name)
             if type(ours) is not type(theirs):
                 raise TypeError(f"cannot share {type(ours).__name__} with the peer's {type(theirs).__name__}")
-        model.model.audio_tower = part_model.audio_tower
-        model.model.language_model = part_model.language_model.model
-        model.lm_head = part_model.language_model.lm_head
+            setattr(owner, name, ours)
         if model.lm_head.weight is not model.model.language_model.embed_tokens.weight:
             raise RuntimeError("the shared LM head is not tied to the shared input embedding")
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return _generation_ids(model, tokenizer)
+
+
+def set_llm_trainable(model, trainable: bool) -> None:
+    """Everything trainable, except the LLM and its (tied) LM head when `trainable` is False: PART's stage 1-2
+    trainable set. PART's LLM is `language_model`, the peer's `model.language_model` + `lm_head`."""
+    llm = model.language_model if hasattr(model, "adapter") else model.model.language_model
+    model.requires_grad_(True)
+    llm.requires_grad_(trainable)
+    model.get_output_embeddings().requires_grad_(trainable)
 
 
 def parameter_count(model) -> int:
@@ -317,13 +268,9 @@ def parameter_count(model) -> int:
 
 
 def attention_implementations(model) -> list[str]:
-    found = set()
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        implementation = getattr(config, "_attn_implementation", None)
-        if implementation:
-            found.add(f"{config.model_type}:{implementation}")
-    return sorted(found)
+    configs = (getattr(module, "config", None) for module in model.modules())
+    return sorted({f"{c.model_type}:{c._attn_implementation}" for c in configs
+                   if getattr(c, "_attn_implementation", None)})
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -333,127 +280,67 @@ def build_processors(model_config, tokenizer):
     from modeling_part import PartFeatureExtractor, PartProcessor
 
     part = PartProcessor.from_model_config(model_config, PartFeatureExtractor(front_end="sensevoice"), tokenizer)
-    peer = PartProcessor(
-        PartFeatureExtractor(front_end="sensevoice"), tokenizer, encoder_stride=1, adapter_kernel_size=1,
-        adapter_stride=1,
-    )
+    peer = PartProcessor(PartFeatureExtractor(front_end="sensevoice"), tokenizer, encoder_stride=1,
+                         adapter_kernel_size=1, adapter_stride=1)
     return part, peer
 
 
-def target_text(tokenizer, num_tokens: int = TARGET_TOKENS) -> str:
+def target_text(tokenizer, num_tokens: int) -> str:
     """A target sentence of exactly `num_tokens` tokens."""
     words = "the quick brown fox jumps over the lazy dog".split()
-    text, count, index = "", 0, 0
-    while count < num_tokens:
-        candidate = (text + " " + words[index % len(words)]).strip()
-        index += 1
-        candidate_count = len(tokenizer(candidate, add_special_tokens=False)["input_ids"])
-        if candidate_count > num_tokens:
+    ids: list[int] = []
+    for count in range(1, 10 * num_tokens):
+        candidate = tokenizer(" ".join(words[i % len(words)] for i in range(count)), add_special_tokens=False)
+        if len(candidate["input_ids"]) > num_tokens:
             break
-        text, count = candidate, candidate_count
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = candidate["input_ids"]
     while len(ids) < num_tokens:  # top up with single-token pieces
         ids = ids + ids[: num_tokens - len(ids)]
     return tokenizer.decode(ids[:num_tokens])
 
 
-def clips(dims: Dims, seed: int = 0):
-    return [make_audio(dims.seconds, seed=seed + i) for i in range(dims.batch_size)]
-
-
-def training_batches(dims: Dims, part_processor, peer_processor, tokenizer, audio=None):
-    """(PART batch, peer batch) for the same clips and targets; the peer reads `input_features_mask`."""
-    audio = audio if audio is not None else clips(dims)
-    text = [target_text(tokenizer, dims.target_tokens)] * len(audio)
-    common = dict(sampling_rate=SAMPLE_RATE, task="asr", source_language="en", text=text)
-    part = dict(part_processor(audio=audio, **common))
-    peer = dict(peer_processor(audio=audio, **common))
-    peer["input_features_mask"] = peer.pop("feature_attention_mask")
-    return part, peer
-
-
-def generation_batches(dims: Dims, part_processor, peer_processor, audio=None):
+def batches(dims: Dims, part_processor, peer_processor, tokenizer=None, audio=None) -> tuple[dict, dict]:
+    """(PART batch, peer batch) for the same clips: training batches (prompt, target and labels) with `tokenizer`,
+    generation prompts without. The peer reads the feature mask as `input_features_mask`."""
     audio = audio if audio is not None else clips(dims)
     common = dict(sampling_rate=SAMPLE_RATE, task="asr", source_language="en")
+    if tokenizer is not None:
+        common["text"] = [target_text(tokenizer, dims.target_tokens)] * len(audio)
     part = dict(part_processor(audio=audio, **common))
     peer = dict(peer_processor(audio=audio, **common))
     peer["input_features_mask"] = peer.pop("feature_attention_mask")
     return part, peer
 
 
-def train_step(model, batch) -> float:
-    """Forward + backward (gradients from scratch, as after `zero_grad(set_to_none=True)`)."""
+def train_step(model, batch, full_logits: bool = False) -> float:
+    """Forward + backward (gradients from scratch, as after `zero_grad(set_to_none=True)`). `full_logits` (PART only)
+    is the ablation of PART's target-only LM head: the head over every position, then transformers' causal-LM loss."""
     model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach().item()
-
-
-def full_logits_loss(model, batch):
-    """PART with the conventional loss path (the ablation of its target-only LM head): LM head over every
-    position, then the causal-LM loss of transformers."""
-    embeds = model.get_input_embeddings()(batch["input_ids"])
-    audio, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-    embeds = model._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
-    logits = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
-    return model.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
-
-
-def full_logits_train_step(model, batch) -> float:
-    model.zero_grad(set_to_none=True)
-    loss = full_logits_loss(model, batch)
+    if full_logits:
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        audio, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        embeds = model._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+        logits = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+        loss = model.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
+    else:
+        loss = model(**batch).loss
     loss.backward()
     return loss.detach().item()
 
 
 # -------------------------------------------------------------------------------------------------- machine
 def machine_info() -> dict:
-    import torch
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal"):
-                    memory = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    try:
-        import deepspeed
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
-        deepspeed_version = deepspeed.__version__
-    except Exception:  # noqa: BLE001 - optional
-        deepspeed_version = None
-    try:
-        import asrfront
-
-        asrfront_version = getattr(asrfront, "__version__", "installed")
-    except ImportError:
-        asrfront_version = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "deepspeed": deepspeed_version,
-        "asrfront": asrfront_version,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-
-
-def load_average() -> tuple[float, float, float]:
-    return os.getloadavg()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            **{name: installed(name) for name in ("torch", "transformers", "deepspeed", "asrfront")}}
