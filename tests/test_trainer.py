@@ -96,6 +96,17 @@ def test_progressive_unfreezing_inside_a_stage(tmp_path):
     assert not torch.equal(before, trainer.model.audio_tower.layers[0].mlp.fc1.weight)
 
 
+def test_unfreezing_inside_a_stage_under_ddp_needs_find_unused_parameters(tmp_path, monkeypatch):
+    """Under DDP the later groups sit in the reducer without gradients until their step (tests/test_ddp.py runs
+    the working case on two ranks); without find_unused_parameters the reducer would wait for them forever."""
+    schedule = Schedule("inside", [Stage("s", ["adapter"], {"asr": 1.0}, steps=2, unfreeze_at={1: ["encoder"]})])
+    trainer = tiny_trainer(tmp_path, schedule=schedule, ddp_find_unused_parameters=False)
+    monkeypatch.setattr(trainer, "_uses_ddp", lambda: True)  # as with several processes
+    with pytest.raises(ValueError, match="needs find_unused_parameters=True"):
+        trainer.train()
+    assert not trainer.model.audio_tower.layers[0].mlp.fc1.weight.requires_grad
+
+
 def test_schedule_round_trip_and_errors(tmp_path):
     schedule = load_schedule("part")
     schedule.save(tmp_path / "s.json")

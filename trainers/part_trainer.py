@@ -2,8 +2,8 @@
 
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
-plan, switches the data mixture and drops the optimizer, scheduler (and DeepSpeed engine) so they are rebuilt for
-the new trainable set; after it, a stage checkpoint is written. `resume_from_checkpoint=True` finds the last
+plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
+DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written. `resume_from_checkpoint=True` finds the last
 complete checkpoint of the whole schedule. Checkpoints are written to a staging folder and renamed into place.
 """
 
@@ -113,6 +113,7 @@ class PartTrainer(Trainer):
         self.stage_summaries: list[dict[str, Any]] = []
         self._saving_final = False
         self._pending_unfreeze: dict[int, list[str]] = {}
+        self._waiting_parameters: list[torch.nn.Parameter] = []
         super().__init__(
             model=model,
             args=args,
@@ -286,8 +287,10 @@ class PartTrainer(Trainer):
             if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
                 output = self._restore_finished_stage(checkpoint)
             else:
+                self._hold_later_groups(stage)
                 output = super().train(resume_from_checkpoint=checkpoint)
         finally:
+            self._release_later_groups()
             self.args.ignore_data_skip = False
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
         self._call_stage_event("on_stage_end", stage, index, stage_dir)
@@ -305,13 +308,66 @@ class PartTrainer(Trainer):
         return any("llm_lora" in s.trainable for s in self.schedule.stages[: index + 1])
 
     def _reset_optimization_state(self) -> None:
-        """A new trainable set needs a new optimizer, scheduler and (with DeepSpeed) a new engine."""
+        """A new trainable set needs a new optimizer, scheduler and model wrapper: DistributedDataParallel's reducer
+        all-reduces only the parameters that required grad when it was built, and DeepSpeed builds its engine (and
+        ZeRO optimizer) for a fixed trainable set."""
         self.optimizer = None
         self.lr_scheduler = None
         self._created_lr_scheduler = False
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
         if self.is_deepspeed_enabled:
             self._reset_deepspeed_state()
+        else:
+            self._release_model_wrapper()
+
+    def _release_model_wrapper(self) -> None:
+        """Drops the last stage's model wrapper (DistributedDataParallel), so the Trainer wraps the model anew for
+        this stage's trainable set: given a wrapper, `Trainer._wrap_model` and `accelerator.prepare` keep it, and a
+        reused wrapper's reducer leaves every parameter outside the first stage's trainable set unsynchronised.
+        (The Trainer's loop frees the accelerator's references to the last wrapper and optimizer when it starts.)"""
+        if self.model_wrapped is self.model:
+            return  # one process: nothing wraps the model (and accelerate does not prepare it twice)
+        # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original as
+        # `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
+        original_forward = self.model.__dict__.pop("_original_forward", None)
+        if original_forward is not None:
+            self.model.forward = original_forward
+        self.model_wrapped = self.model
+
+    def _uses_ddp(self) -> bool:
+        """Whether the Trainer wraps the model in DistributedDataParallel (several processes, no DeepSpeed/FSDP)."""
+        return self.accelerator.num_processes > 1 and not self.is_deepspeed_enabled and not self.is_fsdp_enabled
+
+    def _hold_later_groups(self, stage: Stage) -> None:
+        """Progressive unfreezing inside a stage (`Stage.unfreeze_at`): the optimizer and, under DDP, the reducer
+        must hold the later groups from the stage's start (neither can be extended mid-stage), so they require grad
+        while both are built; the first training step freezes them again until their step."""
+        if not stage.later_groups:
+            return
+        if self.is_deepspeed_enabled:
+            raise ValueError(
+                f"Stage {stage.name!r}: unfreeze_at is not supported with DeepSpeed (its engine is built for a fixed "
+                "trainable set); split the stage into two stages."
+            )
+        if self._uses_ddp():
+            handler = self.accelerator.ddp_handler
+            if handler is None or not handler.find_unused_parameters or handler.static_graph:
+                raise ValueError(
+                    f"Stage {stage.name!r} unfreezes {stage.later_groups} inside the stage (unfreeze_at), which under "
+                    "DistributedDataParallel needs find_unused_parameters=True and no static graph: those groups have "
+                    "no gradient until their step. Leave --ddp_find_unused_parameters unset (or True), gradient "
+                    "checkpointing off and --ddp_static_graph unset, or split the stage into two stages."
+                )
+        groups = self.model.get_parameter_groups(stage.encoder_last_k)
+        self._waiting_parameters = [p for g in stage.later_groups for p in groups[g].values() if not p.requires_grad]
+        for parameter in self._waiting_parameters:
+            parameter.requires_grad_(True)
+
+    def _release_later_groups(self) -> None:
+        """Freezes the parameters `_hold_later_groups` made trainable (once the optimizer and wrapper are built)."""
+        for parameter in self._waiting_parameters:
+            parameter.requires_grad_(False)
+        self._waiting_parameters = []
 
     def _reset_deepspeed_state(self) -> None:
         """DeepSpeed builds its engine (and ZeRO optimizer) for a fixed trainable set, and an accelerator prepares
@@ -432,26 +488,9 @@ class PartTrainer(Trainer):
         self.log(dict(metrics))  # Trainer.log adds the epoch to the dict it is given
         return metrics, predictions
 
-    # --------------------------------------------------------------------------------------------- optimizer
-    def create_optimizer(self, model=None):
-        """Builds the optimizer over the trainable parameters plus those the stage unfreezes later
-        (`Stage.unfreeze_at`); parameters without gradients are skipped by the optimizer until then."""
-        later = self.schedule.stages[self.stage_index].later_groups if self.stage_index is not None else []
-        if not later:
-            return super().create_optimizer(model)
-        if self.is_deepspeed_enabled:
-            raise ValueError("Stage.unfreeze_at is not supported with DeepSpeed; split the stage into two stages.")
-        groups = self.model.get_parameter_groups(self.schedule.stages[self.stage_index].encoder_last_k)
-        waiting = [p for g in later for p in groups[g].values() if not p.requires_grad]
-        for p in waiting:
-            p.requires_grad_(True)
-        try:
-            return super().create_optimizer(model)
-        finally:
-            for p in waiting:
-                p.requires_grad_(False)
-
+    # -------------------------------------------------------------------------------------------- train step
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._release_later_groups()  # the optimizer (and DDP reducer) hold them now; they wait for their step
         step_in_stage = self.state.global_step
         if step_in_stage in self._pending_unfreeze:
             groups = self._pending_unfreeze.pop(step_in_stage)

@@ -42,7 +42,9 @@ class Stage:
         encoder_last_k: how many top encoder layers `encoder_last_k` means.
         lora: LoRA settings (rank, alpha, dropout, targets) when the stage trains `llm_lora`.
         unfreeze_at: progressive unfreezing inside the stage: step (within the stage) -> groups that start training
-            then. The optimizer holds them from the start of the stage, so no rebuild is needed.
+            then. The optimizer (and, under DistributedDataParallel, the gradient reducer, which needs
+            `find_unused_parameters`) holds them from the start of the stage, so nothing is rebuilt mid-stage.
+            Not supported with DeepSpeed.
     """
 
     name: str
