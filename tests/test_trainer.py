@@ -107,6 +107,17 @@ def test_unfreezing_inside_a_stage_under_ddp_needs_find_unused_parameters(tmp_pa
     assert not trainer.model.audio_tower.layers[0].mlp.fc1.weight.requires_grad
 
 
+def test_resume_past_an_unfreeze_step_unfreezes(tmp_path):
+    schedule = Schedule("inside", [Stage("s", ["adapter"], {"asr": 1.0}, steps=4, unfreeze_at={1: ["encoder"]})])
+    tiny_trainer(tmp_path / "full", schedule=schedule).train()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tiny_trainer(tmp_path / "crashed", schedule=schedule, callbacks=[CrashAt(0, 3)]).train()
+    trainer = tiny_trainer(tmp_path / "crashed", schedule=schedule)
+    trainer.train(resume_from_checkpoint=True)  # from checkpoint-2, past the unfreeze step
+    assert trainer.model.audio_tower.layers[0].mlp.fc1.weight.requires_grad, "resumed past unfreeze_at: still frozen"
+    assert _losses(tmp_path / "crashed") == _losses(tmp_path / "full")
+
+
 def test_schedule_round_trip_and_errors(tmp_path):
     schedule = load_schedule("part")
     schedule.save(tmp_path / "s.json")

@@ -492,8 +492,9 @@ class PartTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._release_later_groups()  # the optimizer (and DDP reducer) hold them now; they wait for their step
         step_in_stage = self.state.global_step
-        if step_in_stage in self._pending_unfreeze:
-            groups = self._pending_unfreeze.pop(step_in_stage)
+        due = sorted(step for step in self._pending_unfreeze if step <= step_in_stage)  # <: resumed past the step
+        if due:
+            groups = sorted({g for step in due for g in self._pending_unfreeze.pop(step)})
             stage = self.schedule.stages[self.stage_index]
             available = self.model.get_parameter_groups(stage.encoder_last_k)
             for group in groups:
