@@ -316,9 +316,11 @@ def _stage_rows(schedule: Mapping[str, Any] | None, summaries: list[Mapping[str,
         if trainable is not None and total:
             params += f" ({100 * trainable / total:.1f}%)"
         first, last = (summary or {}).get("first_loss"), (summary or {}).get("last_loss")
-        learning_rate = stage.get("learning_rate")
+        learning_rate = (summary or {}).get("learning_rate", stage.get("learning_rate"))  # the one used, if known
         if learning_rate is not None:
             learning_rate = f"{learning_rate:g}"
+        elif stage.get("lr_scale", 1.0) != 1.0:
+            learning_rate = f"{stage['lr_scale']:g} × run default"
         else:
             learning_rate = "run default" if schedule else "—"
         rows.append(

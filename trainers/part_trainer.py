@@ -59,6 +59,20 @@ class PartTrainingArguments(TrainingArguments):
     skip_invalid_samples: bool = field(
         default=False, metadata={"help": "Skip (count and log) samples that fail to decode instead of raising."}
     )
+    learning_rate: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' later stages "
+            "use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the paper's."
+        },
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={
+            "help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in each stage, "
+            "a number in [0, 1) that share of each stage's steps (rounded down)."
+        },
+    )
     lora_r: int | None = field(default=None, metadata={"help": "Override the schedule's LoRA rank."})
     lora_alpha: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA alpha."})
     lora_dropout: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA dropout."})
@@ -123,6 +137,7 @@ class PartTrainer(Trainer):
         )
         self._base_output_dir = self.args.output_dir
         self._base_learning_rate = self.args.learning_rate
+        self._base_warmup_steps = self.args.warmup_steps
         self._base_max_steps = self.args.max_steps
         self._check_schedule_against_data()
 
@@ -247,6 +262,8 @@ class PartTrainer(Trainer):
                     self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
                 )
         self.args.max_steps = self._base_max_steps
+        self.args.learning_rate = self._base_learning_rate
+        self.args.warmup_steps = self._base_warmup_steps
         self.stage_index = None
         self._saving_final = True
         try:
@@ -269,13 +286,17 @@ class PartTrainer(Trainer):
         if self.model.has_lora:
             self.model.set_lora_enabled(self._lora_active_from(index))
         self._pending_unfreeze = dict(stage.unfreeze_at)
-        self._banner(index, stage, steps, counts)
+        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._base_learning_rate)
+        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._base_warmup_steps)
+        self._banner(index, stage, steps, counts, [
+            f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})"
+        ])
 
         self.train_dataset = self._stage_dataset(index, stage)
         self.args.output_dir = stage_dir
         self.args.max_steps = steps
-        self.args.learning_rate = stage.learning_rate or self._base_learning_rate
-        self.args.warmup_steps = int(stage.warmup_ratio * steps)
+        self.args.learning_rate = learning_rate
+        self.args.warmup_steps = warmup_steps
         self._reset_optimization_state()
         if checkpoint is not None:
             self.train_dataset.resume_from_consumed(
@@ -402,14 +423,15 @@ class PartTrainer(Trainer):
     def _samples_consumed(self, checkpoint: str) -> int:
         return _checkpoint_step(checkpoint) * self._total_batch_size()
 
-    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int]) -> None:
+    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int], extra: list[str]) -> None:
         trainable, total = counts["trainable"], counts["total"]
         lines = [
             f"==== PART stage {index + 1}/{len(self.schedule.stages)}: {stage.name} ({self.schedule.name}) ====",
             f"  trainable: {', '.join(stage.trainable)}"
             + (f" (+ {', '.join(stage.later_groups)} later)" if stage.later_groups else ""),
             f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-            f"  tasks: {stage.tasks}  steps: {steps}  lr: {stage.learning_rate or self._base_learning_rate}",
+            f"  tasks: {stage.tasks}  steps: {steps}",
+            *(f"  {line}" for line in extra),
         ]
         if self.args.should_log:
             for line in lines:
@@ -433,6 +455,8 @@ class PartTrainer(Trainer):
             "trainable_groups": stage.trainable,
             "tasks": stage.tasks,
             "steps": steps,
+            "learning_rate": self.args.learning_rate,
+            "warmup_steps": self.args.warmup_steps,
             "global_step": self.state.global_step,
             "trainable_parameters": counts["trainable"],
             "total_parameters": counts["total"],
