@@ -69,6 +69,28 @@ def test_preset_runs_end_to_end_with_planned_trainable_sets(tmp_path, schedule):
     assert (tmp_path / "processor_config.json").exists()
 
 
+def test_lora_stays_frozen_in_a_later_stage_that_does_not_train_it(tmp_path):
+    """After the LoRA stage, LoRA stays enabled (the LLM keeps what it learnt) but a stage that does not list
+    `llm_lora` must not train it: enabling LoRA (peft switches its requires_grad on) must not undo the freeze plan."""
+    schedule = Schedule("after_lora", [
+        Stage("lora", ["adapter", "llm_lora"], {"asr": 1.0, "mt": 1.0}, steps=2),
+        Stage("adapter_only", ["adapter"], {"asr": 1.0}, steps=2),
+        Stage("lora_again", ["llm_lora"], {"mt": 1.0}, steps=1),
+    ])
+    recorder = RecordStages()
+    trainer = tiny_trainer(tmp_path, schedule=schedule, save_steps=100, callbacks=[recorder])
+    trainer.train()
+    lora_names = set(trainer.model.get_parameter_groups()["llm_lora"])
+    assert lora_names
+    first, later, again = recorder.records
+    assert lora_names <= first["trainable"] and lora_names <= again["trainable"]
+    assert not lora_names & later["trainable"], "LoRA requires grad in a stage that does not train it"
+    assert later["trainable"] == _expected_trainable(trainer.model, later["stage"])
+    assert any(later["frozen_before"][n].abs().sum() > 0 for n in lora_names if ".lora_B." in n)  # LoRA trained
+    for name in lora_names:
+        assert torch.equal(later["frozen_before"][name], later["frozen_after"][name]), f"frozen LoRA {name} changed"
+
+
 def test_encoder_last_k_stage_trains_only_top_layers(tmp_path):
     schedule = Schedule(
         "custom",

@@ -282,9 +282,9 @@ class PartTrainer(Trainer):
         stage_dir = self.stage_dir(index)
         steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
 
-        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)
-        if self.model.has_lora:
+        if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
             self.model.set_lora_enabled(self._lora_active_from(index))
+        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
         learning_rate, learning_rate_origin = stage.peak_learning_rate(self._base_learning_rate)
         warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._base_warmup_steps)
