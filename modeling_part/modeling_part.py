@@ -6,6 +6,7 @@ positions only, with the LM head applied to those positions alone (no `[batch, s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -107,6 +108,17 @@ def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
             "use the 'encoder' parameter group instead of 'encoder_last_k'."
         )
     return layers
+
+
+def _without_zero3_init():
+    """A context in which `from_config` builds plain modules even under DeepSpeed ZeRO-3: there it would build them
+    under `deepspeed.zero.Init`, which partitions each parameter with a collective, so a module built on one rank
+    only (the meta twin that merges LoRA for saving, on the main process) would wait for the other ranks forever."""
+    try:
+        from transformers.modeling_utils import set_zero3_state  # marks zero.Init as already entered
+    except ImportError:  # a transformers without it
+        return contextlib.nullcontext()
+    return set_zero3_state()
 
 
 def _numel(parameter: torch.Tensor) -> int:
@@ -662,7 +674,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         The unmerged weights are assigned (not copied) to a meta-device twin whose LoRA is merged with
         `safe_merge=True`, which writes each merged weight to new memory: only the merged layers cost memory."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        with torch.device("meta"):
+        with torch.device("meta"), _without_zero3_init():
             twin = type(self)(copy.deepcopy(self.config))
         twin.load_state_dict(state_dict, strict=False, assign=True)
         twin.merge_lora(safe_merge=True)
