@@ -10,17 +10,12 @@ per stage. About a minute and a half on 2 CPU cores.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
+from part_fixtures import run_two_ranks
 from trainers import PRESETS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 TIMEOUT = 300  # a hang (ranks out of step in a collective) must fail the test, not stall the suite
 SCHEDULES = [*PRESETS, "unfreeze_inside", "baseline_2stage_bf16"]  # as in ddp_run.py
 GROUP_PREFIXES = {"adapter": "adapter.", "encoder": "audio_tower.", "encoder_last_k": "audio_tower.", "llm_lora": ".lora_"}
@@ -30,23 +25,7 @@ GROUP_PREFIXES = {"adapter": "adapter.", "encoder": "audio_tower.", "encoder_las
 def ddp_ranks(tmp_path_factory):
     """Runs tests/ddp_run.py on two CPU ranks; returns the two ranks' records."""
     output_dir = tmp_path_factory.mktemp("ddp")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        os.path.join(HERE, "ddp_run.py"), str(output_dir),
-    ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher's own process group: it and its ranks
-        stdout, stderr = process.communicate()
-        pytest.fail(f"DDP run did not finish in {TIMEOUT}s (ranks out of step?); stderr tail:\n{stderr[-6000:]}")
-    assert process.returncode == 0, (
-        f"torchrun exited with {process.returncode}; stderr tail:\n{stderr[-6000:]}\nstdout tail:\n{stdout[-2000:]}"
-    )
+    run_two_ranks("ddp_run.py", str(output_dir), timeout=TIMEOUT)
     ranks = [json.loads((output_dir / f"ddp_rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     return ranks
