@@ -3,8 +3,9 @@
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
 plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
-DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written. `resume_from_checkpoint=True` finds the last
-complete checkpoint of the whole schedule. Checkpoints are written to a staging folder and renamed into place.
+DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written.
+`resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
+staging folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -62,15 +63,15 @@ class PartTrainingArguments(TrainingArguments):
     learning_rate: float = field(
         default=1e-3,
         metadata={
-            "help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' later stages "
-            "use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the paper's."
+            "help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' later "
+            "stages use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the paper's."
         },
     )
     warmup_steps: float = field(
         default=0.05,
         metadata={
-            "help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in each stage, "
-            "a number in [0, 1) that share of each stage's steps (rounded down)."
+            "help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in each "
+            "stage, a number in [0, 1) that share of each stage's steps (rounded down)."
         },
     )
     lora_r: int | None = field(default=None, metadata={"help": "Override the schedule's LoRA rank."})
