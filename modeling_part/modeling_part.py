@@ -134,7 +134,9 @@ def _gathered_for_modification(parameters: list[nn.Parameter]):
 
 def _without_zero3_init():
     """A context in which `from_config` builds modules without DeepSpeed's `zero.Init` (transformers' own marker
-    for "already inside zero.Init"), for skeletons on the meta device, which zero.Init cannot partition."""
+    for "already inside zero.Init"), for skeletons on the meta device, which zero.Init cannot partition, and for
+    modules built on one rank only (the meta twin that merges LoRA for saving, on the main process), for which
+    zero.Init's partitioning collectives would wait for the other ranks forever."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():

@@ -1,6 +1,11 @@
-"""Tiny multi-task corpora and trainer set-up shared by the trainer tests (and the SIGKILL subprocess)."""
+"""Tiny multi-task corpora and trainer set-up shared by the trainer tests (and the SIGKILL subprocess), and the
+two-rank launcher of the multi-process tests."""
 
 import io
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import soundfile as sf
@@ -66,3 +71,33 @@ def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0,
     return PartTrainer(
         model=model, args=args, train_components=tiny_components(), processor=processor, callbacks=list(callbacks)
     )
+
+
+def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Runs `script` on two CPU ranks (`python -m torch.distributed.run --standalone --nproc_per_node 2`, one OpenMP
+    thread each) from the repository root; returns (stdout, stderr). Fails the calling test when the launcher exits
+    with an error, or when it runs longer than `timeout` seconds (ranks out of step in a collective): then the
+    launcher is asked to stop its ranks (SIGTERM; they run in sessions of their own, so killing the launcher's
+    process group would orphan them, still holding the output pipes), and killed if it does not."""
+    import pytest
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(here, script), *arguments]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    process = subprocess.Popen(command, cwd=os.path.dirname(here), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)  # torchrun stops its ranks (SIGTERM, then SIGKILL after a grace period)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = "", "(no output: the launcher did not stop)"
+        pytest.fail(f"{script} did not finish in {timeout}s (ranks out of step?); stderr tail:\n{stderr[-6000:]}")
+    assert process.returncode == 0, (
+        f"torchrun exited with {process.returncode}; stderr tail:\n{stderr[-6000:]}\nstdout tail:\n{stdout[-2000:]}"
+    )
+    return stdout, stderr

@@ -124,6 +124,13 @@ def test_card_body_tables():
     assert "| 2 | `2_encoder` | adapter + encoder (top 2 layers) | ASR | 4 | run default |" in text
     assert "| 3 | `3_cross_language` | adapter + encoder + LLM (LoRA) | ASR + S2TT + MT (text) ×0.25 | 3 |" in text
     assert "LoRA on the LLM: rank 8, alpha 16" in text
+    # the learning rate a stage trained with (the trainer records it) before the schedule's scale of the run's
+    stages = [{**SUMMARY["stages"][0]}, {**SUMMARY["stages"][1], "learning_rate": 3e-4}, {**SUMMARY["stages"][2]}]
+    schedule = {**SCHEDULE, "stages": [*SCHEDULE["stages"][:2], {**SCHEDULE["stages"][2], "lr_scale": 0.2}]}
+    used = build_model_card(metrics=METRICS, training_summary={**SUMMARY, "schedule": schedule, "stages": stages},
+                            **CARD_ARGS).text
+    assert "| 2 | `2_encoder` | adapter + encoder (top 2 layers) | ASR | 4 | 0.0003 |" in used
+    assert "| ASR + S2TT + MT (text) ×0.25 | 3 | 0.2 × run default |" in used
     overridden = build_model_card(metrics=METRICS, training_summary=SUMMARY, lora_config={"r": 2}, **CARD_ARGS).text
     assert "LoRA on the LLM: rank 2, alpha 16" in overridden
     # results per language and direction, averages as given

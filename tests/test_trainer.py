@@ -69,6 +69,28 @@ def test_preset_runs_end_to_end_with_planned_trainable_sets(tmp_path, schedule):
     assert (tmp_path / "processor_config.json").exists()
 
 
+def test_lora_stays_frozen_in_a_later_stage_that_does_not_train_it(tmp_path):
+    """After the LoRA stage, LoRA stays enabled (the LLM keeps what it learnt) but a stage that does not list
+    `llm_lora` must not train it: enabling LoRA (peft switches its requires_grad on) must not undo the freeze plan."""
+    schedule = Schedule("after_lora", [
+        Stage("lora", ["adapter", "llm_lora"], {"asr": 1.0, "mt": 1.0}, steps=2),
+        Stage("adapter_only", ["adapter"], {"asr": 1.0}, steps=2),
+        Stage("lora_again", ["llm_lora"], {"mt": 1.0}, steps=1),
+    ])
+    recorder = RecordStages()
+    trainer = tiny_trainer(tmp_path, schedule=schedule, save_steps=100, callbacks=[recorder])
+    trainer.train()
+    lora_names = set(trainer.model.get_parameter_groups()["llm_lora"])
+    assert lora_names
+    first, later, again = recorder.records
+    assert lora_names <= first["trainable"] and lora_names <= again["trainable"]
+    assert not lora_names & later["trainable"], "LoRA requires grad in a stage that does not train it"
+    assert later["trainable"] == _expected_trainable(trainer.model, later["stage"])
+    assert any(later["frozen_before"][n].abs().sum() > 0 for n in lora_names if ".lora_B." in n)  # LoRA trained
+    for name in lora_names:
+        assert torch.equal(later["frozen_before"][name], later["frozen_after"][name]), f"frozen LoRA {name} changed"
+
+
 def test_encoder_last_k_stage_trains_only_top_layers(tmp_path):
     schedule = Schedule(
         "custom",
@@ -96,6 +118,28 @@ def test_progressive_unfreezing_inside_a_stage(tmp_path):
     assert not torch.equal(before, trainer.model.audio_tower.layers[0].mlp.fc1.weight)
 
 
+def test_unfreezing_inside_a_stage_under_ddp_needs_find_unused_parameters(tmp_path, monkeypatch):
+    """Under DDP the later groups sit in the reducer without gradients until their step (tests/test_ddp.py runs
+    the working case on two ranks); without find_unused_parameters the reducer would wait for them forever."""
+    schedule = Schedule("inside", [Stage("s", ["adapter"], {"asr": 1.0}, steps=2, unfreeze_at={1: ["encoder"]})])
+    trainer = tiny_trainer(tmp_path, schedule=schedule, ddp_find_unused_parameters=False)
+    monkeypatch.setattr(trainer, "_uses_ddp", lambda: True)  # as with several processes
+    with pytest.raises(ValueError, match="needs find_unused_parameters=True"):
+        trainer.train()
+    assert not trainer.model.audio_tower.layers[0].mlp.fc1.weight.requires_grad
+
+
+def test_resume_past_an_unfreeze_step_unfreezes(tmp_path):
+    schedule = Schedule("inside", [Stage("s", ["adapter"], {"asr": 1.0}, steps=4, unfreeze_at={1: ["encoder"]})])
+    tiny_trainer(tmp_path / "full", schedule=schedule).train()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tiny_trainer(tmp_path / "crashed", schedule=schedule, callbacks=[CrashAt(0, 3)]).train()
+    trainer = tiny_trainer(tmp_path / "crashed", schedule=schedule)
+    trainer.train(resume_from_checkpoint=True)  # from checkpoint-2, past the unfreeze step
+    assert trainer.model.audio_tower.layers[0].mlp.fc1.weight.requires_grad, "resumed past unfreeze_at: still frozen"
+    assert _losses(tmp_path / "crashed") == _losses(tmp_path / "full")
+
+
 def test_schedule_round_trip_and_errors(tmp_path):
     schedule = load_schedule("part")
     schedule.save(tmp_path / "s.json")
@@ -116,6 +160,90 @@ def test_schedule_round_trip_and_errors(tmp_path):
         assert all("mt" not in stage.tasks for stage in load_schedule(name).stages), name
 
 
+def _logged_learning_rates(folder):
+    summary = json.loads((folder / "training_summary.json").read_text())
+    return {name: [e["learning_rate"] for e in entries] for name, entries in summary["losses"].items()}
+
+
+def test_peak_learning_rate_of_every_stage_follows_the_learning_rate_argument(tmp_path, caplog):
+    scales = {"1_adapter": 1.0, "2a_encoder_top": 0.3, "2b_encoder_full": 0.2, "3_cross_language": 0.2}  # `part`
+    peaks = {}
+    for learning_rate in (1e-4, 1e-3):
+        folder = tmp_path / str(learning_rate)
+        with caplog.at_level("WARNING"):
+            tiny_trainer(folder, max_steps=8, save_steps=100, learning_rate=learning_rate).train()
+        logged = _logged_learning_rates(folder)
+        assert list(logged) == list(scales)
+        peaks[learning_rate] = {name: max(rates) for name, rates in logged.items()}
+        for name, scale in scales.items():
+            assert peaks[learning_rate][name] == pytest.approx(learning_rate * scale, rel=1e-9), (
+                f"--learning_rate {learning_rate}: stage {name} peaked at {peaks[learning_rate][name]}, "
+                f"not {scale} x {learning_rate}"
+            )
+    assert all(peaks[1e-3][name] == pytest.approx(10 * peaks[1e-4][name], rel=1e-9) for name in scales)
+    assert "lr: 3e-05 (= --learning_rate 0.0001 x 0.3)" in caplog.text
+    summary = json.loads((tmp_path / "0.0001" / "training_summary.json").read_text())
+    assert [s["learning_rate"] for s in summary["stages"]] == pytest.approx([1e-4 * v for v in scales.values()])
+
+
+@pytest.mark.parametrize("warmup", [1, 0.5])
+def test_warmup_argument_sets_the_warmup_of_every_preset_stage(tmp_path, warmup):
+    """--warmup_steps 1, or 0.5 of each stage's 2-3 steps rounded down: one warm-up step in every stage."""
+    tiny_trainer(tmp_path, max_steps=8, save_steps=100, learning_rate=1e-3, warmup_steps=warmup).train()
+    logged = _logged_learning_rates(tmp_path)
+    # linear schedule, the rate logged at each step: 0 during the warm-up step, then the peak, decaying to 0
+    expected = {"1_adapter": [0.0, 1e-3], "2a_encoder_top": [0.0, 3e-4], "2b_encoder_full": [0.0, 2e-4],
+                "3_cross_language": [0.0, 2e-4, 1e-4]}
+    assert list(logged) == list(expected)
+    for name, rates in expected.items():
+        assert logged[name] == pytest.approx(rates), f"--warmup_steps {warmup}: stage {name} logged {logged[name]}"
+
+
+def test_a_stages_own_learning_rate_and_warmup_override_the_arguments(tmp_path, caplog):
+    schedule = Schedule("warm", [
+        Stage("run_warmup", ["adapter"], {"asr": 1.0}, steps=4),
+        Stage("own_warmup", ["adapter"], {"asr": 1.0}, steps=4, warmup_steps=0, lr_scale=0.5),
+        Stage("absolute", ["adapter"], {"asr": 1.0}, steps=2, learning_rate=1e-2, warmup_ratio=0.5),
+    ])
+    with caplog.at_level("WARNING"):
+        tiny_trainer(tmp_path, schedule=schedule, save_steps=100, learning_rate=2e-3, warmup_steps=2).train()
+    logged = _logged_learning_rates(tmp_path)
+    # linear schedule, the rate logged at each step: warm-up from 0 over 2 steps, then linear decay to 0
+    assert logged["run_warmup"] == pytest.approx([0.0, 1e-3, 2e-3, 1e-3])
+    assert logged["own_warmup"] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert logged["absolute"] == pytest.approx([0.0, 1e-2])
+    assert "warm-up: 2 steps (--warmup_steps 2)" in caplog.text
+    assert "lr: 0.01 (the stage's own learning_rate; --learning_rate 0.002 unused)" in caplog.text
+
+
+def test_stage_learning_rate_and_warmup_rules(tmp_path):
+    stage = Stage("s", ["adapter"], {"asr": 1.0}, steps=10, lr_scale=0.3)
+    assert stage.peak_learning_rate(1e-3)[0] == 3e-4
+    assert stage.num_warmup_steps(250, 0.05) == (12, "= --warmup_steps 0.05 x 250 steps")  # rounded down
+    assert stage.num_warmup_steps(250, 3)[0] == 3
+    assert Stage("s", ["adapter"], {"asr": 1.0}, steps=10, warmup_ratio=0.5).num_warmup_steps(9, 3)[0] == 4
+    # schedules saved before lr_scale existed name absolute rates and warm-up ratios: they keep them
+    old = {"name": "old", "stages": [{"name": "s", "trainable": ["adapter"], "tasks": {"asr": 1.0}, "steps": 4,
+                                      "learning_rate": 1e-3, "warmup_ratio": 0.05}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = load_schedule(str(tmp_path / "old.json")).stages[0]
+    assert loaded.peak_learning_rate(1e-4)[0] == 1e-3 and loaded.num_warmup_steps(100, 10)[0] == 5
+    schedule = Schedule("new", [stage, Stage("t", ["adapter"], {"asr": 1.0}, steps=2, warmup_steps=3)])
+    for name in ("s.yaml", "s.json"):
+        schedule.save(tmp_path / name)
+        assert Schedule.load(tmp_path / name).to_dict() == schedule.to_dict()
+    for wrong, message in [
+        ({"learning_rate": 1e-3, "lr_scale": 0.5}, "not both"),
+        ({"lr_scale": 0}, "lr_scale must be a positive number"),
+        ({"learning_rate": -1.0}, "learning_rate must be positive"),
+        ({"warmup_steps": 2, "warmup_ratio": 0.1}, "warmup_steps or warmup_ratio, not both"),
+        ({"warmup_ratio": 1.5}, "in \\[0, 1\\]"),
+        ({"warmup_steps": 2.5}, "whole number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Stage("x", ["adapter"], {"asr": 1.0}, steps=1, **wrong)
+
+
 def test_arguments_parse_from_the_command_line(tmp_path):
     (args,) = HfArgumentParser(PartTrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--schedule", "baseline_2stage", "--mixture_temperature", "2.0",
@@ -123,6 +251,7 @@ def test_arguments_parse_from_the_command_line(tmp_path):
     )
     assert args.schedule == "baseline_2stage" and args.mixture_temperature == 2.0 and args.lora_r == 8
     assert args.remove_unused_columns is False
+    assert (args.learning_rate, args.warmup_steps) == (1e-3, 0.05)  # the presets' paper rates, 5% warm-up per stage
     assert args.accelerator_config.dispatch_batches is False  # each rank collates its own share of the mixture
 
 

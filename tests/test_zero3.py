@@ -11,9 +11,6 @@ stages (stage model) reproduces the uninterrupted run bit for bit. About 2 minut
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,34 +18,17 @@ from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")
 
-from part_fixtures import tiny_trainer  # noqa: E402
+from part_fixtures import run_two_ranks, tiny_trainer  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_STEPS = 8  # as in zero3_run.py
 TIMEOUT = 480  # a hang (ranks out of step in a collective) must fail the test, not stall the suite
 
 
 def run_zero3(output_dir, *options):
     """Runs tests/zero3_run.py on two CPU ranks; returns (per-rank results, rank 0's record)."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        os.path.join(HERE, "zero3_run.py"), str(output_dir), os.path.join(REPO, "examples/configs/ds_zero3.json"),
-        *options,
-    ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher's own process group: it and its ranks
-        stdout, stderr = process.communicate()
-        pytest.fail(f"ZeRO-3 run did not finish in {TIMEOUT}s (ranks out of step?); stderr tail:\n{stderr[-6000:]}")
-    assert process.returncode == 0, (
-        f"torchrun exited with {process.returncode}; stderr tail:\n{stderr[-6000:]}\nstdout tail:\n{stdout[-2000:]}"
-    )
+    config = os.path.join(REPO, "examples/configs/ds_zero3.json")
+    run_two_ranks("zero3_run.py", str(output_dir), config, *options, timeout=TIMEOUT, env={"DS_ACCELERATOR": "cpu"})
     ranks = [json.loads((output_dir / f"zero3_rank{r}.json").read_text()) for r in range(2)]
     record = json.loads((output_dir / "zero3_record.json").read_text())
     return ranks, record

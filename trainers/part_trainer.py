@@ -2,9 +2,10 @@
 
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
-plan, switches the data mixture and drops the optimizer, scheduler (and DeepSpeed engine) so they are rebuilt for
-the new trainable set; after it, a stage checkpoint is written. `resume_from_checkpoint=True` finds the last
-complete checkpoint of the whole schedule. Checkpoints are written to a staging folder and renamed into place.
+plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
+DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written.
+`resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
+staging folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class PartTrainingArguments(TrainingArguments):
     skip_invalid_samples: bool = field(
         default=False, metadata={"help": "Skip (count and log) samples that fail to decode instead of raising."}
     )
+    learning_rate: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' later "
+            "stages use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the paper's."
+        },
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={
+            "help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in each "
+            "stage, a number in [0, 1) that share of each stage's steps (rounded down)."
+        },
+    )
     lora_r: int | None = field(default=None, metadata={"help": "Override the schedule's LoRA rank."})
     lora_alpha: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA alpha."})
     lora_dropout: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA dropout."})
@@ -115,6 +130,7 @@ class PartTrainer(Trainer):
         self.stage_summaries: list[dict[str, Any]] = []
         self._saving_final = False
         self._pending_unfreeze: dict[int, list[str]] = {}
+        self._waiting_parameters: list[torch.nn.Parameter] = []
         super().__init__(
             model=model,
             args=args,
@@ -124,6 +140,7 @@ class PartTrainer(Trainer):
         )
         self._base_output_dir = self.args.output_dir
         self._base_learning_rate = self.args.learning_rate
+        self._base_warmup_steps = self.args.warmup_steps
         self._base_max_steps = self.args.max_steps
         self._check_schedule_against_data()
 
@@ -248,6 +265,8 @@ class PartTrainer(Trainer):
                     self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
                 )
         self.args.max_steps = self._base_max_steps
+        self.args.learning_rate = self._base_learning_rate
+        self.args.warmup_steps = self._base_warmup_steps
         self.stage_index = None
         self._saving_final = True
         try:
@@ -266,17 +285,21 @@ class PartTrainer(Trainer):
         stage_dir = self.stage_dir(index)
         steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
 
-        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)
-        if self.model.has_lora:
+        if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
             self.model.set_lora_enabled(self._lora_active_from(index))
+        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
-        self._banner(index, stage, steps, counts)
+        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._base_learning_rate)
+        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._base_warmup_steps)
+        self._banner(index, stage, steps, counts, [
+            f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})"
+        ])
 
         self.train_dataset = self._stage_dataset(index, stage)
         self.args.output_dir = stage_dir
         self.args.max_steps = steps
-        self.args.learning_rate = stage.learning_rate or self._base_learning_rate
-        self.args.warmup_steps = int(stage.warmup_ratio * steps)
+        self.args.learning_rate = learning_rate
+        self.args.warmup_steps = warmup_steps
         self._reset_optimization_state()
         if checkpoint is not None:
             self.train_dataset.resume_from_consumed(
@@ -288,8 +311,10 @@ class PartTrainer(Trainer):
             if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
                 output = self._restore_finished_stage(checkpoint)
             else:
+                self._hold_later_groups(stage)
                 output = super().train(resume_from_checkpoint=checkpoint)
         finally:
+            self._release_later_groups()
             self.args.ignore_data_skip = False
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
         self._call_stage_event("on_stage_end", stage, index, stage_dir)
@@ -307,13 +332,66 @@ class PartTrainer(Trainer):
         return any("llm_lora" in s.trainable for s in self.schedule.stages[: index + 1])
 
     def _reset_optimization_state(self) -> None:
-        """A new trainable set needs a new optimizer, scheduler and (with DeepSpeed) a new engine."""
+        """A new trainable set needs a new optimizer, scheduler and model wrapper: DistributedDataParallel's reducer
+        all-reduces only the parameters that required grad when it was built, and DeepSpeed builds its engine (and
+        ZeRO optimizer) for a fixed trainable set."""
         self.optimizer = None
         self.lr_scheduler = None
         self._created_lr_scheduler = False
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
         if self.is_deepspeed_enabled:
             self._reset_deepspeed_state()
+        else:
+            self._release_model_wrapper()
+
+    def _release_model_wrapper(self) -> None:
+        """Drops the last stage's model wrapper (DistributedDataParallel), so the Trainer wraps the model anew for
+        this stage's trainable set: given a wrapper, `Trainer._wrap_model` and `accelerator.prepare` keep it, and a
+        reused wrapper's reducer leaves every parameter outside the first stage's trainable set unsynchronised.
+        (The Trainer's loop frees the accelerator's references to the last wrapper and optimizer when it starts.)"""
+        if self.model_wrapped is self.model:
+            return  # one process: nothing wraps the model (and accelerate does not prepare it twice)
+        # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original as
+        # `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
+        original_forward = self.model.__dict__.pop("_original_forward", None)
+        if original_forward is not None:
+            self.model.forward = original_forward
+        self.model_wrapped = self.model
+
+    def _uses_ddp(self) -> bool:
+        """Whether the Trainer wraps the model in DistributedDataParallel (several processes, no DeepSpeed/FSDP)."""
+        return self.accelerator.num_processes > 1 and not self.is_deepspeed_enabled and not self.is_fsdp_enabled
+
+    def _hold_later_groups(self, stage: Stage) -> None:
+        """Progressive unfreezing inside a stage (`Stage.unfreeze_at`): the optimizer and, under DDP, the reducer
+        must hold the later groups from the stage's start (neither can be extended mid-stage), so they require grad
+        while both are built; the first training step freezes them again until their step."""
+        if not stage.later_groups:
+            return
+        if self.is_deepspeed_enabled:
+            raise ValueError(
+                f"Stage {stage.name!r}: unfreeze_at is not supported with DeepSpeed (its engine is built for a fixed "
+                "trainable set); split the stage into two stages."
+            )
+        if self._uses_ddp():
+            handler = self.accelerator.ddp_handler
+            if handler is None or not handler.find_unused_parameters or handler.static_graph:
+                raise ValueError(
+                    f"Stage {stage.name!r} unfreezes {stage.later_groups} inside the stage (unfreeze_at), which under "
+                    "DistributedDataParallel needs find_unused_parameters=True and no static graph: those groups have "
+                    "no gradient until their step. Leave --ddp_find_unused_parameters unset (or True), gradient "
+                    "checkpointing off and --ddp_static_graph unset, or split the stage into two stages."
+                )
+        groups = self.model.get_parameter_groups(stage.encoder_last_k)
+        self._waiting_parameters = [p for g in stage.later_groups for p in groups[g].values() if not p.requires_grad]
+        for parameter in self._waiting_parameters:
+            parameter.requires_grad_(True)
+
+    def _release_later_groups(self) -> None:
+        """Freezes the parameters `_hold_later_groups` made trainable (once the optimizer and wrapper are built)."""
+        for parameter in self._waiting_parameters:
+            parameter.requires_grad_(False)
+        self._waiting_parameters = []
 
     def _reset_deepspeed_state(self) -> None:
         """DeepSpeed builds its engine (and ZeRO optimizer) for a fixed trainable set, and an accelerator prepares
@@ -348,14 +426,15 @@ class PartTrainer(Trainer):
     def _samples_consumed(self, checkpoint: str) -> int:
         return _checkpoint_step(checkpoint) * self._total_batch_size()
 
-    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int]) -> None:
+    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int], extra: list[str]) -> None:
         trainable, total = counts["trainable"], counts["total"]
         lines = [
             f"==== PART stage {index + 1}/{len(self.schedule.stages)}: {stage.name} ({self.schedule.name}) ====",
             f"  trainable: {', '.join(stage.trainable)}"
             + (f" (+ {', '.join(stage.later_groups)} later)" if stage.later_groups else ""),
             f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-            f"  tasks: {stage.tasks}  steps: {steps}  lr: {stage.learning_rate or self._base_learning_rate}",
+            f"  tasks: {stage.tasks}  steps: {steps}",
+            *(f"  {line}" for line in extra),
         ]
         if self.args.should_log:
             for line in lines:
@@ -379,6 +458,8 @@ class PartTrainer(Trainer):
             "trainable_groups": stage.trainable,
             "tasks": stage.tasks,
             "steps": steps,
+            "learning_rate": self.args.learning_rate,
+            "warmup_steps": self.args.warmup_steps,
             "global_step": self.state.global_step,
             "trainable_parameters": counts["trainable"],
             "total_parameters": counts["total"],
@@ -437,29 +518,13 @@ class PartTrainer(Trainer):
         self.log(dict(metrics))  # Trainer.log adds the epoch to the dict it is given
         return metrics, predictions
 
-    # --------------------------------------------------------------------------------------------- optimizer
-    def create_optimizer(self, model=None):
-        """Builds the optimizer over the trainable parameters plus those the stage unfreezes later
-        (`Stage.unfreeze_at`); parameters without gradients are skipped by the optimizer until then."""
-        later = self.schedule.stages[self.stage_index].later_groups if self.stage_index is not None else []
-        if not later:
-            return super().create_optimizer(model)
-        if self.is_deepspeed_enabled:
-            raise ValueError("Stage.unfreeze_at is not supported with DeepSpeed; split the stage into two stages.")
-        groups = self.model.get_parameter_groups(self.schedule.stages[self.stage_index].encoder_last_k)
-        waiting = [p for g in later for p in groups[g].values() if not p.requires_grad]
-        for p in waiting:
-            p.requires_grad_(True)
-        try:
-            return super().create_optimizer(model)
-        finally:
-            for p in waiting:
-                p.requires_grad_(False)
-
+    # -------------------------------------------------------------------------------------------- train step
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._release_later_groups()  # the optimizer (and DDP reducer) hold them now; they wait for their step
         step_in_stage = self.state.global_step
-        if step_in_stage in self._pending_unfreeze:
-            groups = self._pending_unfreeze.pop(step_in_stage)
+        due = sorted(step for step in self._pending_unfreeze if step <= step_in_stage)  # <: resumed past the step
+        if due:
+            groups = sorted({g for step in due for g in self._pending_unfreeze.pop(step)})
             stage = self.schedule.stages[self.stage_index]
             available = self.model.get_parameter_groups(stage.encoder_last_k)
             for group in groups:

@@ -1,7 +1,9 @@
 """Declarative PART stage schedules: which parameter groups train, on which task mixture, for how long.
 
 A `Schedule` is a list of `Stage`s, loadable from and saved to JSON or YAML. Presets reproduce the paper's
-schedule (`part`), the conventional `baseline_2stage` and the paper's three cumulative ablations.
+schedule (`part`), the conventional `baseline_2stage` and the paper's three cumulative ablations. A stage's peak
+learning rate is a multiple (`lr_scale`) of the run's `--learning_rate` unless it sets its own `learning_rate`; its
+warm-up comes from the run's `--warmup_steps` unless it sets `warmup_steps` or `warmup_ratio`.
 """
 
 from __future__ import annotations
@@ -37,12 +39,18 @@ class Stage:
         languages: if set, only components whose source language is listed are used.
         steps / fraction / epochs: the stage's length; exactly one. `fraction` is a share of the run's
             `max_steps`; `epochs` counts passes over the stage's (map-style) data.
-        learning_rate: peak learning rate; `None` keeps the run's `learning_rate`.
-        warmup_ratio: share of the stage's steps spent warming up.
+        learning_rate: an absolute peak learning rate for this stage, overriding the run's `--learning_rate`
+            (then `lr_scale` must stay 1). `None` (default): `lr_scale` x `--learning_rate`.
+        lr_scale: the stage's peak learning rate as a multiple of the run's `--learning_rate` (default 1).
+        warmup_steps / warmup_ratio: the stage's own warm-up, in steps or as a share of its steps (rounded down);
+            at most one. `None` (default): the run's `--warmup_steps` (an integer >= 1: that many steps in every
+            stage; a number in [0, 1): that share of each stage's steps, rounded down).
         encoder_last_k: how many top encoder layers `encoder_last_k` means.
         lora: LoRA settings (rank, alpha, dropout, targets) when the stage trains `llm_lora`.
         unfreeze_at: progressive unfreezing inside the stage: step (within the stage) -> groups that start training
-            then. The optimizer holds them from the start of the stage, so no rebuild is needed.
+            then. The optimizer (and, under DistributedDataParallel, the gradient reducer, which needs
+            `find_unused_parameters`) holds them from the start of the stage, so nothing is rebuilt mid-stage.
+            Not supported with DeepSpeed.
     """
 
     name: str
@@ -53,7 +61,9 @@ class Stage:
     fraction: float | None = None
     epochs: float | None = None
     learning_rate: float | None = None
-    warmup_ratio: float = 0.05
+    lr_scale: float = 1.0
+    warmup_ratio: float | None = None
+    warmup_steps: int | None = None
     encoder_last_k: int = 8
     lora: dict[str, Any] | None = None
     unfreeze_at: dict[int, list[str]] = field(default_factory=dict)
@@ -82,10 +92,49 @@ class Stage:
                 f" a batch of them never reaches {self.trainable}, so it has no gradient. Add 'llm_lora' to trainable"
                 " or drop the text-only tasks from this stage."
             )
+        self._check_learning_rate_and_warmup()
         if "llm_lora" in self.trainable and self.lora is None:
             self.lora = dict(DEFAULT_LORA)
         if self.encoder_last_k < 1:
             raise ValueError(f"Stage {self.name!r}: encoder_last_k must be at least 1, got {self.encoder_last_k}.")
+
+    def _check_learning_rate_and_warmup(self) -> None:
+        if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
+            raise ValueError(f"Stage {self.name!r}: lr_scale must be a positive number, got {self.lr_scale}.")
+        if self.learning_rate is not None:
+            if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+                raise ValueError(f"Stage {self.name!r}: learning_rate must be positive, got {self.learning_rate}.")
+            if self.lr_scale != 1.0:
+                raise ValueError(
+                    f"Stage {self.name!r}: give learning_rate (absolute, overrides --learning_rate) or lr_scale "
+                    f"(a multiple of --learning_rate), not both; got learning_rate={self.learning_rate}, "
+                    f"lr_scale={self.lr_scale}."
+                )
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError(
+                f"Stage {self.name!r}: give warmup_steps or warmup_ratio, not both (neither: the run's --warmup_steps)."
+            )
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"Stage {self.name!r}: warmup_ratio is a share of the stage's steps in [0, 1], "
+                             f"got {self.warmup_ratio}.")
+        if self.warmup_steps is not None and (int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0):
+            raise ValueError(f"Stage {self.name!r}: warmup_steps must be a whole number >= 0, got {self.warmup_steps}.")
+
+    def peak_learning_rate(self, run_learning_rate: float) -> tuple[float, str]:
+        """The stage's peak learning rate given the run's `--learning_rate`, and how it was chosen (for logs)."""
+        if self.learning_rate is not None:
+            return self.learning_rate, f"the stage's own learning_rate; --learning_rate {run_learning_rate:g} unused"
+        return run_learning_rate * self.lr_scale, f"= --learning_rate {run_learning_rate:g} x {self.lr_scale:g}"
+
+    def num_warmup_steps(self, steps: int, run_warmup_steps: float) -> tuple[int, str]:
+        """The stage's warm-up steps (of its `steps`) given the run's `--warmup_steps`, and how they were chosen."""
+        if self.warmup_steps is not None:
+            return int(self.warmup_steps), "the stage's own warmup_steps"
+        if self.warmup_ratio is not None:
+            return int(self.warmup_ratio * steps), f"the stage's own warmup_ratio {self.warmup_ratio:g} x {steps} steps"
+        if run_warmup_steps >= 1:
+            return int(run_warmup_steps), f"--warmup_steps {run_warmup_steps:g}"
+        return int(run_warmup_steps * steps), f"= --warmup_steps {run_warmup_steps:g} x {steps} steps"
 
     @property
     def later_groups(self) -> list[str]:
@@ -156,28 +205,31 @@ def _part_stages(staged_tasks: bool, lora: bool, progressive: bool, mt_weight: f
     # Text-only `mt` can only train the LLM (LoRA); without LoRA it has nothing to train, so it is left out.
     cross = {"asr": 1.0, "s2tt": 1.0, **({"mt": mt_weight} if mt_weight > 0 and lora else {})}
     early = ASR if staged_tasks else ASR_S2TT
-    stages = [Stage("1_adapter", ["adapter"], dict(early), fraction=0.25, learning_rate=1e-3)]
+    stages = [Stage("1_adapter", ["adapter"], dict(early), fraction=0.25)]
     if progressive:
         stages += [
-            Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, learning_rate=3e-4),
-            Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, learning_rate=2e-4),
+            Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, lr_scale=0.3),
+            Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, lr_scale=0.2),
         ]
     else:
-        stages += [Stage("2_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.4, learning_rate=2e-4)]
+        stages += [Stage("2_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.4, lr_scale=0.2)]
     stages.append(
         Stage(
             "3_cross_language" if lora else "3_cross_language_no_lora",
             ["adapter", "encoder", "llm_lora"] if lora else ["adapter", "encoder"],
             cross,
             fraction=0.35,
-            learning_rate=2e-4,
+            lr_scale=0.2,
         )
     )
     return stages
 
 
 def preset(name: str, mt_weight: float = 0.25) -> Schedule:
-    """A named schedule. Stage lengths are fractions of the run's `max_steps`.
+    """A named schedule. Stage lengths are fractions of the run's `max_steps`; peak learning rates are multiples of
+    the run's `--learning_rate` (`PartTrainingArguments` default 1e-3, the paper's): 1 for the adapter stage, 0.3
+    when the top encoder layers join, 0.2 for the whole encoder and the cross-language stage. Warm-up: the run's
+    `--warmup_steps` (default 0.05 of each stage).
 
     - `part`: 1 adapter on ASR; 2a + last 8 encoder layers on ASR; 2b + whole encoder on ASR; 3 encoder + adapter +
       LLM LoRA on ASR + S2TT (+ text-only `mt` at `mt_weight`).
@@ -192,8 +244,8 @@ def preset(name: str, mt_weight: float = 0.25) -> Schedule:
         "no_task_staging_no_lora": lambda: _part_stages(False, False, True, mt_weight),
         "no_task_staging_no_lora_no_progressive": lambda: _part_stages(False, False, False, mt_weight),
         "baseline_2stage": lambda: [
-            Stage("1_adapter", ["adapter"], dict(ASR_S2TT), fraction=0.4, learning_rate=1e-3),
-            Stage("2_encoder_adapter", ["adapter", "encoder"], dict(ASR_S2TT), fraction=0.6, learning_rate=2e-4),
+            Stage("1_adapter", ["adapter"], dict(ASR_S2TT), fraction=0.4),
+            Stage("2_encoder_adapter", ["adapter", "encoder"], dict(ASR_S2TT), fraction=0.6, lr_scale=0.2),
         ],
     }
     if name not in presets:

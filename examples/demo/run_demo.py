@@ -50,6 +50,12 @@ class DemoArguments:
     schedule: str = field(default="part", metadata={"help": "A preset or a JSON/YAML schedule file."})
     max_steps: int = field(default=1000, metadata={"help": "PART optimizer steps over all stages."})
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of the first stage (the presets' later: x0.3, x0.2)."}
+    )
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Warm-up of each stage: a share of its steps if < 1, else a number of steps."}
+    )
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of test-set generation."})
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Corpus languages."})
     train_items_per_language: int = field(default=500, metadata={"help": "Corpus size (training items/language)."})
@@ -204,6 +210,8 @@ def train_and_evaluate(
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
         logging_steps=10,
         save_steps=200,
         save_total_limit=1,
