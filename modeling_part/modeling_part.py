@@ -23,7 +23,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_part import PartAdapterConfig, PartConfig
+from .configuration_part import PartAdapterConfig, PartConfig, adapter_output_lengths, encoder_output_lengths
 
 logger = logging.get_logger(__name__)
 
@@ -173,8 +173,8 @@ class PartAdapter(nn.Module):
         self.projection = nn.Linear(adapter.hidden_size, config.text_config.hidden_size)
 
     def output_lengths(self, encoder_lengths: torch.Tensor) -> torch.Tensor:
-        padding = (self.kernel_size - 1) // 2
-        return (encoder_lengths + 2 * padding - self.kernel_size) // self.stride + 1
+        """Audio positions made of `encoder_lengths` encoder frames."""
+        return adapter_output_lengths(encoder_lengths, self.kernel_size, self.stride)
 
     def forward(self, hidden_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; padded positions are garbage."""
@@ -319,10 +319,15 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # ------------------------------------------------------------------------------------------------- audio
+    def _get_feat_extract_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Audio positions (adapter outputs) for clips of `feature_lengths` feature frames: the encoder's own
+        `_get_feat_extract_output_lengths`, then the adapter's downsampling. The processor's placeholder count uses
+        the same functions (`PartConfig.audio_token_lengths`)."""
+        return self.config.audio_token_lengths(feature_lengths, encoder=self.audio_tower)
+
     def encoder_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Valid encoder frames for clips of `feature_lengths` feature frames."""
-        stride = self.config.encoder_stride
-        return (feature_lengths + stride - 1) // stride
+        return encoder_output_lengths(self.config.audio_config, feature_lengths, encoder=self.audio_tower)
 
     def get_audio_embeddings(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
