@@ -114,6 +114,8 @@ class PartAdapterConfig(PreTrainedConfig):
         downsample_kernel_size (`int`, *optional*): conv1d kernel; `None` means `2 * stride - 1`, so a clip of
             `L` encoder frames gives exactly `ceil(L / stride)` audio tokens.
         hidden_act (`str`, defaults to `"gelu"`), dropout (`float`, defaults to 0.0), layer_norm_eps (`float`).
+        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation of the
+            adapter's linear and convolution weights (`PartAdapter._init_weights`).
     """
 
     model_type = "part_adapter"
@@ -127,6 +129,7 @@ class PartAdapterConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

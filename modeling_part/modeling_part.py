@@ -16,10 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
@@ -118,13 +121,39 @@ def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention over `[batch, heads, length, head_dim]` inputs with an additive mask; returns
+    `([batch, length, heads, head_dim], weights)` like transformers' attention interfaces."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class PartAdapterLayer(GradientCheckpointingLayer):
-    """A pre-LayerNorm Transformer layer with scaled-dot-product attention over the (downsampled) audio frames."""
+    """A pre-LayerNorm Transformer layer over the (downsampled) audio frames. Attention goes through transformers'
+    `ALL_ATTENTION_FUNCTIONS`, so the model's `attn_implementation` (eager, sdpa, flash) reaches it."""
+
+    is_causal = False
+    num_key_value_groups = 1
 
     def __init__(self, config: PartAdapterConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
         self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
@@ -134,29 +163,52 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         residual = hidden_states
         qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attention = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
-        attention = attention.transpose(1, 2).reshape(batch, length, -1)
+        attention, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attention = attention.reshape(batch, length, -1)
         hidden_states = residual + F.dropout(self.out_proj(attention), self.dropout, self.training)
         residual = hidden_states
         hidden_states = self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(hidden_states))))
         return residual + F.dropout(hidden_states, self.dropout, self.training)
 
 
-class PartAdapter(nn.Module):
+class PartAdapter(PreTrainedModel):
     """Encoder frames -> LLM embeddings: strided conv1d (downsampling), Transformer layers, projection.
 
-    Downsampling comes first so the Transformer layers run at the (lower) audio token rate.
+    Downsampling comes first so the Transformer layers run at the (lower) audio token rate. The adapter is a
+    `PreTrainedModel` over `adapter_config`, like the encoder and the LLM over theirs: it initialises its own weights
+    (`_init_weights`, in `post_init`, so a fresh adapter starts alike in `PartForSpeechToText(config)` and in
+    `from_pretrained_components`) and takes its own attention implementation (`attn_implementation`).
     """
 
+    config_class = PartAdapterConfig
+    config: PartAdapterConfig
+    base_model_prefix = ""
+    main_input_name = "hidden_states"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PartAdapterLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
     def __init__(self, config: PartConfig):
-        super().__init__()
+        super().__init__(config.adapter_config)
         adapter = config.adapter_config
         self.kernel_size = adapter.kernel_size
         self.stride = adapter.downsample_stride
@@ -171,19 +223,36 @@ class PartAdapter(nn.Module):
         self.layers = nn.ModuleList([PartAdapterLayer(adapter) for _ in range(adapter.num_hidden_layers)])
         self.norm = nn.LayerNorm(adapter.hidden_size, eps=adapter.layer_norm_eps)
         self.projection = nn.Linear(adapter.hidden_size, config.text_config.hidden_size)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear and convolution weights normal with `initializer_range`, zero biases, LayerNorms at identity."""
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     def output_lengths(self, encoder_lengths: torch.Tensor) -> torch.Tensor:
         """Audio positions made of `encoder_lengths` encoder frames."""
         return adapter_output_lengths(encoder_lengths, self.kernel_size, self.stride)
 
     def forward(self, hidden_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; padded positions are garbage."""
-        hidden_states = hidden_states[:, : int(encoder_lengths.max())]
+        """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; positions past a clip's
+        `token_lengths` are padding. Shapes follow the padded input alone (no data-dependent trimming)."""
         frame_mask = _lengths_to_mask(encoder_lengths, hidden_states.shape[1])
         hidden_states = hidden_states * frame_mask.unsqueeze(-1).to(hidden_states.dtype)
         hidden_states = self.activation_fn(self.downsample(hidden_states.transpose(1, 2))).transpose(1, 2)
         token_lengths = self.output_lengths(encoder_lengths)
-        attention_mask = _lengths_to_mask(token_lengths, hidden_states.shape[1])[:, None, None, :]
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=_lengths_to_mask(token_lengths, hidden_states.shape[1]),
+            allow_is_bidirectional_skip=False,  # the skip test would read the mask on the host
+        )
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
         return self.projection(self.norm(hidden_states)), token_lengths

@@ -316,3 +316,76 @@ def test_adapter_only_save_is_a_peft_adapter(tiny_part, tmp_path):
     files = {p.name for p in tmp_path.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert "model.safetensors" not in files
+
+
+# ------------------------------------------------------------------------------------------------ the adapter
+def _padded_batch(processor):
+    """Three clips of different lengths (the feature and token paddings are exercised) and a text-only sample."""
+    return processor(
+        audio=[make_audio(0.9), make_audio(1.7, seed=1), None, make_audio(1.2, seed=2)],
+        sampling_rate=16000,
+        task=["asr", "asr", "mt", "s2tt"],
+        source_language=["en", "de", "de", "fr"],
+        target_language=["en", "de", "en", "en"],
+        source_text=[None, None, "zwei Hunde", None],
+        text=["one", "zwei", "two dogs", "three"],
+    )
+
+
+def test_adapter_attention_goes_through_the_attention_interface(tiny_part):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    calls = []
+
+    def recording_attention(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    AttentionInterface.register("part_test_recording", recording_attention)
+    AttentionMaskInterface.register("part_test_recording", sdpa_mask)
+    features = batch["input_features"], batch["feature_attention_mask"]
+    reference, lengths = model.get_audio_embeddings(*features)
+    model.set_attn_implementation({"adapter_config": "part_test_recording"})
+    recorded, _ = model.get_audio_embeddings(*features)
+    assert calls.count("PartAdapterLayer") == model.config.adapter_config.num_hidden_layers
+    torch.testing.assert_close(recorded, reference)
+    model.set_attn_implementation("eager")
+    assert model.config.adapter_config._attn_implementation == "eager"
+    eager, _ = model.get_audio_embeddings(*features)
+    valid = torch.arange(reference.shape[1])[None, :] < lengths[:, None]
+    torch.testing.assert_close(eager[valid], reference[valid], rtol=1e-4, atol=1e-5)
+
+
+def test_fresh_adapter_is_initialised_alike_by_every_constructor(tmp_path):
+    """`PartForSpeechToText(config)` and `from_pretrained_components` (a fresh adapter next to loaded parts) both
+    initialise the adapter with its `_init_weights`: normal(initializer_range) weights, zero biases, LayerNorms at
+    identity."""
+    from transformers import FunAsrNanoEncoderConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
+
+    from modeling_part.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    FunAsrNanoEncoder(FunAsrNanoEncoderConfig(hidden_size=64, num_attention_heads=2, intermediate_size=64,
+                                              num_hidden_layers=1, num_timestamp_prediction_layers=0)
+                      ).save_pretrained(tmp_path / "encoder")
+    tokenizer = build_tokenizer(vocab_size=300)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llm")
+    adapter_config = {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
+    assembled = PartForSpeechToText.from_pretrained_components(
+        tmp_path / "encoder", tmp_path / "llm", tokenizer=tokenizer, adapter_config=adapter_config
+    )
+    built = PartForSpeechToText(copy.deepcopy(assembled.config))
+    std = getattr(assembled.config.adapter_config, "initializer_range", 0.02)
+    for model in (assembled, built):
+        for name, module in model.adapter.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+                assert torch.count_nonzero(module.bias) == 0, name
+                assert abs(float(module.weight.detach().std()) / std - 1) < 0.1, name
+            elif isinstance(module, torch.nn.LayerNorm):
+                assert bool((module.weight == 1).all()) and torch.count_nonzero(module.bias) == 0, name
