@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoConfig, BatchFeature, ProcessorMixin
 
 from .audio_utils import load_audio
-from .configuration_part import audio_token_lengths
+from .configuration_part import adapter_output_lengths, audio_token_lengths, encoder_output_lengths
 
 TASKS = ("asr", "s2tt", "mt")
 LANGUAGE_NAMES = {
@@ -61,6 +61,9 @@ class PartProcessor(ProcessorMixin):
             LLMs). Defaults to whether the tokenizer has one.
         encoder_stride, adapter_kernel_size, adapter_stride (`int`): how the model turns feature frames into audio
             positions (copied from `PartConfig`; see `PartProcessor.from_model_config`).
+        audio_config (`dict`, *optional*): the model's `audio_config` (as `to_diff_dict()`): placeholder counts then
+            come from the encoder's own `_get_feat_extract_output_lengths`, the function the model uses. Without it
+            (processors saved before it was recorded) the encoder's output is `ceil(frames / encoder_stride)`.
         max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected.
         audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
     """
@@ -81,6 +84,7 @@ class PartProcessor(ProcessorMixin):
         audio_bos_token: str = "<|audio_bos|>",
         audio_eos_token: str = "<|audio_eos|>",
         chat_template: str | None = None,
+        audio_config: dict | None = None,
     ):
         self.prompt_templates = {**DEFAULT_PROMPT_TEMPLATES, **(prompt_templates or {})}
         self.language_names = dict(language_names or LANGUAGE_NAMES)
@@ -90,6 +94,8 @@ class PartProcessor(ProcessorMixin):
         self.encoder_stride = encoder_stride
         self.adapter_kernel_size = adapter_kernel_size
         self.adapter_stride = adapter_stride
+        self.audio_config = audio_config
+        self._encoder_config = None if audio_config is None else AutoConfig.for_model(**audio_config)
         self.max_audio_seconds = max_audio_seconds
         self.audio_token = audio_token
         self.audio_bos_token = audio_bos_token
@@ -112,14 +118,19 @@ class PartProcessor(ProcessorMixin):
             encoder_stride=config.encoder_stride,
             adapter_kernel_size=config.adapter_config.kernel_size,
             adapter_stride=config.adapter_config.downsample_stride,
+            audio_config=config.audio_config.to_diff_dict(),
             **kwargs,
         )
 
     # ------------------------------------------------------------------------------------------- placeholders
     def audio_placeholder_count(self, num_samples: int) -> int:
-        """Audio positions the model produces for a 16 kHz clip of `num_samples`, computed as the model does."""
+        """Audio positions the model produces for a 16 kHz clip of `num_samples`, computed with the model's functions:
+        the encoder's `_get_feat_extract_output_lengths`, then the adapter's downsampling."""
         frames = self.feature_extractor.num_frames(num_samples)
-        return int(audio_token_lengths(frames, self.encoder_stride, self.adapter_kernel_size, self.adapter_stride))
+        if self._encoder_config is None:
+            return int(audio_token_lengths(frames, self.encoder_stride, self.adapter_kernel_size, self.adapter_stride))
+        encoder_frames = encoder_output_lengths(self._encoder_config, frames)
+        return int(adapter_output_lengths(encoder_frames, self.adapter_kernel_size, self.adapter_stride))
 
     # ------------------------------------------------------------------------------------------------ prompts
     def _language_name(self, code: str | None, field: str, index: int) -> str:

@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from transformers import AutoProcessor
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
-from modeling_part import PartProcessor
+from modeling_part import PartConfig, PartForSpeechToText, PartProcessor
+from modeling_part.configuration_part import audio_token_lengths
 
 from conftest import make_audio
 
@@ -158,3 +162,83 @@ def test_processor_refuses_tokenizer_without_audio_tokens(tiny_part):
         tokenizer_without = type(tokenizer)(tokenizer_object=Tokenizer(models.BPE()), eos_token="</s>")
     with pytest.raises(ValueError, match="from_pretrained_components"):
         PartProcessor(processor.feature_extractor, tokenizer_without)
+
+
+# ------------------------------------------------------------------ encoder output lengths from the encoder itself
+@strict
+class StridedEncoderConfig(PreTrainedConfig):
+    """A toy encoder: one conv1d (kernel 5, stride 3, no padding) over low-frame-rate fbank features."""
+
+    model_type = "part_test_strided_encoder"
+    input_size: int = 560
+    hidden_size: int = 32
+
+
+class StridedEncoderConfigWithoutLengths(StridedEncoderConfig):
+    model_type = "part_test_strided_encoder_without_lengths"
+
+
+class StridedEncoderWithoutLengths(PreTrainedModel):
+    config_class = StridedEncoderConfigWithoutLengths
+    main_input_name = "input_features"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conv = nn.Conv1d(config.input_size, config.hidden_size, kernel_size=5, stride=3)
+        self.layers = nn.ModuleList()
+        self.post_init()
+
+    def forward(self, input_features, attention_mask=None, **kwargs):
+        return BaseModelOutput(last_hidden_state=self.conv(input_features.transpose(1, 2)).transpose(1, 2))
+
+
+class StridedEncoder(StridedEncoderWithoutLengths):
+    config_class = StridedEncoderConfig
+
+    def _get_feat_extract_output_lengths(self, input_lengths):
+        return (input_lengths - 5) // 3 + 1  # not a ceil division: a stride alone would miscount
+
+
+for _config_class, _model_class in ((StridedEncoderConfig, StridedEncoder),
+                                    (StridedEncoderConfigWithoutLengths, StridedEncoderWithoutLengths)):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+
+
+def _strided_part(config_class, tokenizer):
+    return PartConfig(
+        audio_config=config_class(),
+        adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1},
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+        feature_frame_rate=100 / 6,
+    )
+
+
+def test_an_encoder_without_output_lengths_is_refused_naming_the_method(tiny_part):
+    _, processor = tiny_part
+    with pytest.raises(ValueError, match="_get_feat_extract_output_lengths"):
+        _strided_part(StridedEncoderConfigWithoutLengths, processor.tokenizer)
+
+
+def test_placeholder_count_uses_the_encoders_own_output_lengths(tiny_part):
+    """Any encoder with `_get_feat_extract_output_lengths` works, and the processor counts what the model makes."""
+    _, tiny_processor = tiny_part
+    config = _strided_part(StridedEncoderConfig, tiny_processor.tokenizer)
+    torch.manual_seed(0)
+    model = PartForSpeechToText(config).eval()
+    processor = PartProcessor.from_model_config(config, tiny_processor.feature_extractor, tiny_processor.tokenizer)
+    miscounted_by_a_stride = 0
+    for num_samples in (4240, 5000, 9999, 16000, 16001, 23999, 48000):  # 5 feature frames or more
+        audio = make_audio(num_samples / 16000)[:num_samples]
+        batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en", text="hi")
+        placeholders = int((batch["input_ids"] == processor.audio_token_id).sum())
+        _, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        assert placeholders == processor.audio_placeholder_count(num_samples) == int(lengths[0])
+        assert torch.isfinite(model(**batch).loss)
+        frames = int(batch["feature_attention_mask"].sum())
+        by_stride = audio_token_lengths(frames, config.encoder_stride, config.adapter_config.kernel_size,
+                                        config.adapter_config.downsample_stride)
+        miscounted_by_a_stride += by_stride != placeholders
+    assert miscounted_by_a_stride  # the encoder's own function, not its stride, decides
