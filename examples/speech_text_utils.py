@@ -24,8 +24,7 @@ from datasets import Audio, Dataset, DatasetDict, Value, load_dataset, load_from
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, HfArgumentParser, set_seed
 
 from model_cards import write_model_card
-from modeling_part import PartForSpeechToText
-from modeling_part.tiny import build_processor
+from modeling_part import PartForSpeechToText, PartProcessor
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments, Schedule, Stage, load_schedule
 from trainers.part_trainer import STAGE_COMPLETE, last_complete_checkpoint
 
@@ -228,7 +227,7 @@ def load_model_and_processor(model_args: ModelArguments):
         return_tokenizer=True,
         load_kwargs=hub_kwargs,
     )
-    return model, build_processor(model.config, tokenizer)
+    return model, PartProcessor.for_model(model.config, tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------------- data

@@ -16,7 +16,7 @@ from conftest import make_audio
 
 def _training_batch(processor, seconds=(1.0, 1.6), text=("hello world", "der Hund")):
     audio = [make_audio(s, seed=i) for i, s in enumerate(seconds)]
-    return processor(audio=audio, sampling_rate=16000, task="asr", source_language=["en", "de"], text=list(text))
+    return processor(audio=audio, sampling_rate=16000, task="asr", source_language=["en", "de"], target_text=list(text))
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -118,7 +118,7 @@ def test_placeholder_count_mismatch_raises(tiny_part):
 def test_text_only_and_mixed_batches(tiny_part):
     model, processor = tiny_part
     text_only = processor(
-        task="mt", source_language="de", target_language="en", source_text=["zwei Hunde"], text=["two dogs"]
+        task="mt", source_language="de", target_language="en", text=["zwei Hunde"], target_text=["two dogs"]
     )
     assert "input_features" not in text_only
     assert torch.isfinite(model(**text_only).loss)
@@ -129,8 +129,8 @@ def test_text_only_and_mixed_batches(tiny_part):
         task=["asr", "mt", "s2tt"],
         source_language=["de", "de", "fr"],
         target_language=["de", "en", "en"],
-        source_text=[None, "zwei Hunde", None],
-        text=["zwei Katzen", "two dogs", "three cats"],
+        text=[None, "zwei Hunde", None],
+        target_text=["zwei Katzen", "two dogs", "three cats"],
     )
     assert mixed["input_features"].shape[0] == 2
     loss = model(**mixed).loss
@@ -404,8 +404,8 @@ def _padded_batch(processor):
         task=["asr", "asr", "mt", "s2tt"],
         source_language=["en", "de", "de", "fr"],
         target_language=["en", "de", "en", "en"],
-        source_text=[None, None, "zwei Hunde", None],
-        text=["one", "zwei", "two dogs", "three"],
+        text=[None, None, "zwei Hunde", None],
+        target_text=["one", "zwei", "two dogs", "three"],
     )
 
 
@@ -464,7 +464,7 @@ def test_placeholder_counts_moved_between_samples_raise(tiny_part):
     """Equal totals, wrong split: one placeholder moved from the second clip's sample to the first's."""
     model, processor = tiny_part
     batch = processor(audio=[make_audio(1.0), make_audio(1.0, seed=1)], sampling_rate=16000, task="asr",
-                      source_language="en", text=["a", "b"])
+                      source_language="en", target_text=["a", "b"])
     ids = batch["input_ids"].clone()
     last = (ids[1] == model.config.audio_token_id).nonzero()[-1, 0]
     ids[1, last] = 5

@@ -135,12 +135,13 @@ def build_probe_batches(
             )
         try:
             batches[label] = processor(
+                text=[sample.get("source_text") if sample["task"] == "mt" else None for sample in samples],
                 audio=[sample.get("audio") for sample in samples],
                 task=[sample["task"] for sample in samples],
                 source_language=[sample["source_language"] for sample in samples],
                 target_language=[sample.get("target_language") for sample in samples],
-                text=[sample["text"] for sample in samples],
-                source_text=[sample.get("source_text") for sample in samples],
+                target_text=[sample["text"] for sample in samples],
+                output_labels=True,
                 sampling_rate=sampling_rate,
             )
         except ValueError as error:
@@ -191,7 +192,7 @@ class GradientSimilarityCallback(PartStageCallback):
             if labels is None:
                 raise ValueError(
                     f"Probe batch {label!r} has no 'labels', so it has no loss; build it with the targets, e.g. "
-                    "processor(..., text=[...]) or build_probe_batches."
+                    "processor(..., target_text=[...], output_labels=True) or build_probe_batches."
                 )
             if not bool((labels != -100).any()):
                 raise ValueError(
