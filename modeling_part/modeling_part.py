@@ -35,6 +35,8 @@ AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS_TOKEN = "<|audio_bos|>"
 AUDIO_EOS_TOKEN = "<|audio_eos|>"
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_LORA_CONFIG = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+"""LoRA settings of `add_lora` and of a training stage that trains `llm_lora` without its own `lora`."""
 LORA_SAVE_MODES = ("merged", "unmerged", "adapter_only")
 # The keyword each encoder's forward takes for its frame mask (None: the encoder takes no mask).
 _AUDIO_MASK_ARGUMENT = {"fun_asr_nano_encoder": "input_features_mask", "whisper": None}
@@ -112,9 +114,9 @@ def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def _numel(parameter: torch.Tensor) -> int:
+def parameter_numel(parameter: torch.Tensor) -> int:
     """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (then `numel()` is 0)."""
-    return getattr(parameter, "ds_numel", parameter.numel())
+    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
 
 
 def embedding_rows(weight: torch.Tensor) -> int:
@@ -920,9 +922,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         trainable = {id(p) for group in groups for p in available[group].values()}
         for parameter in self.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
-        counts = {group: sum(_numel(p) for p in available[group].values()) for group in groups}
-        counts["trainable"] = sum(_numel(p) for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(_numel(p) for p in self.parameters())
+        counts = {group: sum(parameter_numel(p) for p in available[group].values()) for group in groups}
+        counts["trainable"] = sum(parameter_numel(p) for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(parameter_numel(p) for p in self.parameters())
         if self.training:
             self.train()
         return counts
@@ -946,7 +948,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         projections). `lora_config` may be a `peft.LoraConfig` or a dict of its fields; every field is kept."""
         if self.has_lora:
             raise ValueError("The LLM already has LoRA; merge_lora() first to add a new one.")
-        settings = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": DEFAULT_LORA_TARGETS}
+        settings = {**DEFAULT_LORA_CONFIG, "target_modules": DEFAULT_LORA_TARGETS}
         if lora_config is not None:
             settings.update(lora_config if isinstance(lora_config, dict) else lora_config.to_dict())
         settings.update(lora_kwargs)

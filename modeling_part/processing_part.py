@@ -18,6 +18,8 @@ from .configuration_part import adapter_output_lengths, audio_token_lengths, enc
 from .feature_extraction_part import PartFeatureExtractor
 
 TASKS = ("asr", "s2tt", "mt")
+"""Speech recognition, speech-to-text translation, text-to-text translation."""
+SPEECH_TASKS = ("asr", "s2tt")
 LANGUAGE_NAMES = {
     "en": "English",
     "de": "German",
@@ -344,7 +346,7 @@ class PartProcessor(ProcessorMixin):
             if sources[index] is None:
                 raise ValueError(f"Sample {index}: source_language is required (an ISO 639 code such as 'de').")
             num_audio_tokens = None
-            if tasks[index] in ("asr", "s2tt"):
+            if tasks[index] in SPEECH_TASKS:
                 if audios[index] is None:
                     raise ValueError(f"Sample {index}: task {tasks[index]!r} needs audio.")
                 waveform = self._load_and_check(audios[index], sampling_rate, index)
@@ -453,4 +455,4 @@ def _pad(sequences: list[list[int]], value: int, side: str) -> tuple[torch.Tenso
     return ids, mask
 
 
-__all__ = ["PartProcessor", "TASKS", "LANGUAGE_NAMES", "DEFAULT_PROMPT_TEMPLATES"]
+__all__ = ["PartProcessor", "SPEECH_TASKS", "TASKS", "LANGUAGE_NAMES", "DEFAULT_PROMPT_TEMPLATES"]

@@ -433,3 +433,19 @@ def test_component_and_mixture_arguments_are_checked():
         MixtureDataset([MixtureComponent("x", dataset, "asr", "de", "de")] * 2)
     with pytest.raises(ValueError, match="yielded no samples"):
         take(MixtureDataset([MixtureComponent("x", EmptyIterable(), "asr", "de", "de")]), 1)
+
+
+def test_schedule_check_covers_names_the_stage_the_data_and_the_hint():
+    from trainers import MixtureComponent, Schedule, Stage
+
+    schedule = Schedule("two", [Stage("asr", ["adapter"], {"asr": 1.0}, steps=1),
+                                Stage("mt", ["adapter", "llm_lora"], {"mt": 1.0}, steps=1, languages=["de"])])
+    asr_en = MixtureComponent("asr_en", [{"text": "x"}], "asr", "en", "en")
+    mt_de = MixtureComponent("mt_de_en", [{"text": "x"}], "mt", "de", "en")
+    schedule.check_covers([asr_en, mt_de])
+    with pytest.raises(ValueError, match=r"Stage 'mt' of schedule 'two' samples tasks \['mt'\] in \['de'\].*\['asr_en'\]\. "
+                                         r"Add --source_text_column"):
+        schedule.check_covers([asr_en], hint="Add --source_text_column.")
+    mt_fr = MixtureComponent("mt_fr_en", [{"text": "x"}], "mt", "fr", "en")
+    with pytest.raises(ValueError, match="only gives"):
+        schedule.check_covers([asr_en, mt_fr])

@@ -19,6 +19,8 @@ from torch import nn
 from transformers import BatchFeature, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
+from modeling_part.modeling_part import parameter_numel
+
 
 logger = logging.get_logger(__name__)
 
@@ -228,7 +230,7 @@ class GradientSimilarityCallback(PartStageCallback):
                 "engine; pass the DeepSpeed engine (Trainer.model_wrapped) instead of the module (ZeRO stage 3 is "
                 "supported)."
             )
-        sizes = [_numel(parameter) for parameter in parameters]
+        sizes = [parameter_numel(parameter) for parameter in parameters]
         selections = self._selections(sizes)
         device = engine.device if engine is not None else next(module.parameters()).device
         modes = {submodule: submodule.training for submodule in module.modules()}
@@ -336,11 +338,6 @@ def _zero_gradients(parameters: Sequence[nn.Parameter], engine: Any | None) -> N
         safe_set_full_grad(parameter, torch.zeros(shape, dtype=torch.float32, device=engine.device))
 
 
-def _numel(parameter: nn.Parameter) -> int:
-    """Element count, also of a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
-    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
-
-
 def _flat_gradient(
     parameters: Sequence[nn.Parameter], selections: Sequence[torch.Tensor | None], *, deepspeed: bool
 ) -> torch.Tensor:
@@ -350,7 +347,7 @@ def _flat_gradient(
     pieces = []
     for parameter, selection in zip(parameters, selections):
         grad = safe_get_full_grad(parameter) if deepspeed else parameter.grad
-        size = _numel(parameter) if selection is None else len(selection)
+        size = parameter_numel(parameter) if selection is None else len(selection)
         if grad is None:
             pieces.append(torch.zeros(size))
             continue

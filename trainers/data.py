@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers.utils import logging
 
+from modeling_part.processing_part import SPEECH_TASKS, TASKS
+
 
 logger = logging.get_logger(__name__)
 
@@ -31,11 +33,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------------------
 # Sample format and validation
 # ---------------------------------------------------------------------------------------------------------
-
-TASKS = ("asr", "s2tt", "mt")
-"""Speech recognition, speech-to-text translation, text-to-text translation."""
-
-SPEECH_TASKS = ("asr", "s2tt")
 
 SAMPLE_LABEL_KEYS = ("task", "source_language", "target_language")
 """The keys a mixture component sets on each of its samples."""
