@@ -23,11 +23,6 @@ MAX_CHANNELS_FIRST = 8
 AudioInput = Union[str, "os.PathLike[str]", bytes, np.ndarray, "torch.Tensor", dict[str, Any]]
 
 
-def audio_duration_seconds(num_samples: int, sampling_rate: int = SAMPLING_RATE) -> float:
-    """Duration in seconds of `num_samples` samples at `sampling_rate` Hz."""
-    return num_samples / sampling_rate
-
-
 def load_audio(
     audio: AudioInput,
     sampling_rate: int | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, TypeVar
@@ -94,26 +94,6 @@ def sort_into_batches(
         [samples[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)
     ]
     return [batches[index] for index in rng.permutation(len(batches))]
-
-
-def group_by_length(
-    samples: Iterable[T],
-    batch_size: int,
-    buffer_size: int,
-    *,
-    seed: int = 0,
-    length_fn: Callable[[T], float] = sample_length,
-) -> Iterator[list[T]]:
-    """Yield batches of similar length: take `buffer_size` samples at a time, `sort_into_batches` them, yield
-    the batches in random order. Cuts padding; deterministic for a seed."""
-    if batch_size < 1 or buffer_size < batch_size:
-        raise ValueError(
-            f"Need 1 <= batch_size <= buffer_size, got batch_size={batch_size}, buffer_size={buffer_size}."
-        )
-    rng = np.random.default_rng(seed)
-    iterator = iter(samples)
-    while buffer := list(islice(iterator, buffer_size)):
-        yield from sort_into_batches(buffer, batch_size, rng, length_fn)
 
 
 @dataclass
