@@ -279,7 +279,7 @@ def build_processors(model_config, tokenizer):
     placeholder count is one per LFR frame (its adaptor does not downsample)."""
     from modeling_part import PartFeatureExtractor, PartProcessor
 
-    part = PartProcessor.from_model_config(model_config, PartFeatureExtractor(front_end="sensevoice"), tokenizer)
+    part = PartProcessor.for_model(model_config, tokenizer, PartFeatureExtractor(front_end="sensevoice"))
     peer = PartProcessor(PartFeatureExtractor(front_end="sensevoice"), tokenizer, encoder_stride=1,
                          adapter_kernel_size=1, adapter_stride=1)
     return part, peer
@@ -303,11 +303,12 @@ def batches(dims: Dims, part_processor, peer_processor, tokenizer=None, audio=No
     """(PART batch, peer batch) for the same clips: training batches (prompt, target and labels) with `tokenizer`,
     generation prompts without. The peer reads the feature mask as `input_features_mask`."""
     audio = audio if audio is not None else clips(dims)
-    common = dict(sampling_rate=SAMPLE_RATE, task="asr", source_language="en")
+    common = dict(sampling_rate=SAMPLE_RATE)
     if tokenizer is not None:
-        common["text"] = [target_text(tokenizer, dims.target_tokens)] * len(audio)
-    part = dict(part_processor(audio=audio, **common))
-    peer = dict(peer_processor(audio=audio, **common))
+        common["target_text"] = [target_text(tokenizer, dims.target_tokens)] * len(audio)
+        common["output_labels"] = True
+    part = dict(part_processor.apply_transcription_request(audio, language="en", **common))
+    peer = dict(peer_processor.apply_transcription_request(audio, language="en", **common))
     peer["input_features_mask"] = peer.pop("feature_attention_mask")
     return part, peer
 

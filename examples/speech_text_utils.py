@@ -24,8 +24,7 @@ from datasets import Audio, Dataset, DatasetDict, Value, load_dataset, load_from
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, HfArgumentParser, set_seed
 
 from model_cards import write_model_card
-from modeling_part import PartForSpeechToText
-from modeling_part.tiny import build_processor
+from modeling_part import PartForSpeechToText, PartProcessor
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments, Schedule, Stage, load_schedule
 from trainers.part_trainer import STAGE_COMPLETE, last_complete_checkpoint
 
@@ -228,7 +227,7 @@ def load_model_and_processor(model_args: ModelArguments):
         return_tokenizer=True,
         load_kwargs=hub_kwargs,
     )
-    return model, build_processor(model.config, tokenizer)
+    return model, PartProcessor.for_model(model.config, tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -400,21 +399,6 @@ def mixture_components(views: Sequence[Dataset]) -> list[MixtureComponent]:
     return components
 
 
-def check_schedule_covers(schedule: Schedule, components: Sequence[MixtureComponent], hint: str) -> None:
-    """Every stage must find data; the error says what this script can add (`hint`)."""
-    for stage in schedule.stages:
-        if not any(
-            c.task in stage.tasks and (stage.languages is None or c.source_language in stage.languages)
-            for c in components
-        ):
-            available = sorted({c.name for c in components})
-            raise ValueError(
-                f"Stage {stage.name!r} of schedule {schedule.name!r} samples tasks {sorted(stage.tasks)}"
-                f"{'' if stage.languages is None else f' in {stage.languages}'}, but the training data only gives "
-                f"{available}. {hint}"
-            )
-
-
 # -------------------------------------------------------------------------------------------------- the run
 def run_speech_text(
     data_arguments_class: type,
@@ -445,7 +429,7 @@ def run_speech_text(
     if training_args.do_train:
         components = mixture_components(train_views)
         schedule = load_schedule(training_args.schedule, mt_weight=training_args.mt_weight)
-        check_schedule_covers(schedule, components, missing_task_hint)
+        schedule.check_covers(components, missing_task_hint)
     else:  # PartTrainer needs train components even when it only evaluates; this schedule never runs.
         components = mixture_components([v for v in (eval_samples, test_samples) if v is not None])
         tasks = {c.task: 1.0 for c in components}
@@ -549,7 +533,6 @@ def write_card(trainer: PartTrainer, model_args, data_args, metrics: dict[str, f
 __all__ = [
     "DataTrainingArguments",
     "ModelArguments",
-    "check_schedule_covers",
     "load_model_and_processor",
     "load_raw_datasets",
     "mixture_components",

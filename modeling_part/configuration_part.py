@@ -7,33 +7,95 @@ the encoder's own subsampling and the adapter's stride.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from types import SimpleNamespace
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-# Feature frames per second and the encoder's own time subsampling, per supported encoder type.
-# SenseVoice-style encoders read low-frame-rate features (10 ms fbank frames stacked 7, stride 6);
-# Whisper reads 10 ms log-mel frames and halves the rate with its second convolution.
+# Feature frames per second of audio that each supported encoder reads: a property of its front end.
+# SenseVoice-style encoders read low-frame-rate features (10 ms fbank frames stacked 7, stride 6); Whisper reads 10 ms
+# log-mel frames. Other encoders: pass `feature_frame_rate=` to PartConfig.
 KNOWN_AUDIO_ENCODERS: dict[str, dict[str, float]] = {
-    "fun_asr_nano_encoder": {"feature_frame_rate": 100.0 / 6.0, "encoder_stride": 1},
-    "whisper": {"feature_frame_rate": 100.0, "encoder_stride": 2},
+    "fun_asr_nano_encoder": {"feature_frame_rate": 100.0 / 6.0},
+    "whisper": {"feature_frame_rate": 100.0},
 }
 
 DEFAULT_MAX_AUDIO_TOKEN_RATE = 12.5
+# Feature frames at which the encoder's time subsampling (`PartConfig.encoder_stride`) is read off its length function.
+_STRIDE_PROBE_FRAMES = 6000
+
+
+def _sensevoice_output_lengths(config: PreTrainedConfig, input_lengths):
+    """The SenseVoice encoder (`FunAsrNanoEncoder`) keeps the frame rate of its (already stacked) input features."""
+    return input_lengths
+
+
+# Output lengths of transformers encoders that do not define `_get_feat_extract_output_lengths` themselves.
+FALLBACK_ENCODER_OUTPUT_LENGTHS: dict[str, Callable] = {"fun_asr_nano_encoder": _sensevoice_output_lengths}
+
+
+def audio_encoder_class(audio_config: PreTrainedConfig) -> type:
+    """The module class PART builds for `audio_config`: Whisper's encoder half, else the `AutoModel` class."""
+    if audio_config.model_type == "whisper":
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder
+    from transformers import AutoModel
+
+    try:
+        return AutoModel._model_mapping[type(audio_config)]
+    except KeyError as error:
+        raise ValueError(
+            f"audio_config ({type(audio_config).__name__}) has no model class registered with AutoModel; register the "
+            "encoder with AutoModel.register(config_class, model_class)."
+        ) from error
+
+
+@functools.lru_cache(maxsize=32)
+def _encoder_length_function(encoder_class: type, model_type: str) -> Callable:
+    method = getattr(encoder_class, "_get_feat_extract_output_lengths", None)
+    if method is not None:
+        return method
+    if model_type in FALLBACK_ENCODER_OUTPUT_LENGTHS:
+        return FALLBACK_ENCODER_OUTPUT_LENGTHS[model_type]
+    raise ValueError(
+        f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
+        "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' Whisper "
+        "encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
+        "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
+        "(processor) and the audio positions (model) with it."
+    )
+
+
+def encoder_output_lengths(audio_config: PreTrainedConfig, feature_lengths, encoder=None):
+    """Encoder output frames for clips of `feature_lengths` feature frames (int or integer tensor).
+
+    The one place these lengths come from: the encoder's own `_get_feat_extract_output_lengths` (transformers'
+    convention), taken from `encoder` (the module, as the model passes it) or else from the class PART builds for
+    `audio_config` (as the processor and the config use it, with no module at hand).
+    """
+    encoder_class = type(encoder) if encoder is not None else audio_encoder_class(audio_config)
+    function = _encoder_length_function(encoder_class, audio_config.model_type)
+    return function(encoder if encoder is not None else SimpleNamespace(config=audio_config), feature_lengths)
+
+
+def adapter_output_lengths(encoder_lengths, kernel_size: int, stride: int):
+    """Audio positions the adapter's conv1d (`kernel_size`, `stride`, padding `(kernel_size - 1) // 2`) makes of
+    `encoder_lengths` encoder frames (int or integer tensor)."""
+    padding = (kernel_size - 1) // 2
+    return (encoder_lengths + 2 * padding - kernel_size) // stride + 1
 
 
 def audio_token_lengths(feature_lengths, encoder_stride: int, kernel_size: int, stride: int):
-    """Number of LLM audio positions for clips of `feature_lengths` feature frames.
-
-    Applies the encoder's subsampling (ceil division by `encoder_stride`) and then the adapter's conv1d
-    (`kernel_size`, `stride`, padding `(kernel_size - 1) // 2`). Works on Python ints and integer tensors alike,
-    so the processor and the model compute placeholder counts identically.
-    """
-    padding = (kernel_size - 1) // 2
+    """Audio positions for `feature_lengths` feature frames of an encoder that subsamples time by `encoder_stride`
+    (ceil division), as Whisper and the SenseVoice encoder do. Kept for processors saved without `audio_config`;
+    `PartConfig.audio_token_lengths` uses the encoder's own length function."""
     encoder_lengths = (feature_lengths + encoder_stride - 1) // encoder_stride
-    return (encoder_lengths + 2 * padding - kernel_size) // stride + 1
+    return adapter_output_lengths(encoder_lengths, kernel_size, stride)
 
 
 @strict
@@ -52,6 +114,8 @@ class PartAdapterConfig(PreTrainedConfig):
         downsample_kernel_size (`int`, *optional*): conv1d kernel; `None` means `2 * stride - 1`, so a clip of
             `L` encoder frames gives exactly `ceil(L / stride)` audio tokens.
         hidden_act (`str`, defaults to `"gelu"`), dropout (`float`, defaults to 0.0), layer_norm_eps (`float`).
+        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation of the
+            adapter's linear and convolution weights (`PartPreTrainedModel._init_weights`).
     """
 
     model_type = "part_adapter"
@@ -65,6 +129,7 @@ class PartAdapterConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -95,12 +160,14 @@ class PartConfig(PreTrainedConfig):
     Args:
         audio_config (`dict` or `PreTrainedConfig`, *optional*): the speech encoder. Defaults to the SenseVoice-style
             encoder transformers ships as `fun_asr_nano_encoder` (50 SAN-M layers, no timestamp layers). A
-            `WhisperConfig` selects the Whisper encoder. Other encoders need `feature_frame_rate` and `encoder_stride`.
+            `WhisperConfig` selects the Whisper encoder. Any other encoder must define
+            `_get_feat_extract_output_lengths` (its output frames per input frames) and needs `feature_frame_rate`.
         adapter_config (`dict` or [`PartAdapterConfig`], *optional*): the adapter.
         text_config (`dict` or `PreTrainedConfig`, *optional*): the causal LLM; defaults to `qwen2`.
         audio_token_id (`int`, *optional*): id of the audio placeholder token in the tokenizer.
         feature_frame_rate (`float`, *optional*): feature frames per second of audio (derived for known encoders).
-        encoder_stride (`int`, *optional*): the encoder's own time subsampling (derived for known encoders).
+        encoder_stride (`int`, *optional*): the encoder's own time subsampling, read off its
+            `_get_feat_extract_output_lengths`. Derived and recorded; a value that disagrees is an error.
         max_audio_token_rate (`float`, defaults to 12.5): upper bound used to choose the adapter stride when
             `adapter_config.downsample_stride` is `None`.
         audio_token_rate (`float`, *optional*): LLM positions per second of audio. Derived and recorded; passing a
@@ -144,14 +211,21 @@ class PartConfig(PreTrainedConfig):
         known = KNOWN_AUDIO_ENCODERS.get(self.audio_config.model_type, {})
         if self.feature_frame_rate is None:
             self.feature_frame_rate = known.get("feature_frame_rate")
-        if self.encoder_stride is None:
-            self.encoder_stride = known.get("encoder_stride")
-        if self.feature_frame_rate is None or self.encoder_stride is None:
+        if self.feature_frame_rate is None:
             raise ValueError(
                 f"audio_config.model_type={self.audio_config.model_type!r} is not one of the encoders PART knows "
-                f"({', '.join(KNOWN_AUDIO_ENCODERS)}): pass feature_frame_rate= (feature frames per second) and "
-                "encoder_stride= (the encoder's own time subsampling) to PartConfig."
+                f"({', '.join(KNOWN_AUDIO_ENCODERS)}): pass feature_frame_rate= (feature frames per second of audio "
+                "that the encoder reads) to PartConfig."
             )
+        probe = _STRIDE_PROBE_FRAMES
+        encoder_stride = max(1, round(probe / int(encoder_output_lengths(self.audio_config, probe))))
+        if self.encoder_stride is not None and self.encoder_stride != encoder_stride:
+            raise ValueError(
+                f"encoder_stride={self.encoder_stride} disagrees with the encoder's own subsampling ({encoder_stride}, "
+                f"from {audio_encoder_class(self.audio_config).__name__}'s output lengths); drop encoder_stride (it is "
+                "derived)."
+            )
+        self.encoder_stride = encoder_stride
         encoder_rate = self.feature_frame_rate / self.encoder_stride
         if self.adapter_config.downsample_stride is None:
             self.adapter_config.downsample_stride = max(1, math.ceil(encoder_rate / self.max_audio_token_rate - 1e-9))
@@ -189,14 +263,30 @@ class PartConfig(PreTrainedConfig):
     def audio_hidden_size(self) -> int:
         return getattr(self.audio_config, "hidden_size", None) or self.audio_config.d_model
 
-    def audio_token_lengths(self, feature_lengths):
-        """LLM audio positions for clips of `feature_lengths` feature frames (int or integer tensor)."""
-        return audio_token_lengths(
-            feature_lengths,
-            self.encoder_stride,
-            self.adapter_config.kernel_size,
-            self.adapter_config.downsample_stride,
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """Whether the LLM's head shares the input embeddings: the causal LM's own setting (`text_config`)."""
+        return bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+    @tie_word_embeddings.setter
+    def tie_word_embeddings(self, value: bool) -> None:
+        self.text_config.tie_word_embeddings = value
+
+    def audio_token_lengths(self, feature_lengths, encoder=None):
+        """LLM audio positions for clips of `feature_lengths` feature frames (int or integer tensor): the encoder's
+        output lengths (`encoder_output_lengths`; `encoder` is the module when there is one), then the adapter's."""
+        encoder_lengths = encoder_output_lengths(self.audio_config, feature_lengths, encoder)
+        return adapter_output_lengths(
+            encoder_lengths, self.adapter_config.kernel_size, self.adapter_config.downsample_stride
         )
 
 
-__all__ = ["PartAdapterConfig", "PartConfig", "audio_token_lengths", "KNOWN_AUDIO_ENCODERS"]
+__all__ = [
+    "KNOWN_AUDIO_ENCODERS",
+    "PartAdapterConfig",
+    "PartConfig",
+    "adapter_output_lengths",
+    "audio_encoder_class",
+    "audio_token_lengths",
+    "encoder_output_lengths",
+]

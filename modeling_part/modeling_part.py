@@ -4,8 +4,6 @@ Adapter outputs replace the audio placeholder embeddings of the prompt; the loss
 positions only, with the LM head applied to those positions alone (no `[batch, seq, vocab]` logits in training).
 """
 
-from __future__ import annotations
-
 import contextlib
 import copy
 import math
@@ -17,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
-from transformers.utils import logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_part import PartAdapterConfig, PartConfig
+from .configuration_part import PartAdapterConfig, PartConfig, adapter_output_lengths, encoder_output_lengths
 
 logger = logging.get_logger(__name__)
 
@@ -33,6 +35,8 @@ AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS_TOKEN = "<|audio_bos|>"
 AUDIO_EOS_TOKEN = "<|audio_eos|>"
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_LORA_CONFIG = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+"""LoRA settings of `add_lora` and of a training stage that trains `llm_lora` without its own `lora`."""
 LORA_SAVE_MODES = ("merged", "unmerged", "adapter_only")
 # The keyword each encoder's forward takes for its frame mask (None: the encoder takes no mask).
 _AUDIO_MASK_ARGUMENT = {"fun_asr_nano_encoder": "input_features_mask", "whisper": None}
@@ -110,9 +114,9 @@ def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def _numel(parameter: torch.Tensor) -> int:
+def parameter_numel(parameter: torch.Tensor) -> int:
     """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (then `numel()` is 0)."""
-    return getattr(parameter, "ds_numel", parameter.numel())
+    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
 
 
 def embedding_rows(weight: torch.Tensor) -> int:
@@ -209,13 +213,49 @@ def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _check_without_sync(condition: torch.Tensor, message) -> None:
+    """Raises `ValueError(message())` unless the boolean tensor `condition` is True, without a host-device sync: the
+    check is `torch._assert_async`, which an accelerator runs in order with the computation (a failed check there is
+    a device-side assertion carrying the message) and a CPU evaluates at once."""
+    try:
+        torch._assert_async(condition, "PART input check failed; run on CPU for the full message")
+    except RuntimeError as error:  # CPU tensors are checked immediately: say what is wrong and what to do
+        raise ValueError(message()) from error
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention over `[batch, heads, length, head_dim]` inputs with an additive mask; returns
+    `([batch, length, heads, head_dim], weights)` like transformers' attention interfaces."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class PartAdapterLayer(GradientCheckpointingLayer):
-    """A pre-LayerNorm Transformer layer with scaled-dot-product attention over the (downsampled) audio frames."""
+    """A pre-LayerNorm Transformer layer over the (downsampled) audio frames. Attention goes through transformers'
+    `ALL_ATTENTION_FUNCTIONS`, so the model's `attn_implementation` (eager, sdpa, flash) reaches it."""
+
+    is_causal = False
+    num_key_value_groups = 1
 
     def __init__(self, config: PartAdapterConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
         self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
@@ -225,29 +265,52 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         residual = hidden_states
         qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attention = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
-        attention = attention.transpose(1, 2).reshape(batch, length, -1)
+        attention, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attention = attention.reshape(batch, length, -1)
         hidden_states = residual + F.dropout(self.out_proj(attention), self.dropout, self.training)
         residual = hidden_states
         hidden_states = self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(hidden_states))))
         return residual + F.dropout(hidden_states, self.dropout, self.training)
 
 
-class PartAdapter(nn.Module):
+class PartAdapter(PreTrainedModel):
     """Encoder frames -> LLM embeddings: strided conv1d (downsampling), Transformer layers, projection.
 
-    Downsampling comes first so the Transformer layers run at the (lower) audio token rate.
+    Downsampling comes first so the Transformer layers run at the (lower) audio token rate. The adapter is a
+    `PreTrainedModel` over `adapter_config`, like the encoder and the LLM over theirs: it initialises its own weights
+    (`_init_weights`, in `post_init`, so a fresh adapter starts alike in `PartForSpeechToText(config)` and in
+    `from_pretrained_components`) and takes its own attention implementation (`attn_implementation`).
     """
 
+    config_class = PartAdapterConfig
+    config: PartAdapterConfig
+    base_model_prefix = ""
+    main_input_name = "hidden_states"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PartAdapterLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
     def __init__(self, config: PartConfig):
-        super().__init__()
+        super().__init__(config.adapter_config)
         adapter = config.adapter_config
         self.kernel_size = adapter.kernel_size
         self.stride = adapter.downsample_stride
@@ -262,22 +325,52 @@ class PartAdapter(nn.Module):
         self.layers = nn.ModuleList([PartAdapterLayer(adapter) for _ in range(adapter.num_hidden_layers)])
         self.norm = nn.LayerNorm(adapter.hidden_size, eps=adapter.layer_norm_eps)
         self.projection = nn.Linear(adapter.hidden_size, config.text_config.hidden_size)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear and convolution weights normal with `initializer_range`, zero biases, LayerNorms at identity."""
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     def output_lengths(self, encoder_lengths: torch.Tensor) -> torch.Tensor:
-        padding = (self.kernel_size - 1) // 2
-        return (encoder_lengths + 2 * padding - self.kernel_size) // self.stride + 1
+        """Audio positions made of `encoder_lengths` encoder frames."""
+        return adapter_output_lengths(encoder_lengths, self.kernel_size, self.stride)
 
     def forward(self, hidden_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; padded positions are garbage."""
-        hidden_states = hidden_states[:, : int(encoder_lengths.max())]
+        """Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`; positions past a clip's
+        `token_lengths` are padding. Shapes follow the padded input alone (no data-dependent trimming)."""
         frame_mask = _lengths_to_mask(encoder_lengths, hidden_states.shape[1])
         hidden_states = hidden_states * frame_mask.unsqueeze(-1).to(hidden_states.dtype)
         hidden_states = self.activation_fn(self.downsample(hidden_states.transpose(1, 2))).transpose(1, 2)
         token_lengths = self.output_lengths(encoder_lengths)
-        attention_mask = _lengths_to_mask(token_lengths, hidden_states.shape[1])[:, None, None, :]
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=_lengths_to_mask(token_lengths, hidden_states.shape[1]),
+            allow_is_bidirectional_skip=False,  # the skip test would read the mask on the host
+        )
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
         return self.projection(self.norm(hidden_states)), token_lengths
+
+
+@dataclass
+class PartAudioFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(clips, encoder_frames, encoder_width)`): the encoder's output.
+    pooler_output (`torch.FloatTensor` of shape `(clips, audio_positions, llm_width)`): the adapter's output, the
+        embeddings that replace the audio placeholders; positions past `audio_token_lengths` are padding.
+    hidden_states, attentions: the encoder's, when asked for.
+    audio_token_lengths (`torch.LongTensor` of shape `(clips,)`): valid audio positions per clip.
+    """
+
+    audio_token_lengths: torch.LongTensor | None = None
 
 
 @dataclass
@@ -302,9 +395,17 @@ class PartCausalLMOutputWithPast(ModelOutput):
 
 
 class PartPreTrainedModel(PreTrainedModel):
+    r"""
+    Base class of PART models. The audio encoder, the adapter and the LLM are `PreTrainedModel`s over their
+    sub-configs and initialise their own weights.
+
+    There is no separate base model: PART keeps the pretrained causal LM whole (its head, its weight tying, its
+    LoRA), so `base_model_prefix` is transformers' default `""` and `base_model` is the model itself.
+    """
+
     config_class = PartConfig
     config: PartConfig
-    base_model_prefix = "model"
+    base_model_prefix = ""
     main_input_name = "input_ids"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
@@ -314,6 +415,17 @@ class PartPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialises missing weights; the encoder and the LLM by their own rules first. transformers passes a
+        custom-code model's `is_custom_code=True` down to library submodels, whose `_initialize_weights` then skips
+        modules without direct parameters (so WhisperEncoder's sinusoidal positions would be left random)."""
+        for module in self.children():
+            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
 
 
 class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
@@ -419,16 +531,53 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def enable_input_require_grads(self) -> None:
+        """As `PreTrainedModel.enable_input_require_grads` (the LLM's input embeddings), and also the audio encoder's
+        input features: with reentrant activation checkpointing, a checkpointed layer whose inputs need no gradient
+        passes none to its weights, so a trainable encoder whose first layer is checkpointed would get none."""
+        super().enable_input_require_grads()
+
+        def features_require_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            features = kwargs.get("input_features")
+            if torch.is_grad_enabled() and features is not None and not features.requires_grad:
+                kwargs["input_features"] = features.detach().requires_grad_(True)
+            return args, kwargs
+
+        self._require_grads_hooks.append(
+            self.audio_tower.register_forward_pre_hook(features_require_grad, with_kwargs=True)
+        )
+
     # ------------------------------------------------------------------------------------------------- audio
+    def _get_feat_extract_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Audio positions (adapter outputs) for clips of `feature_lengths` feature frames: the encoder's own
+        `_get_feat_extract_output_lengths`, then the adapter's downsampling. The processor's placeholder count uses
+        the same functions (`PartConfig.audio_token_lengths`)."""
+        return self.config.audio_token_lengths(feature_lengths, encoder=self.audio_tower)
+
     def encoder_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Valid encoder frames for clips of `feature_lengths` feature frames."""
-        stride = self.config.encoder_stride
-        return (feature_lengths + stride - 1) // stride
+        return encoder_output_lengths(self.config.audio_config, feature_lengths, encoder=self.audio_tower)
 
-    def get_audio_embeddings(
-        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs encoder and adapter. Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`."""
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        feature_attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> PartAudioFeaturesOutput:
+        r"""
+        Runs the audio encoder and the adapter.
+
+        input_features (`torch.FloatTensor`): the clips' features, as `PartFeatureExtractor` computes them.
+        feature_attention_mask (`torch.LongTensor` of shape `(clips, feature_frames)`, *optional*): 1 on valid frames.
+        kwargs: passed to the encoder (e.g. `output_hidden_states`, `output_attentions`).
+
+        Returns a [`PartAudioFeaturesOutput`]: `pooler_output` `[clips, audio_positions, llm_width]` (padded, no
+        data-dependent shape) and `audio_token_lengths`.
+        """
         model_type = self.config.audio_config.model_type
         time_axis = -1 if model_type == "whisper" else 1
         if feature_attention_mask is None:
@@ -438,11 +587,90 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         tower_dtype = next(self.audio_tower.parameters()).dtype
         mask_argument = _AUDIO_MASK_ARGUMENT.get(model_type, "attention_mask")
         tower_kwargs = {mask_argument: feature_attention_mask} if mask_argument else {}
-        encoder_states = self.audio_tower(input_features=input_features.to(tower_dtype), **tower_kwargs)
+        encoder_outputs = self.audio_tower(
+            input_features=input_features.to(tower_dtype), **tower_kwargs, **kwargs, return_dict=True
+        )
         encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
         adapter_dtype = self.adapter.projection.weight.dtype  # the encoder may run in another dtype
-        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state.to(adapter_dtype), encoder_lengths)
-        return embeddings, token_lengths
+        embeddings, token_lengths = self.adapter(encoder_outputs.last_hidden_state.to(adapter_dtype), encoder_lengths)
+        return PartAudioFeaturesOutput(
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            pooler_output=embeddings,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            audio_token_lengths=token_lengths,
+        )
+
+    def get_audio_embeddings(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(embeddings [clips, tokens, llm_width], token_lengths [clips])`: `get_audio_features` as a pair."""
+        outputs = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
+        return outputs.pooler_output, outputs.audio_token_lengths
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor | None = None,
+    ) -> torch.BoolTensor:
+        """Audio placeholder positions, expanded to `inputs_embeds`' shape (from `input_ids`, or by comparing
+        `inputs_embeds` with the placeholder's embedding).
+
+        With `audio_token_lengths` it also checks, without a host-device sync, that the samples holding
+        placeholders hold, in batch order, exactly as many as their clips give (samples without placeholders are
+        text-only): a `ValueError` on CPU, a device-side assertion on an accelerator.
+        """
+        if input_ids is None:
+            placeholder = torch.tensor(self.config.audio_token_id, dtype=torch.long, device=inputs_embeds.device)
+            mask = (inputs_embeds == self.get_input_embeddings()(placeholder)).all(-1)
+        else:
+            mask = input_ids == self.config.audio_token_id
+        if audio_token_lengths is not None:
+            self._check_placeholder_counts(mask, audio_token_lengths.to(mask.device))
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    @staticmethod
+    def _check_placeholder_counts(placeholder_mask: torch.BoolTensor, audio_token_lengths: torch.Tensor) -> None:
+        # Running totals: every clip must end where a sample's placeholders end and vice versa (equal sets of
+        # cumulative counts), so the samples with placeholders hold the clips' lengths one by one, in order.
+        sample_ends = placeholder_mask.sum(-1).cumsum(0)
+        clip_ends = audio_token_lengths.cumsum(0)
+        clips_end_at_samples = (clip_ends[:, None] == sample_ends[None, :]).any(-1).all()
+        samples_end_at_clips = ((sample_ends[:, None] == clip_ends[None, :]).any(-1) | (sample_ends == 0)).all()
+
+        def message() -> str:
+            return (
+                "Audio placeholder tokens do not match the audio: per sample "
+                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio "
+                f"clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
+                "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
+                "length exactly as the model does."
+            )
+
+        _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
+
+    @staticmethod
+    def _scatter_audio_embeddings(
+        inputs_embeds: torch.FloatTensor,
+        placeholder_mask: torch.BoolTensor,
+        audio_embeddings: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor,
+    ) -> torch.FloatTensor:
+        """`inputs_embeds` with the placeholders replaced, in order, by the clips' valid audio positions.
+
+        The k-th placeholder (row-major) takes clip `c`, position `k - start(c)`, found from cumulative sums with
+        fixed-shape gathers: no host-device sync and no data-dependent shape.
+        """
+        audio_embeddings = audio_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)
+        lengths = audio_token_lengths.to(inputs_embeds.device)
+        flat_mask = placeholder_mask[..., 0].reshape(-1)
+        rank = flat_mask.cumsum(0) - 1  # the index of each placeholder among all placeholders
+        clip_ends = lengths.cumsum(0)
+        clip = torch.searchsorted(clip_ends, rank, right=True).clamp_(max=audio_embeddings.shape[0] - 1)
+        position = (rank - (clip_ends - lengths)[clip]).clamp_(0, audio_embeddings.shape[1] - 1)
+        gathered = audio_embeddings[clip, position].view_as(inputs_embeds)
+        return torch.where(placeholder_mask, gathered, inputs_embeds)
 
     def _audio_path_on_every_rank(self) -> bool:
         """Whether a text-only batch must still run the encoder and adapter (on a dummy clip), because other ranks
@@ -472,35 +700,34 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             width = getattr(audio_config, "input_size", None) or audio_config.num_mel_bins
             features = torch.zeros(1, frames, width, device=like.device)
         mask = torch.ones(1, frames, dtype=torch.long, device=like.device)
-        embeddings, _ = self.get_audio_embeddings(features, mask)
+        embeddings = self.get_audio_features(features, mask, return_dict=True).pooler_output
         return embeddings.sum().to(like.dtype) * 0.0
 
     def _merge_audio_embeddings(
         self,
-        input_ids: torch.Tensor,
-        inputs_embeds: torch.Tensor,
-        audio_embeddings: torch.Tensor,
-        audio_token_lengths: torch.Tensor,
-    ) -> torch.Tensor:
-        placeholder_mask = input_ids == self.config.audio_token_id
-        placeholders = placeholder_mask.sum(-1)
-        audio_rows = (placeholders > 0).nonzero().flatten()
-        expected = torch.zeros_like(placeholders)
-        if audio_rows.numel() == audio_token_lengths.numel():
-            expected[audio_rows] = audio_token_lengths.to(expected.device)
-        if audio_rows.numel() != audio_token_lengths.numel() or not torch.equal(placeholders, expected):
-            raise ValueError(
-                "Audio placeholder tokens do not match the audio: per sample "
-                f"{placeholders.tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio clips "
-                f"give {audio_token_lengths.tolist()} audio positions (samples without placeholders are text-only). "
-                "Build inputs with PartProcessor, which computes the placeholder count from the feature length "
-                "exactly as the adapter downsamples."
-            )
-        valid = _lengths_to_mask(audio_token_lengths, audio_embeddings.shape[1])
-        audio_embeddings = audio_embeddings[valid].to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), audio_embeddings)
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        audio_embeddings: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor,
+    ) -> torch.FloatTensor:
+        """`get_placeholder_mask` (with its check) and `_scatter_audio_embeddings`: the text embeddings with the
+        audio placeholders replaced by the adapter outputs."""
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_token_lengths)
+        return self._scatter_audio_embeddings(inputs_embeds, placeholder_mask, audio_embeddings, audio_token_lengths)
+
+    def _check_no_placeholders(self, input_ids: torch.LongTensor) -> None:
+        if self.config.audio_token_id is None:
+            return
+        _check_without_sync(
+            ~(input_ids == self.config.audio_token_id).any(),
+            lambda: (
+                "input_ids contain audio placeholder tokens but no input_features were given; pass the processor's "
+                "input_features and feature_attention_mask."
+            ),
+        )
 
     # ----------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -515,7 +742,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PartCausalLMOutputWithPast:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch, seq)`): prompt (+ target) tokens with one audio placeholder
@@ -523,6 +750,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         input_features (`torch.FloatTensor`): features of the samples that have audio, in order (text-only
             samples of a mixed batch have none).
         feature_attention_mask (`torch.LongTensor`): 1 for valid feature frames.
+        inputs_embeds (`torch.FloatTensor`, *optional*): instead of `input_ids`; audio placeholders are then found
+            by their embedding.
         labels (`torch.LongTensor` of shape `(batch, seq)`): target ids, `ignore_index` on prompt/audio/padding.
             With labels the LM head runs on target positions only and `logits` is not returned.
         num_items_in_batch: target-token count of the whole (accumulated) batch, as the Trainer passes it, so
@@ -530,24 +759,23 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        audio_token_lengths = None
+        audio = None
+        if input_features is not None:  # the audio path first, then the text embeddings
+            audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-            if input_features is not None:
-                audio_embeddings, audio_token_lengths = self.get_audio_embeddings(input_features, feature_attention_mask)
-                inputs_embeds = self._merge_audio_embeddings(
-                    input_ids, inputs_embeds, audio_embeddings, audio_token_lengths
-                )
-            elif cache is None or cache.get_seq_length() == 0:
-                if self.config.audio_token_id is not None and (input_ids == self.config.audio_token_id).any():
-                    raise ValueError(
-                        "input_ids contain audio placeholder tokens but no input_features were given; pass the "
-                        "processor's input_features and feature_attention_mask."
-                    )
-                if self._audio_path_on_every_rank():
-                    # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
-                    # add it times zero, so this rank joins the same all-gathers and gradient reductions.
-                    inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
+        audio_token_lengths = None
+        if audio is not None:
+            audio_token_lengths = audio.audio_token_lengths
+            inputs_embeds = self._merge_audio_embeddings(
+                input_ids, inputs_embeds, audio.pooler_output, audio_token_lengths
+            )
+        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            self._check_no_placeholders(input_ids)
+            if self._audio_path_on_every_rank():
+                # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
+                # add it times zero, so this rank joins the same all-gathers and gradient reductions.
+                inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
 
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -555,6 +783,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -695,9 +924,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         trainable = {id(p) for group in groups for p in available[group].values()}
         for parameter in self.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
-        counts = {group: sum(_numel(p) for p in available[group].values()) for group in groups}
-        counts["trainable"] = sum(_numel(p) for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(_numel(p) for p in self.parameters())
+        counts = {group: sum(parameter_numel(p) for p in available[group].values()) for group in groups}
+        counts["trainable"] = sum(parameter_numel(p) for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(parameter_numel(p) for p in self.parameters())
         if self.training:
             self.train()
         return counts
@@ -721,7 +950,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         projections). `lora_config` may be a `peft.LoraConfig` or a dict of its fields; every field is kept."""
         if self.has_lora:
             raise ValueError("The LLM already has LoRA; merge_lora() first to add a new one.")
-        settings = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": DEFAULT_LORA_TARGETS}
+        settings = {**DEFAULT_LORA_CONFIG, "target_modules": DEFAULT_LORA_TARGETS}
         if lora_config is not None:
             settings.update(lora_config if isinstance(lora_config, dict) else lora_config.to_dict())
         settings.update(lora_kwargs)
@@ -810,6 +1039,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "PartAdapter",
+    "PartAudioFeaturesOutput",
     "PartCausalLMOutputWithPast",
     "PartForSpeechToText",
     "PartPreTrainedModel",

@@ -78,12 +78,17 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             )
         if isinstance(inputs, dict) and "raw" in inputs:  # the parent pipeline's {"raw", "sampling_rate"} form
             inputs = {"array": inputs["raw"], "sampling_rate": inputs["sampling_rate"]}
-        yield self.part_processor(
-            audio=inputs,
-            task=task,
-            source_language=language,
-            target_language=target_language,
-            sampling_rate=sampling_rate,
+        if task not in ("asr", "s2tt"):
+            raise ValueError(f"A PART speech pipeline runs task='asr' or task='s2tt', got task={task!r}.")
+        if task == "s2tt" and target_language in (None, language):
+            raise ValueError("task='s2tt' needs target_language= different from language=.")
+        if task == "asr" and target_language not in (None, language):
+            raise ValueError(
+                f"task='asr' transcribes in language={language!r}, but target_language={target_language!r}; use "
+                "task='s2tt' to translate."
+            )
+        yield self.part_processor.apply_transcription_request(
+            inputs, language=language, sampling_rate=sampling_rate, target_language=target_language
         )
 
     def _forward(self, model_inputs, **forward_params):

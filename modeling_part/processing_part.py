@@ -6,18 +6,20 @@ at test time that differs from the one it was trained on (a common cause of repe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoConfig, BatchFeature, ProcessorMixin
 
 from .audio_utils import load_audio
-from .configuration_part import audio_token_lengths
+from .configuration_part import adapter_output_lengths, audio_token_lengths, encoder_output_lengths
+from .feature_extraction_part import PartFeatureExtractor
 
 TASKS = ("asr", "s2tt", "mt")
+"""Speech recognition, speech-to-text translation, text-to-text translation."""
+SPEECH_TASKS = ("asr", "s2tt")
 LANGUAGE_NAMES = {
     "en": "English",
     "de": "German",
@@ -60,7 +62,10 @@ class PartProcessor(ProcessorMixin):
         use_chat_template (`bool`, *optional*): wrap the instruction in the tokenizer's chat template (for instruct
             LLMs). Defaults to whether the tokenizer has one.
         encoder_stride, adapter_kernel_size, adapter_stride (`int`): how the model turns feature frames into audio
-            positions (copied from `PartConfig`; see `PartProcessor.from_model_config`).
+            positions (copied from `PartConfig`; see `PartProcessor.for_model`).
+        audio_config (`dict`, *optional*): the model's `audio_config` (as `to_diff_dict()`): placeholder counts then
+            come from the encoder's own `_get_feat_extract_output_lengths`, the function the model uses. Without it
+            (processors saved before it was recorded) the encoder's output is `ceil(frames / encoder_stride)`.
         max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected.
         audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
     """
@@ -81,6 +86,7 @@ class PartProcessor(ProcessorMixin):
         audio_bos_token: str = "<|audio_bos|>",
         audio_eos_token: str = "<|audio_eos|>",
         chat_template: str | None = None,
+        audio_config: dict | None = None,
     ):
         self.prompt_templates = {**DEFAULT_PROMPT_TEMPLATES, **(prompt_templates or {})}
         self.language_names = dict(language_names or LANGUAGE_NAMES)
@@ -90,6 +96,8 @@ class PartProcessor(ProcessorMixin):
         self.encoder_stride = encoder_stride
         self.adapter_kernel_size = adapter_kernel_size
         self.adapter_stride = adapter_stride
+        self.audio_config = audio_config
+        self._encoder_config = None if audio_config is None else AutoConfig.for_model(**audio_config)
         self.max_audio_seconds = max_audio_seconds
         self.audio_token = audio_token
         self.audio_bos_token = audio_bos_token
@@ -104,22 +112,35 @@ class PartProcessor(ProcessorMixin):
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
-    def from_model_config(cls, config, feature_extractor, tokenizer, **kwargs) -> PartProcessor:
-        """A processor whose placeholder counts agree with `config` (a `PartConfig`)."""
+    def for_model(cls, config, tokenizer, feature_extractor=None, **kwargs) -> PartProcessor:
+        """The processor of a model: placeholder counts from `config` (a `PartConfig`) and, unless `feature_extractor`
+        is given, the front end matching its encoder (Whisper log-mel, or SenseVoice fbank + LFR) with its mel bins.
+
+        `tokenizer` is the LLM's tokenizer holding the audio tokens (see
+        `PartForSpeechToText.from_pretrained_components(..., return_tokenizer=True)`); `kwargs` go to `PartProcessor`.
+        """
+        if feature_extractor is None:
+            front_end = "whisper" if config.audio_config.model_type == "whisper" else "sensevoice"
+            feature_extractor = PartFeatureExtractor(front_end=front_end, feature_size=config.audio_config.num_mel_bins)
         return cls(
             feature_extractor,
             tokenizer,
             encoder_stride=config.encoder_stride,
             adapter_kernel_size=config.adapter_config.kernel_size,
             adapter_stride=config.adapter_config.downsample_stride,
+            audio_config=config.audio_config.to_diff_dict(),
             **kwargs,
         )
 
     # ------------------------------------------------------------------------------------------- placeholders
     def audio_placeholder_count(self, num_samples: int) -> int:
-        """Audio positions the model produces for a 16 kHz clip of `num_samples`, computed as the model does."""
+        """Audio positions the model produces for a 16 kHz clip of `num_samples`, computed with the model's functions:
+        the encoder's `_get_feat_extract_output_lengths`, then the adapter's downsampling."""
         frames = self.feature_extractor.num_frames(num_samples)
-        return int(audio_token_lengths(frames, self.encoder_stride, self.adapter_kernel_size, self.adapter_stride))
+        if self._encoder_config is None:
+            return int(audio_token_lengths(frames, self.encoder_stride, self.adapter_kernel_size, self.adapter_stride))
+        encoder_frames = encoder_output_lengths(self._encoder_config, frames)
+        return int(adapter_output_lengths(encoder_frames, self.adapter_kernel_size, self.adapter_stride))
 
     # ------------------------------------------------------------------------------------------------ prompts
     def _language_name(self, code: str | None, field: str, index: int) -> str:
@@ -151,7 +172,7 @@ class PartProcessor(ProcessorMixin):
         elif target_language is None:
             raise ValueError(f"Sample {index}: task {task!r} needs target_language (an ISO 639 code).")
         if task == "mt" and not source_text:
-            raise ValueError(f"Sample {index}: task 'mt' needs source_text (the text to translate).")
+            raise ValueError(f"Sample {index}: task 'mt' needs text= (the text to translate).")
         return self.prompt_templates[task].format(
             source_language=self._language_name(source_language, "source_language", index),
             target_language=self._language_name(target_language, "target_language", index),
@@ -176,28 +197,100 @@ class PartProcessor(ProcessorMixin):
         return ids
 
     # ------------------------------------------------------------------------------------------------ calling
-    def __call__(
+    def apply_transcription_request(
         self,
-        audio: Any | Sequence[Any] | None = None,
-        task: str | Sequence[str] = "asr",
-        source_language: str | Sequence[str] | None = None,
-        target_language: str | Sequence[str | None] | None = None,
-        text: str | Sequence[str] | None = None,
-        source_text: str | Sequence[str | None] | None = None,
+        audio: Any | Sequence[Any],
+        language: str | Sequence[str],
         sampling_rate: int | None = None,
+        target_language: str | Sequence[str | None] | None = None,
+        target_text: str | Sequence[str] | None = None,
+        output_labels: bool | None = None,
         padding_side: str | None = None,
         return_tensors: str = "pt",
     ) -> BatchFeature:
-        """Model inputs for a batch.
+        """Inputs for transcribing (`asr`) or translating (`s2tt`) speech, as in Voxtral and Fun-ASR-Nano.
+
+        A sample whose `target_language` is given and differs from `language` is speech translation (`s2tt`); otherwise
+        it is transcription in `language` (`asr`). Without targets the output goes straight into
+        `model.generate(**inputs)` (left padding); with `target_text` and `output_labels=True` it is a training batch.
 
         Args:
-            audio: one clip or a list (None entries for text-only `mt` samples): file paths, arrays/tensors with
-                `sampling_rate`, or `datasets` Audio dicts.
-            task: `"asr"`, `"s2tt"` or `"mt"`, per batch or per sample.
+            audio: one clip or a list: file paths, arrays/tensors (with `sampling_rate`), or `datasets` Audio dicts.
+            language: ISO 639 code of the speech, per batch or per sample.
+            sampling_rate: the sampling rate of array inputs (paths and Audio dicts carry their own).
+            target_language: ISO 639 code of the output text, per batch or per sample; None or `language` transcribes.
+            target_text, output_labels, padding_side, return_tensors: as in `__call__`.
+        """
+        if audio is None or any(clip is None for clip in (audio if _is_batch(audio) else [audio])):
+            raise ValueError(
+                "apply_transcription_request needs a clip for every sample; for text-only translation use "
+                "apply_text_translation_request."
+            )
+        return self(  # task None: 's2tt' where target_language differs from language, else 'asr'
+            audio=audio,
+            source_language=language,
+            target_language=target_language,
+            target_text=target_text,
+            output_labels=output_labels,
+            sampling_rate=sampling_rate,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+        )
+
+    def apply_text_translation_request(
+        self,
+        text: str | Sequence[str],
+        source_language: str | Sequence[str],
+        target_language: str | Sequence[str],
+        target_text: str | Sequence[str] | None = None,
+        output_labels: bool | None = None,
+        padding_side: str | None = None,
+        return_tensors: str = "pt",
+    ) -> BatchFeature:
+        """Inputs for translating text (the `mt` task): `text` in `source_language` into `target_language`, one string
+        or a list. Same conventions as `apply_transcription_request`."""
+        if text is None:
+            raise ValueError("apply_text_translation_request needs text= (the text to translate).")
+        return self(
+            text=text,
+            task="mt",
+            source_language=source_language,
+            target_language=target_language,
+            target_text=target_text,
+            output_labels=output_labels,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+        )
+
+    def __call__(
+        self,
+        text: str | Sequence[str | None] | None = None,
+        audio: Any | Sequence[Any] | None = None,
+        *,
+        task: str | Sequence[str | None] | None = None,
+        source_language: str | Sequence[str] | None = None,
+        target_language: str | Sequence[str | None] | None = None,
+        target_text: str | Sequence[str] | None = None,
+        output_labels: bool | None = None,
+        sampling_rate: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Model inputs for a batch that may mix tasks (what the training collator calls).
+
+        Args:
+            text: the input text of `mt` samples (None for speech samples). Never the target: targets go through
+                `target_text`.
+            audio: one clip or a list (None for `mt` samples): file paths, arrays/tensors with `sampling_rate`, or
+                `datasets` Audio dicts.
+            task: `"asr"`, `"s2tt"` or `"mt"`, per batch or per sample. None: `mt` for a sample without audio,
+                otherwise `s2tt` when `target_language` differs from `source_language`, else `asr`.
             source_language, target_language: ISO 639 codes, per batch or per sample.
-            text: the target texts. Given: training inputs (prompt + target + eos, `labels` with -100 on prompt,
-                audio and padding, right padding). Omitted: generation prompts (left padding).
-            source_text: the input text of `mt` samples.
+            target_text: the targets; with `output_labels=True` the output is a training batch: prompt + target + eos,
+                right padding, `labels` with -100 on prompt, audio and padding.
+            output_labels: return `labels` (needs `target_text`). Defaults to whether `target_text` is given.
+                Without targets: generation prompts (left padding) for `model.generate(**inputs)`.
             sampling_rate: the sampling rate of array inputs.
             padding_side: override the padding side.
 
@@ -205,15 +298,45 @@ class PartProcessor(ProcessorMixin):
             `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), and for the samples with audio, in batch
             order, `input_features` and `feature_attention_mask`.
         """
-        if return_tensors != "pt":
-            raise ValueError(f"PartProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}.")
-        size = _batch_size(audio, text, source_text, task, source_language)
+        if "source_text" in kwargs:
+            raise TypeError(
+                "PartProcessor no longer takes source_text=: the input text of 'mt' samples is text= (the transformers "
+                "convention), and targets are target_text=. Use processor(text=..., task='mt', ...) or "
+                "processor.apply_text_translation_request(text, source_language, target_language)."
+            )
+        if kwargs:
+            raise TypeError(f"PartProcessor.__call__ got unexpected arguments {sorted(kwargs)}.")
+        size = _batch_size(audio, text, task, source_language, target_language, target_text)
         audios = _as_list(audio, size, "audio")
-        tasks = _as_list(task, size, "task")
+        texts = _as_list(text, size, "text")
         sources = _as_list(source_language, size, "source_language")
         targets = _as_list(target_language, size, "target_language")
-        texts = _as_list(text, size, "text") if text is not None else [None] * size
-        source_texts = _as_list(source_text, size, "source_text")
+        tasks = _as_list(task, size, "task")
+        for index in range(size):
+            if tasks[index] is None:
+                if audios[index] is None:
+                    tasks[index] = "mt"
+                else:
+                    tasks[index] = "s2tt" if targets[index] not in (None, sources[index]) else "asr"
+            if tasks[index] != "mt" and texts[index] is not None:
+                raise ValueError(
+                    f"Sample {index}: text= is the input text of 'mt' samples, but this sample's task is "
+                    f"{tasks[index]!r}. Targets go through target_text= (with output_labels=True), e.g. "
+                    "processor.apply_transcription_request(audio, language=..., target_text=..., output_labels=True); "
+                    "text= no longer means the target."
+                )
+        if return_tensors != "pt":
+            raise ValueError(f"PartProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}.")
+        if output_labels is None:
+            output_labels = target_text is not None
+        if output_labels and target_text is None:
+            raise ValueError("output_labels=True needs target_text= (the targets the labels are made from).")
+        if target_text is not None and not output_labels:
+            raise ValueError(
+                "target_text= makes training inputs with labels; drop output_labels=False, or drop target_text to get "
+                "generation prompts."
+            )
+        target_texts = _as_list(target_text, size, "target_text")
 
         waveforms: list[np.ndarray] = []
         sequences, label_sequences = [], []
@@ -223,7 +346,7 @@ class PartProcessor(ProcessorMixin):
             if sources[index] is None:
                 raise ValueError(f"Sample {index}: source_language is required (an ISO 639 code such as 'de').")
             num_audio_tokens = None
-            if tasks[index] in ("asr", "s2tt"):
+            if tasks[index] in SPEECH_TASKS:
                 if audios[index] is None:
                     raise ValueError(f"Sample {index}: task {tasks[index]!r} needs audio.")
                 waveform = self._load_and_check(audios[index], sampling_rate, index)
@@ -231,22 +354,23 @@ class PartProcessor(ProcessorMixin):
                 num_audio_tokens = self.audio_placeholder_count(len(waveform))
             elif audios[index] is not None:
                 raise ValueError(f"Sample {index}: task 'mt' is text-only; pass audio=None for it.")
-            instruction = self.instruction(tasks[index], sources[index], targets[index], source_texts[index], index)
+            instruction = self.instruction(tasks[index], sources[index], targets[index], texts[index], index)
             prompt_ids = self.build_prompt_ids(instruction, num_audio_tokens)
-            if texts[index] is None:
+            if not output_labels:
                 sequences.append(prompt_ids)
                 continue
-            target_ids = self.tokenizer(texts[index], add_special_tokens=False)["input_ids"]
+            if target_texts[index] is None:
+                raise ValueError(f"Sample {index}: output_labels=True but its target_text is None.")
+            target_ids = self.tokenizer(target_texts[index], add_special_tokens=False)["input_ids"]
             target_ids = target_ids + [self.tokenizer.eos_token_id]
             sequences.append(prompt_ids + target_ids)
             label_sequences.append([-100] * len(prompt_ids) + target_ids)
         self._check_context_length(sequences)
 
-        training = text is not None
-        side = padding_side or ("right" if training else "left")
+        side = padding_side or ("right" if output_labels else "left")
         batch = _pad(sequences, self.tokenizer.pad_token_id, side)
         data = {"input_ids": batch[0], "attention_mask": batch[1]}
-        if training:
+        if output_labels:
             data["labels"] = _pad(label_sequences, -100, side)[0]
         if waveforms:
             features = self.feature_extractor(waveforms, sampling_rate=self.feature_extractor.sampling_rate)
@@ -293,10 +417,6 @@ class PartProcessor(ProcessorMixin):
     def decode(self, sequence, skip_special_tokens: bool = True, **kwargs) -> str:
         return self.batch_decode([sequence], skip_special_tokens=skip_special_tokens, **kwargs)[0]
 
-    def max_new_tokens_for(self, num_samples: int, tokens_per_second: float = 15.0, budget: int = 16) -> int:
-        """A length bound for generating from a clip of `num_samples`."""
-        return budget + math.ceil(tokens_per_second * num_samples / self.feature_extractor.sampling_rate)
-
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "input_features", "feature_attention_mask", "labels"]
@@ -335,4 +455,4 @@ def _pad(sequences: list[list[int]], value: int, side: str) -> tuple[torch.Tenso
     return ids, mask
 
 
-__all__ = ["PartProcessor", "TASKS", "LANGUAGE_NAMES", "DEFAULT_PROMPT_TEMPLATES"]
+__all__ = ["PartProcessor", "SPEECH_TASKS", "TASKS", "LANGUAGE_NAMES", "DEFAULT_PROMPT_TEMPLATES"]

@@ -12,7 +12,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_part import PartConfig
-from .feature_extraction_part import PartFeatureExtractor
 from .modeling_part import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN, PartForSpeechToText
 from .processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES, PartProcessor
 
@@ -111,13 +110,6 @@ def tiny_part_config(
     )
 
 
-def build_processor(config: PartConfig, tokenizer, **processor_kwargs) -> PartProcessor:
-    """A PartProcessor whose front end and placeholder counts match `config`."""
-    front_end = "whisper" if config.audio_config.model_type == "whisper" else "sensevoice"
-    feature_extractor = PartFeatureExtractor(front_end=front_end, feature_size=config.audio_config.num_mel_bins)
-    return PartProcessor.from_model_config(config, feature_extractor, tokenizer, **processor_kwargs)
-
-
 def build_tiny_part(
     encoder: str = "sensevoice", texts: Iterable[str] = (), vocab_size: int = 512, **config_kwargs
 ) -> tuple[PartForSpeechToText, PartProcessor]:
@@ -130,7 +122,7 @@ def build_tiny_part(
     model = PartForSpeechToText(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, build_processor(config, tokenizer)
+    return model, PartProcessor.for_model(config, tokenizer)
 
 
-__all__ = ["build_processor", "build_tiny_part", "build_tokenizer", "tiny_part_config"]
+__all__ = ["build_tiny_part", "build_tokenizer", "tiny_part_config"]

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import torch
 
-from modeling_part.audio_utils import audio_duration_seconds, load_audio
+from modeling_part.audio_utils import load_audio
 
 
 def sine(frequency: float, sampling_rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
@@ -142,11 +142,6 @@ def test_audio_decoder_objects():
 
     loaded = load_audio(Decoder())
     assert len(loaded) == 16000 and peak_frequency(loaded) == pytest.approx(440, abs=1.0)
-
-
-def test_audio_duration_seconds():
-    assert audio_duration_seconds(24000) == 1.5
-    assert audio_duration_seconds(44100, sampling_rate=44100) == 1.0
 
 
 @pytest.mark.parametrize(

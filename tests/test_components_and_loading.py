@@ -22,9 +22,9 @@ from transformers import (
 )
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
 
-from modeling_part import PartForSpeechToText
+from modeling_part import PartForSpeechToText, PartProcessor
 from modeling_part.modeling_part import embedding_rows, fit_embeddings_to_tokenizer, load_pretrained_audio_encoder
-from modeling_part.tiny import build_processor, build_tokenizer
+from modeling_part.tiny import build_tokenizer
 
 from conftest import make_audio
 
@@ -95,8 +95,8 @@ def test_from_pretrained_components(saved_parts, encoder):
         torch.testing.assert_close(p, q, msg=name)
     assert not any(p.is_meta for p in model.parameters())
 
-    processor = build_processor(model.config, tokenizer)
-    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="hi")
+    processor = PartProcessor.for_model(model.config, tokenizer)
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", target_text="hi")
     assert torch.isfinite(model(**batch).loss)
 
 
@@ -185,8 +185,8 @@ def test_hub_checkpoints_of_different_dtypes_make_one_model(hub_checkpoints):
         adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
     )
     assert mixed.audio_tower.dtype == torch.bfloat16 and mixed.language_model.dtype == torch.float32
-    processor = build_processor(mixed.config, tokenizer)
-    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", text="one")
+    processor = PartProcessor.for_model(mixed.config, tokenizer)
+    batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", target_text="one")
     assert torch.isfinite(mixed(**batch).loss)
 
 
@@ -202,7 +202,7 @@ def saved_model(tmp_path_factory):
     processor.save_pretrained(folder)
     audio = make_audio(1.1)
     sf.write(folder / "clip.wav", audio, 16000, subtype="FLOAT")
-    batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en", text="a b")
+    batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en", target_text="a b")
     torch.save({"batch": dict(batch), "loss": model.eval()(**batch).loss}, folder / "expected.pt")
     return folder
 
@@ -216,7 +216,7 @@ model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, **KWARGS).eval()
 processor = AutoProcessor.from_pretrained(folder, **KWARGS)
 import soundfile as sf
 audio, rate = sf.read(folder + "/clip.wav", dtype="float32")
-batch = processor(audio=audio, sampling_rate=rate, task="asr", source_language="en", text="a b")
+batch = processor(audio=audio, sampling_rate=rate, task="asr", source_language="en", target_text="a b")
 assert torch.equal(batch["input_ids"], expected["batch"]["input_ids"])
 torch.testing.assert_close(model(**batch).loss, expected["loss"])
 print("LOADED", type(model).__module__, "imported package:", "modeling_part" in sys.modules)

@@ -18,7 +18,6 @@ from trainers.data import (
     LengthGrouping,
     MixtureComponent,
     MixtureDataset,
-    group_by_length,
     mixture_probabilities,
     sample_length,
     validate_sample,
@@ -290,19 +289,6 @@ def padding_seconds(batches):
     return sum(len(batch) * max(batch) - sum(batch) for batch in batches)
 
 
-def test_length_grouping_reduces_padding():
-    samples = list(speech_dataset("asr_de", 400))
-    random_batches = [[s["duration"] for s in samples[i : i + 8]] for i in range(0, 400, 8)]
-    grouped = list(group_by_length(samples, batch_size=8, buffer_size=160, seed=0))
-    assert sorted(ids(s for batch in grouped for s in batch)) == sorted(ids(samples))
-    grouped_batches = [[s["duration"] for s in batch] for batch in grouped]
-    assert padding_seconds(grouped_batches) < 0.2 * padding_seconds(random_batches)
-    assert ids(grouped[0]) == ids(next(group_by_length(samples, batch_size=8, buffer_size=160, seed=0)))
-    assert [ids(b) for b in grouped] != [
-        ids(b) for b in group_by_length(samples, batch_size=8, buffer_size=160, seed=1)
-    ]
-
-
 def test_mixture_length_grouping_batches_similar_lengths():
     components = map_components()
     plain = take(MixtureDataset(components, seed=0), 800)
@@ -312,6 +298,9 @@ def test_mixture_length_grouping_batches_similar_lengths():
     assert sorted(ids(grouped)) == sorted(ids(plain))  # the same samples, reordered within buffers
     durations = lambda samples: [[s["duration"] for s in samples[i : i + 8]] for i in range(0, 800, 8)]  # noqa: E731
     assert padding_seconds(durations(grouped)) < 0.2 * padding_seconds(durations(plain))
+    grouping = LengthGrouping(batch_size=8, buffer_batches=20)
+    assert ids(take(MixtureDataset(components, seed=0, length_grouping=grouping), 800)) == ids(grouped)  # per seed
+    assert ids(take(MixtureDataset(components, seed=1, length_grouping=grouping), 800)) != ids(grouped)
 
 
 def test_sample_length_defaults():
@@ -433,3 +422,19 @@ def test_component_and_mixture_arguments_are_checked():
         MixtureDataset([MixtureComponent("x", dataset, "asr", "de", "de")] * 2)
     with pytest.raises(ValueError, match="yielded no samples"):
         take(MixtureDataset([MixtureComponent("x", EmptyIterable(), "asr", "de", "de")]), 1)
+
+
+def test_schedule_check_covers_names_the_stage_the_data_and_the_hint():
+    from trainers import MixtureComponent, Schedule, Stage
+
+    schedule = Schedule("two", [Stage("asr", ["adapter"], {"asr": 1.0}, steps=1),
+                                Stage("mt", ["adapter", "llm_lora"], {"mt": 1.0}, steps=1, languages=["de"])])
+    asr_en = MixtureComponent("asr_en", [{"text": "x"}], "asr", "en", "en")
+    mt_de = MixtureComponent("mt_de_en", [{"text": "x"}], "mt", "de", "en")
+    schedule.check_covers([asr_en, mt_de])
+    with pytest.raises(ValueError, match=r"Stage 'mt' of schedule 'two' samples tasks \['mt'\] in \['de'\].*\['asr_en'\]\. "
+                                         r"Add --source_text_column"):
+        schedule.check_covers([asr_en], hint="Add --source_text_column.")
+    mt_fr = MixtureComponent("mt_fr_en", [{"text": "x"}], "mt", "fr", "en")
+    with pytest.raises(ValueError, match="only gives"):
+        schedule.check_covers([asr_en, mt_fr])

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, AutoTokenizer
 
-from modeling_part import PartForSpeechToText
-from modeling_part.tiny import build_processor
+from modeling_part import PartForSpeechToText, PartProcessor
 
 from conftest import make_audio
 from part_fixtures import tiny_components
@@ -39,11 +38,11 @@ def train_part_preset(model, processor, output_dir, max_steps: int = 4):
 
 def generation_prompts(processor):
     """A mixed batch (two clips of different lengths, ASR and S2TT) and a text-only MT prompt."""
-    audio = processor(
-        audio=[make_audio(0.8, seed=11), make_audio(1.3, seed=12)], sampling_rate=16000, task=["asr", "s2tt"],
-        source_language=["en", "de"], target_language=[None, "en"],
+    audio = processor.apply_transcription_request(
+        [make_audio(0.8, seed=11), make_audio(1.3, seed=12)], language=["en", "de"], sampling_rate=16000,
+        target_language=[None, "en"],
     )
-    text = processor(task="mt", source_language="de", target_language="en", source_text="zwei drei")
+    text = processor.apply_text_translation_request("zwei drei", source_language="de", target_language="en")
     return [audio, text]
 
 
@@ -62,12 +61,12 @@ def test_part_run_from_hub_components_saves_a_model_that_generates_the_same(
     assert tokenizer.eos_token == original.eos_token == ("<|endoftext|>" if llm_name == "qwen2.5-7b" else "<|im_end|>")
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == hub_config["eos_token_id"]
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # bfloat16 / float16 on disk
-    processor = build_processor(model.config, tokenizer)
+    processor = PartProcessor.for_model(model.config, tokenizer)
     assert processor.use_chat_template and processor.feature_extractor.feature_size == (
         128 if encoder_name == "whisper-large-v3" else 80
     )
     prompt = tokenizer.decode(processor(task="mt", source_language="de", target_language="en",
-                                        source_text="eins")["input_ids"][0])
+                                        text="eins")["input_ids"][0])
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")  # the chat template
 
     trainer = train_part_preset(model, processor, tmp_path)

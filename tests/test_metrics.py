@@ -2,13 +2,11 @@
 
 import json
 
-import datasets
 import evaluate
 import jiwer
 import numpy as np
 import pytest
 import sacrebleu
-from transformers import EvalPrediction
 
 from trainers.metrics import (
     CER_LANGUAGES,
@@ -18,7 +16,6 @@ from trainers.metrics import (
     bleu_tokenizer,
     compute_speech_metrics,
     evaluate_metric_path,
-    make_compute_metrics,
     uses_cer,
     word_error_rate,
 )
@@ -218,78 +215,16 @@ def test_compute_speech_metrics_rejects_bad_labels(tasks, sources, targets, mess
         compute_speech_metrics(["x"], ["x"], tasks, sources, targets)
 
 
-class WordTokenizer:
-    """A word-level fake tokenizer: ids 0 (pad) and 1 (eos) are special."""
-
-    pad_token_id = 0
-
-    def __init__(self, words):
-        self.vocab = ["<pad>", "</s>", *words]
-
-    def encode(self, text):
-        return [self.vocab.index(word) for word in text.split()] + [1]
-
-    def batch_decode(self, sequences, skip_special_tokens=False):
-        return [" ".join(self.vocab[i] for i in ids if not (skip_special_tokens and i < 2)) for ids in sequences]
-
-
-def padded(rows, value=-100):
-    width = max(len(row) for row in rows)
-    return np.array([row + [value] * (width - len(row)) for row in rows])
-
-
-@pytest.fixture
-def eval_setup():
-    tokenizer = WordTokenizer("the cat sat sit on mat hallo welt hello world".split())
+def test_compute_speech_metrics_scores_mixed_tasks_per_language():
     references = ["the cat sat on the mat", "hallo welt", "hello world"]
-    predictions = ["the cat sit on mat", "hallo welt", "hello world"]
-    meta = [
-        {"task": "asr", "source_language": "en", "target_language": "en"},
-        {"task": "asr", "source_language": "de", "target_language": "de"},
-        {"task": "s2tt", "source_language": "de", "target_language": "en"},
-    ]
-    prediction = EvalPrediction(
-        predictions=padded([tokenizer.encode(text) for text in predictions]),
-        label_ids=padded([tokenizer.encode(text) for text in references]),
-    )
-    return tokenizer, meta, references, prediction
-
-
-def test_make_compute_metrics_decodes_generated_ids(eval_setup):
-    tokenizer, meta, references, prediction = eval_setup
-    metrics = make_compute_metrics(tokenizer, meta)(prediction)
-    expected = compute_speech_metrics(
+    metrics = compute_speech_metrics(
         ["the cat sit on mat", "hallo welt", "hello world"],
         references,
         ["asr", "asr", "s2tt"],
         ["en", "de", "de"],
         ["en", "de", "en"],
     )
-    assert metrics == pytest.approx(expected)
     assert metrics["wer_en"] == pytest.approx(100 * 2 / 6) and metrics["wer_de"] == 0.0
-
-
-def test_make_compute_metrics_with_dataset_meta_texts_and_processor(eval_setup):
-    tokenizer, meta, references, prediction = eval_setup
-    meta_dataset = datasets.Dataset.from_list([{**row, "text": text} for row, text in zip(meta, references)])
-    processor = type("Processor", (), {"tokenizer": tokenizer, "batch_decode": staticmethod(tokenizer.batch_decode)})()
-    pad_padded = EvalPrediction(
-        predictions=(padded([list(row[row >= 0]) for row in prediction.predictions], value=0),), label_ids=None
-    )
-    metrics = make_compute_metrics(processor, meta_dataset)(pad_padded)
-    assert metrics == pytest.approx(make_compute_metrics(tokenizer, meta)(prediction))
-
-
-def test_make_compute_metrics_errors(eval_setup):
-    tokenizer, meta, _, prediction = eval_setup
-    with pytest.raises(ValueError, match="predict_with_generate"):
-        make_compute_metrics(tokenizer, meta)(
-            EvalPrediction(np.zeros((3, 4, 10), dtype=np.float32), prediction.label_ids)
-        )
-    with pytest.raises(ValueError, match="describes 2 samples"):
-        make_compute_metrics(tokenizer, meta[:2])(prediction)
-    with pytest.raises(ValueError, match="lacks \\['target_language'\\]"):
-        make_compute_metrics(tokenizer, [{"task": "asr", "source_language": "en"}])
 
 
 # --- evaluate modules ----------------------------------------------------------------------------------------

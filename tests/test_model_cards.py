@@ -336,7 +336,7 @@ def test_publish_uploads_one_commit_that_loads(run_folder, hub_calls, tmp_path):
     loaded = AutoModelForSpeechSeq2Seq.from_pretrained(hub).eval()
     loaded_processor = AutoProcessor.from_pretrained(hub)
     assert isinstance(loaded, PartForSpeechToText) and isinstance(loaded_processor, PartProcessor)
-    inputs = loaded_processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="de")
+    inputs = loaded_processor.apply_transcription_request(make_audio(1.0), language="de", sampling_rate=16000)
     with torch.no_grad():
         expected = model.generate(**processor(audio=make_audio(1.0), sampling_rate=16000, task="asr",
                                               source_language="de"), max_new_tokens=4)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig
 
 from modeling_part import PARAMETER_GROUPS, PartConfig, PartForSpeechToText
@@ -15,7 +16,7 @@ from conftest import make_audio
 
 def _training_batch(processor, seconds=(1.0, 1.6), text=("hello world", "der Hund")):
     audio = [make_audio(s, seed=i) for i, s in enumerate(seconds)]
-    return processor(audio=audio, sampling_rate=16000, task="asr", source_language=["en", "de"], text=list(text))
+    return processor(audio=audio, sampling_rate=16000, task="asr", source_language=["en", "de"], target_text=list(text))
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -117,7 +118,7 @@ def test_placeholder_count_mismatch_raises(tiny_part):
 def test_text_only_and_mixed_batches(tiny_part):
     model, processor = tiny_part
     text_only = processor(
-        task="mt", source_language="de", target_language="en", source_text=["zwei Hunde"], text=["two dogs"]
+        task="mt", source_language="de", target_language="en", text=["zwei Hunde"], target_text=["two dogs"]
     )
     assert "input_features" not in text_only
     assert torch.isfinite(model(**text_only).loss)
@@ -128,8 +129,8 @@ def test_text_only_and_mixed_batches(tiny_part):
         task=["asr", "mt", "s2tt"],
         source_language=["de", "de", "fr"],
         target_language=["de", "en", "en"],
-        source_text=[None, "zwei Hunde", None],
-        text=["zwei Katzen", "two dogs", "three cats"],
+        text=[None, "zwei Hunde", None],
+        target_text=["zwei Katzen", "two dogs", "three cats"],
     )
     assert mixed["input_features"].shape[0] == 2
     loss = model(**mixed).loss
@@ -361,3 +362,206 @@ def test_adapter_only_save_is_a_peft_adapter(tiny_part, tmp_path):
     files = {p.name for p in tmp_path.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert "model.safetensors" not in files
+
+
+# ------------------------------------------------------------------------------------- transformers conventions
+class HostSyncDetector(TorchFunctionMode):
+    """Records tensor operations that make the host wait for the device (on an accelerator): reading values
+    (`item`, `tolist`, `bool`/`int`/`float` of a tensor, `numpy`, `cpu`, `equal`) and data-dependent shapes
+    (`nonzero`, boolean-mask indexing, `masked_select`, `unique`). On CPU nothing waits, but the same calls are made,
+    so a CPU run shows what an accelerator run would sync on. `torch._assert_async` is not a sync (that is its job)."""
+
+    SYNCS = {
+        torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+        torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu, torch.equal, torch.Tensor.nonzero, torch.nonzero,
+        torch.Tensor.masked_select, torch.masked_select, torch.Tensor.unique, torch.unique, torch.argwhere,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.syncs: list[str] = []
+        self.paused = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            if func in self.SYNCS:
+                self.syncs.append(getattr(func, "__qualname__", str(func)))
+            elif func is torch.Tensor.__getitem__ and _has_bool_tensor(args[1]):
+                self.syncs.append("boolean-mask indexing")
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_tensor(index) -> bool:
+    indices = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
+def _padded_batch(processor):
+    """Three clips of different lengths (the feature and token paddings are exercised) and a text-only sample."""
+    return processor(
+        audio=[make_audio(0.9), make_audio(1.7, seed=1), None, make_audio(1.2, seed=2)],
+        sampling_rate=16000,
+        task=["asr", "asr", "mt", "s2tt"],
+        source_language=["en", "de", "de", "fr"],
+        target_language=["en", "de", "en", "en"],
+        text=[None, None, "zwei Hunde", None],
+        target_text=["one", "zwei", "two dogs", "three"],
+    )
+
+
+def test_audio_path_and_merge_make_no_host_device_sync(tiny_part):
+    """From the start of forward to the LLM: encoder lengths, adapter, placeholder mask, its count check and the
+    scatter of the audio embeddings. The encoder and the LLM (third-party modules) are not inspected."""
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    detector = HostSyncDetector()
+
+    def pause(*_):
+        detector.paused += 1
+
+    def resume(*_):
+        detector.paused -= 1
+
+    hooks = [
+        model.audio_tower.register_forward_pre_hook(pause),
+        model.audio_tower.register_forward_hook(resume),
+        model.get_decoder().register_forward_pre_hook(pause),  # the LLM and the loss after it are out of scope
+    ]
+    try:
+        with detector:
+            output = model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.isfinite(output.loss)
+    assert detector.paused == 1  # the LLM was reached
+    assert not detector.syncs, f"host-device syncs before the LLM: {detector.syncs}"
+
+
+def test_merge_places_each_clip_on_its_placeholders_in_order(tiny_part):
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    merged = model._merge_audio_embeddings(batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths)
+    clips = iter(range(audio.pooler_output.shape[0]))
+    for row, ids in enumerate(batch["input_ids"]):
+        placeholders = ids == model.config.audio_token_id
+        torch.testing.assert_close(merged[row][~placeholders], embeds[row][~placeholders])
+        if placeholders.any():
+            clip = next(clips)
+            length = int(audio.audio_token_lengths[clip])
+            torch.testing.assert_close(merged[row][placeholders], audio.pooler_output[clip, :length])
+    # the same with inputs_embeds instead of input_ids: placeholders found by their embedding
+    by_embedding = model(inputs_embeds=embeds, input_features=batch["input_features"],
+                         feature_attention_mask=batch["feature_attention_mask"], attention_mask=batch["attention_mask"])
+    by_ids = model(input_ids=batch["input_ids"], input_features=batch["input_features"],
+                   feature_attention_mask=batch["feature_attention_mask"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(by_embedding.logits, by_ids.logits)
+
+
+def test_placeholder_counts_moved_between_samples_raise(tiny_part):
+    """Equal totals, wrong split: one placeholder moved from the second clip's sample to the first's."""
+    model, processor = tiny_part
+    batch = processor(audio=[make_audio(1.0), make_audio(1.0, seed=1)], sampling_rate=16000, task="asr",
+                      source_language="en", target_text=["a", "b"])
+    ids = batch["input_ids"].clone()
+    last = (ids[1] == model.config.audio_token_id).nonzero()[-1, 0]
+    ids[1, last] = 5
+    first_text = (ids[0] == model.config.audio_token_id).nonzero()[-1, 0] + 1
+    ids[0, first_text] = model.config.audio_token_id
+    with pytest.raises(ValueError, match="placeholder tokens do not match"):
+        model(input_ids=ids, input_features=batch["input_features"], feature_attention_mask=batch["feature_attention_mask"])
+
+
+def test_adapter_attention_goes_through_the_attention_interface(tiny_part):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    calls = []
+
+    def recording_attention(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    AttentionInterface.register("part_test_recording", recording_attention)
+    AttentionMaskInterface.register("part_test_recording", sdpa_mask)
+    features = batch["input_features"], batch["feature_attention_mask"]
+    reference, lengths = model.get_audio_embeddings(*features)
+    model.set_attn_implementation({"adapter_config": "part_test_recording"})
+    recorded, _ = model.get_audio_embeddings(*features)
+    assert calls.count("PartAdapterLayer") == model.config.adapter_config.num_hidden_layers
+    torch.testing.assert_close(recorded, reference)
+    model.set_attn_implementation("eager")
+    assert model.config.adapter_config._attn_implementation == "eager"
+    eager, _ = model.get_audio_embeddings(*features)
+    valid = torch.arange(reference.shape[1])[None, :] < lengths[:, None]
+    torch.testing.assert_close(eager[valid], reference[valid], rtol=1e-4, atol=1e-5)
+
+
+def test_fresh_adapter_is_initialised_alike_by_every_constructor(tmp_path):
+    """`PartForSpeechToText(config)` and `from_pretrained_components` (a fresh adapter next to loaded parts) both
+    initialise the adapter with its `_init_weights`: normal(initializer_range) weights, zero biases, LayerNorms at
+    identity."""
+    from transformers import FunAsrNanoEncoderConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
+
+    from modeling_part.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    FunAsrNanoEncoder(FunAsrNanoEncoderConfig(hidden_size=64, num_attention_heads=2, intermediate_size=64,
+                                              num_hidden_layers=1, num_timestamp_prediction_layers=0)
+                      ).save_pretrained(tmp_path / "encoder")
+    tokenizer = build_tokenizer(vocab_size=300)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llm")
+    adapter_config = {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
+    assembled = PartForSpeechToText.from_pretrained_components(
+        tmp_path / "encoder", tmp_path / "llm", tokenizer=tokenizer, adapter_config=adapter_config
+    )
+    built = PartForSpeechToText(copy.deepcopy(assembled.config))
+    std = getattr(assembled.config.adapter_config, "initializer_range", 0.02)
+    for model in (assembled, built):
+        for name, module in model.adapter.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+                assert torch.count_nonzero(module.bias) == 0, name
+                assert abs(float(module.weight.detach().std()) / std - 1) < 0.1, name
+            elif isinstance(module, torch.nn.LayerNorm):
+                assert bool((module.weight == 1).all()) and torch.count_nonzero(module.bias) == 0, name
+
+
+def test_return_dict_false_gives_tuples(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    as_tuple = model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], model(**batch).loss)
+    features = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"], return_dict=False)
+    assert isinstance(features, tuple)
+
+
+def test_resize_token_embeddings_keeps_the_tied_head(tiny_part):
+    model, processor = tiny_part
+    assert model.config.tie_word_embeddings and model.config.text_config.tie_word_embeddings
+    vocab = model.config.text_config.vocab_size
+    model.resize_token_embeddings(vocab + 8)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_input_embeddings().weight.shape[0] == vocab + 8 == model.config.text_config.vocab_size
+    batch = _training_batch(processor)
+    assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_trains_the_whole_encoder(tiny_part, use_reentrant):
+    """With reentrant checkpointing a checkpointed layer whose inputs need no gradient passes none to its weights;
+    the encoder's first layer reads the features, so they are made to require it."""
+    model, processor = tiny_part
+    model.set_trainable(["encoder", "adapter"])
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.train()
+    model(**_training_batch(processor)).loss.backward()
+    missing = [n for n, p in model.audio_tower.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing

@@ -32,7 +32,7 @@ def main():
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     from modeling_part import PartForSpeechToText
-    from modeling_part.tiny import build_processor
+    from modeling_part import PartProcessor
     from part_fixtures import tiny_components
     from trainers import PartTrainer, PartTrainingArguments
 
@@ -63,7 +63,7 @@ def main():
         "tokens": len(tokenizer),
     }
     record["assembly_seconds"] = time.time() - started
-    processor = build_processor(model.config, tokenizer)
+    processor = PartProcessor.for_model(model.config, tokenizer)
     trainer = PartTrainer(model=model, args=args, train_components=tiny_components(4), processor=processor)
     started = time.time()
     trainer.train()

@@ -82,7 +82,7 @@ def generate_on_every_rank(trainer, rank, world_size):
     model, processor = trainer.model, trainer.processor
     model.eval()
     if rank == world_size - 1:
-        prompts = processor(task="mt", source_language="de", target_language="en", source_text="zwei drei vier")
+        prompts = processor(task="mt", source_language="de", target_language="en", text="zwei drei vier")
     else:
         prompts = processor(audio=make_audio(0.5 + 0.8 * rank, seed=rank), sampling_rate=16000, task="asr",
                             source_language="en")

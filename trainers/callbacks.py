@@ -19,6 +19,8 @@ from torch import nn
 from transformers import BatchFeature, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
+from modeling_part.modeling_part import parameter_numel
+
 
 logger = logging.get_logger(__name__)
 
@@ -135,12 +137,13 @@ def build_probe_batches(
             )
         try:
             batches[label] = processor(
+                text=[sample.get("source_text") if sample["task"] == "mt" else None for sample in samples],
                 audio=[sample.get("audio") for sample in samples],
                 task=[sample["task"] for sample in samples],
                 source_language=[sample["source_language"] for sample in samples],
                 target_language=[sample.get("target_language") for sample in samples],
-                text=[sample["text"] for sample in samples],
-                source_text=[sample.get("source_text") for sample in samples],
+                target_text=[sample["text"] for sample in samples],
+                output_labels=True,
                 sampling_rate=sampling_rate,
             )
         except ValueError as error:
@@ -191,7 +194,7 @@ class GradientSimilarityCallback(PartStageCallback):
             if labels is None:
                 raise ValueError(
                     f"Probe batch {label!r} has no 'labels', so it has no loss; build it with the targets, e.g. "
-                    "processor(..., text=[...]) or build_probe_batches."
+                    "processor(..., target_text=[...], output_labels=True) or build_probe_batches."
                 )
             if not bool((labels != -100).any()):
                 raise ValueError(
@@ -227,7 +230,7 @@ class GradientSimilarityCallback(PartStageCallback):
                 "engine; pass the DeepSpeed engine (Trainer.model_wrapped) instead of the module (ZeRO stage 3 is "
                 "supported)."
             )
-        sizes = [_numel(parameter) for parameter in parameters]
+        sizes = [parameter_numel(parameter) for parameter in parameters]
         selections = self._selections(sizes)
         device = engine.device if engine is not None else next(module.parameters()).device
         modes = {submodule: submodule.training for submodule in module.modules()}
@@ -335,11 +338,6 @@ def _zero_gradients(parameters: Sequence[nn.Parameter], engine: Any | None) -> N
         safe_set_full_grad(parameter, torch.zeros(shape, dtype=torch.float32, device=engine.device))
 
 
-def _numel(parameter: nn.Parameter) -> int:
-    """Element count, also of a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
-    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
-
-
 def _flat_gradient(
     parameters: Sequence[nn.Parameter], selections: Sequence[torch.Tensor | None], *, deepspeed: bool
 ) -> torch.Tensor:
@@ -349,7 +347,7 @@ def _flat_gradient(
     pieces = []
     for parameter, selection in zip(parameters, selections):
         grad = safe_get_full_grad(parameter) if deepspeed else parameter.grad
-        size = _numel(parameter) if selection is None else len(selection)
+        size = parameter_numel(parameter) if selection is None else len(selection)
         if grad is None:
             pieces.append(torch.zeros(size))
             continue

@@ -15,6 +15,9 @@ from transformers import BatchFeature
 class PartDataCollator:
     """Collates samples (`task`, `source_language`, `target_language`, `text`, `audio` or `source_text`).
 
+    A sample's `text` column is its target (passed as the processor's `target_text=`); `source_text` is the input text
+    of `mt` samples (the processor's `text=`).
+
     Args:
         processor: the model's `PartProcessor`.
         with_targets: `True` (training/loss evaluation): prompt + target, with labels, right-padded.
@@ -30,12 +33,13 @@ class PartDataCollator:
             raise ValueError("PartDataCollator got an empty batch.")
         speech = [s["task"] != "mt" for s in samples]
         return self.processor(
+            text=[s.get("source_text") if not is_speech else None for s, is_speech in zip(samples, speech)],
             audio=[s.get("audio") if is_speech else None for s, is_speech in zip(samples, speech)],
             task=[s["task"] for s in samples],
             source_language=[s["source_language"] for s in samples],
             target_language=[s.get("target_language") for s in samples],
-            source_text=[s.get("source_text") if not is_speech else None for s, is_speech in zip(samples, speech)],
-            text=[s["text"] for s in samples] if self.with_targets else None,
+            target_text=[s["text"] for s in samples] if self.with_targets else None,
+            output_labels=self.with_targets,
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, TypeVar
@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers.utils import logging
 
+from modeling_part.processing_part import SPEECH_TASKS, TASKS
+
 
 logger = logging.get_logger(__name__)
 
@@ -31,11 +33,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------------------
 # Sample format and validation
 # ---------------------------------------------------------------------------------------------------------
-
-TASKS = ("asr", "s2tt", "mt")
-"""Speech recognition, speech-to-text translation, text-to-text translation."""
-
-SPEECH_TASKS = ("asr", "s2tt")
 
 SAMPLE_LABEL_KEYS = ("task", "source_language", "target_language")
 """The keys a mixture component sets on each of its samples."""
@@ -97,26 +94,6 @@ def sort_into_batches(
         [samples[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)
     ]
     return [batches[index] for index in rng.permutation(len(batches))]
-
-
-def group_by_length(
-    samples: Iterable[T],
-    batch_size: int,
-    buffer_size: int,
-    *,
-    seed: int = 0,
-    length_fn: Callable[[T], float] = sample_length,
-) -> Iterator[list[T]]:
-    """Yield batches of similar length: take `buffer_size` samples at a time, `sort_into_batches` them, yield
-    the batches in random order. Cuts padding; deterministic for a seed."""
-    if batch_size < 1 or buffer_size < batch_size:
-        raise ValueError(
-            f"Need 1 <= batch_size <= buffer_size, got batch_size={batch_size}, buffer_size={buffer_size}."
-        )
-    rng = np.random.default_rng(seed)
-    iterator = iter(samples)
-    while buffer := list(islice(iterator, buffer_size)):
-        yield from sort_into_batches(buffer, batch_size, rng, length_fn)
 
 
 @dataclass

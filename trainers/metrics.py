@@ -1,6 +1,5 @@
 """Speech-to-text evaluation as in the PART paper: Whisper-style text normalisation, WER/CER per
-language (CER for zh, cmn, ja, ko, yue) and sacreBLEU per translation direction, plus a
-`compute_metrics` factory for the Hugging Face `Trainer`.
+language (CER for zh, cmn, ja, ko, yue) and sacreBLEU per translation direction.
 
 All scores are percentages: WER/CER = 100 * (substitutions + deletions + insertions) / reference units,
 summed over the corpus of one language, exactly as `jiwer.wer` counts a list of sentences (on the normalised text;
@@ -24,7 +23,7 @@ import numpy as np
 import sacrebleu
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
-from .data import TASKS
+from modeling_part.processing_part import TASKS
 
 
 CER_LANGUAGES = frozenset({"zh", "cmn", "ja", "ko", "yue", "zho", "jpn", "kor"})
@@ -354,79 +353,3 @@ def compute_speech_metrics(
     return metrics
 
 
-def _token_id_rows(array: Any, pad_token_id: int | None, name: str) -> list[list[int]]:
-    """Rows of token ids without the Trainer's -100 padding (and without pad tokens)."""
-    if isinstance(array, tuple):
-        array = array[0]  # models returning extra outputs: the generated ids come first
-    array = np.asarray(array)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
-            f"compute_metrics expects {name} as generated token ids of shape [num_samples, length], got an array of "
-            f"shape {array.shape} and dtype {array.dtype}. Evaluate with generation (e.g. "
-            "Seq2SeqTrainingArguments(predict_with_generate=True)) so predictions are token ids, not logits."
-        )
-    return [[int(token) for token in row if token >= 0 and token != pad_token_id] for row in array]
-
-
-def _meta_columns(meta: Any, names: Sequence[str]) -> dict[str, list[Any]]:
-    """Columns of the per-sample metadata: a `datasets.Dataset` (read column-wise) or a sequence of mappings."""
-    if hasattr(meta, "column_names"):
-        missing = [name for name in names if name not in meta.column_names]
-        present = {name: list(meta[name]) for name in names if name in meta.column_names}
-    else:
-        missing = sorted({name for row in meta for name in names if name not in row})
-        present = {name: [row[name] for row in meta] for name in names if name not in missing}
-    required_missing = [name for name in missing if name != "text"]
-    if required_missing:
-        raise ValueError(
-            f"eval_dataset_meta lacks {required_missing}; give every evaluation sample 'task', 'source_language' and "
-            "'target_language' (and optionally the reference 'text'), in evaluation order."
-        )
-    return present
-
-
-def make_compute_metrics(
-    processor_or_tokenizer: Any,
-    eval_dataset_meta: Any,
-    **metric_kwargs: Any,
-) -> Callable[[Any], dict[str, float]]:
-    """A `compute_metrics` function for the Hugging Face `Trainer` evaluated with generation.
-
-    Args:
-        processor_or_tokenizer: anything with `batch_decode(ids, skip_special_tokens=True)` (a processor or a
-            tokenizer); its `tokenizer` attribute, if any, provides `pad_token_id` and the Whisper English
-            spelling map (see `TextNormalizer.from_tokenizer`).
-        eval_dataset_meta: per evaluation sample, in evaluation order, `task`, `source_language`,
-            `target_language` and optionally the reference `text`: a `datasets.Dataset` with those columns or a
-            sequence of mappings. Without `text`, references are decoded from `label_ids` (-100 removed).
-        metric_kwargs: forwarded to `compute_speech_metrics` (e.g. `hypothesis_cap`, `bleu_tokenizers`).
-
-    The returned function takes an `EvalPrediction` whose `predictions` are the generated continuation's
-    token ids (prompt excluded), padded with -100 or the pad token, and returns `compute_speech_metrics`.
-    """
-    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
-    pad_token_id = getattr(tokenizer, "pad_token_id", None)
-    metric_kwargs.setdefault("normalizer", TextNormalizer.from_tokenizer(tokenizer))
-    meta = _meta_columns(eval_dataset_meta, ("task", "source_language", "target_language", "text"))
-    num_samples = len(meta["task"])
-
-    def compute_metrics(eval_prediction: Any) -> dict[str, float]:
-        predictions = processor_or_tokenizer.batch_decode(
-            _token_id_rows(eval_prediction.predictions, pad_token_id, "predictions"), skip_special_tokens=True
-        )
-        if "text" in meta:
-            references = meta["text"]
-        else:
-            references = processor_or_tokenizer.batch_decode(
-                _token_id_rows(eval_prediction.label_ids, pad_token_id, "label_ids"), skip_special_tokens=True
-            )
-        if len(predictions) != num_samples:
-            raise ValueError(
-                f"Got {len(predictions)} predictions but eval_dataset_meta describes {num_samples} samples; build the "
-                "metadata from the same evaluation dataset, in the same order."
-            )
-        return compute_speech_metrics(
-            predictions, references, meta["task"], meta["source_language"], meta["target_language"], **metric_kwargs
-        )
-
-    return compute_metrics

@@ -17,16 +17,11 @@ from typing import Any
 
 import yaml
 
-from modeling_part.modeling_part import PARAMETER_GROUPS
-from modeling_part.processing_part import TASKS
-
-from .data import SPEECH_TASKS
+from modeling_part.modeling_part import DEFAULT_LORA_CONFIG, PARAMETER_GROUPS
+from modeling_part.processing_part import SPEECH_TASKS, TASKS
 
 LLM_GROUPS = ("llm", "llm_lora")
 """Parameter groups inside the LLM: the only ones a text-only task (no audio in the batch) can train."""
-
-DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-
 
 @dataclass
 class Stage:
@@ -94,7 +89,7 @@ class Stage:
             )
         self._check_learning_rate_and_warmup()
         if "llm_lora" in self.trainable and self.lora is None:
-            self.lora = dict(DEFAULT_LORA)
+            self.lora = dict(DEFAULT_LORA_CONFIG)
         if self.encoder_last_k < 1:
             raise ValueError(f"Stage {self.name!r}: encoder_last_k must be at least 1, got {self.encoder_last_k}.")
 
@@ -176,6 +171,22 @@ class Schedule:
     def lora(self) -> dict[str, Any] | None:
         """The LoRA settings of the schedule (the LoRA is attached before the first stage, frozen until used)."""
         return next((s.lora for s in self.stages if "llm_lora" in s.trainable), None)
+
+    def check_covers(self, components, hint: str = "") -> None:
+        """Every stage must find data: some component (anything with `name`, `task` and `source_language`, e.g. a
+        `MixtureComponent`) of one of the stage's tasks and, when the stage names languages, one of them. The error
+        lists what the data gives, then `hint` (what the caller can add)."""
+        for stage in self.stages:
+            if not any(
+                c.task in stage.tasks and (stage.languages is None or c.source_language in stage.languages)
+                for c in components
+            ):
+                available = sorted({c.name for c in components})
+                raise ValueError(
+                    f"Stage {stage.name!r} of schedule {self.name!r} samples tasks {sorted(stage.tasks)}"
+                    f"{'' if stage.languages is None else f' in {stage.languages}'}, but the training data only gives "
+                    f"{available}. {hint}".rstrip()
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stages": [dataclasses.asdict(s) for s in self.stages]}

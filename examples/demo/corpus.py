@@ -27,8 +27,8 @@ if __package__ in (None, ""):  # run as a file: make the `examples.demo` package
 
 from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
 from examples.demo.tts import BASE_VOICES, SAMPLE_RATE, VOICE_VARIANTS, SpeechRequest, synthesize_batch  # noqa: E402
+from modeling_part.processing_part import TASKS  # noqa: E402
 
-TASKS: tuple[str, ...] = ("asr", "s2tt", "mt")
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 TARGET_LANGUAGE = "en"
 """Translation target of the "s2tt" and "mt" rows."""

@@ -202,7 +202,7 @@ def train_and_evaluate(
     model, tokenizer = PartForSpeechToText.from_pretrained_components(
         audio_encoder=encoder_path, llm=llm_path, adapter_config=adapter, return_tokenizer=True
     )
-    processor = PartProcessor.from_model_config(model.config, PartFeatureExtractor.from_pretrained(encoder_path), tokenizer)
+    processor = PartProcessor.for_model(model.config, tokenizer, PartFeatureExtractor.from_pretrained(encoder_path))
     probes = build_probe_batches(processor, probe_samples(corpus["dev"], args.probes_per_label))
     training_args = PartTrainingArguments(
         output_dir=str(run_dir),
