@@ -115,7 +115,7 @@ class PartAdapterConfig(PreTrainedConfig):
             `L` encoder frames gives exactly `ceil(L / stride)` audio tokens.
         hidden_act (`str`, defaults to `"gelu"`), dropout (`float`, defaults to 0.0), layer_norm_eps (`float`).
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation of the
-            adapter's linear and convolution weights (`PartAdapter._init_weights`).
+            adapter's linear and convolution weights (`PartPreTrainedModel._init_weights`).
     """
 
     model_type = "part_adapter"
@@ -262,6 +262,15 @@ class PartConfig(PreTrainedConfig):
     @property
     def audio_hidden_size(self) -> int:
         return getattr(self.audio_config, "hidden_size", None) or self.audio_config.d_model
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """Whether the LLM's head shares the input embeddings: the causal LM's own setting (`text_config`)."""
+        return bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+    @tie_word_embeddings.setter
+    def tie_word_embeddings(self, value: bool) -> None:
+        self.text_config.tie_word_embeddings = value
 
     def audio_token_lengths(self, feature_lengths, encoder=None):
         """LLM audio positions for clips of `feature_lengths` feature frames (int or integer tensor): the encoder's

@@ -4,8 +4,6 @@ Adapter outputs replace the audio placeholder embeddings of the prompt; the loss
 positions only, with the LM head applied to those positions alone (no `[batch, seq, vocab]` logits in training).
 """
 
-from __future__ import annotations
-
 import copy
 import math
 import os
@@ -21,9 +19,10 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_part import PartAdapterConfig, PartConfig, adapter_output_lengths, encoder_output_lengths
@@ -119,6 +118,16 @@ def _numel(parameter: torch.Tensor) -> int:
 
 def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _check_without_sync(condition: torch.Tensor, message) -> None:
+    """Raises `ValueError(message())` unless the boolean tensor `condition` is True, without a host-device sync: the
+    check is `torch._assert_async`, which an accelerator runs in order with the computation (a failed check there is
+    a device-side assertion carrying the message) and a CPU evaluates at once."""
+    try:
+        torch._assert_async(condition, "PART input check failed; run on CPU for the full message")
+    except RuntimeError as error:  # CPU tensors are checked immediately: say what is wrong and what to do
+        raise ValueError(message()) from error
 
 
 def eager_attention_forward(
@@ -259,6 +268,19 @@ class PartAdapter(PreTrainedModel):
 
 
 @dataclass
+class PartAudioFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(clips, encoder_frames, encoder_width)`): the encoder's output.
+    pooler_output (`torch.FloatTensor` of shape `(clips, audio_positions, llm_width)`): the adapter's output, the
+        embeddings that replace the audio placeholders; positions past `audio_token_lengths` are padding.
+    hidden_states, attentions: the encoder's, when asked for.
+    audio_token_lengths (`torch.LongTensor` of shape `(clips,)`): valid audio positions per clip.
+    """
+
+    audio_token_lengths: torch.LongTensor | None = None
+
+
+@dataclass
 class PartCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor`, *optional*): token cross-entropy over target positions (labels != ignore_index).
@@ -280,9 +302,17 @@ class PartCausalLMOutputWithPast(ModelOutput):
 
 
 class PartPreTrainedModel(PreTrainedModel):
+    r"""
+    Base class of PART models. The audio encoder, the adapter and the LLM are `PreTrainedModel`s over their
+    sub-configs and initialise their own weights.
+
+    There is no separate base model: PART keeps the pretrained causal LM whole (its head, its weight tying, its
+    LoRA), so `base_model_prefix` is transformers' default `""` and `base_model` is the model itself.
+    """
+
     config_class = PartConfig
     config: PartConfig
-    base_model_prefix = "model"
+    base_model_prefix = ""
     main_input_name = "input_ids"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
@@ -387,6 +417,25 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def enable_input_require_grads(self) -> None:
+        """As `PreTrainedModel.enable_input_require_grads` (the LLM's input embeddings), and also the audio encoder's
+        input features: with reentrant activation checkpointing, a checkpointed layer whose inputs need no gradient
+        passes none to its weights, so a trainable encoder whose first layer is checkpointed would get none."""
+        super().enable_input_require_grads()
+
+        def features_require_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            features = kwargs.get("input_features")
+            if torch.is_grad_enabled() and features is not None and not features.requires_grad:
+                kwargs["input_features"] = features.detach().requires_grad_(True)
+            return args, kwargs
+
+        self._require_grads_hooks.append(
+            self.audio_tower.register_forward_pre_hook(features_require_grad, with_kwargs=True)
+        )
+
     # ------------------------------------------------------------------------------------------------- audio
     def _get_feat_extract_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Audio positions (adapter outputs) for clips of `feature_lengths` feature frames: the encoder's own
@@ -398,10 +447,23 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """Valid encoder frames for clips of `feature_lengths` feature frames."""
         return encoder_output_lengths(self.config.audio_config, feature_lengths, encoder=self.audio_tower)
 
-    def get_audio_embeddings(
-        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs encoder and adapter. Returns `(embeddings [batch, tokens, llm_width], token_lengths [batch])`."""
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        feature_attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> PartAudioFeaturesOutput:
+        r"""
+        Runs the audio encoder and the adapter.
+
+        input_features (`torch.FloatTensor`): the clips' features, as `PartFeatureExtractor` computes them.
+        feature_attention_mask (`torch.LongTensor` of shape `(clips, feature_frames)`, *optional*): 1 on valid frames.
+        kwargs: passed to the encoder (e.g. `output_hidden_states`, `output_attentions`).
+
+        Returns a [`PartAudioFeaturesOutput`]: `pooler_output` `[clips, audio_positions, llm_width]` (padded, no
+        data-dependent shape) and `audio_token_lengths`.
+        """
         model_type = self.config.audio_config.model_type
         time_axis = -1 if model_type == "whisper" else 1
         if feature_attention_mask is None:
@@ -411,10 +473,89 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         tower_dtype = next(self.audio_tower.parameters()).dtype
         mask_argument = _AUDIO_MASK_ARGUMENT.get(model_type, "attention_mask")
         tower_kwargs = {mask_argument: feature_attention_mask} if mask_argument else {}
-        encoder_states = self.audio_tower(input_features=input_features.to(tower_dtype), **tower_kwargs)
+        encoder_outputs = self.audio_tower(
+            input_features=input_features.to(tower_dtype), **tower_kwargs, **kwargs, return_dict=True
+        )
         encoder_lengths = self.encoder_output_lengths(feature_attention_mask.sum(-1))
-        embeddings, token_lengths = self.adapter(encoder_states.last_hidden_state, encoder_lengths)
-        return embeddings, token_lengths
+        embeddings, token_lengths = self.adapter(encoder_outputs.last_hidden_state, encoder_lengths)
+        return PartAudioFeaturesOutput(
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            pooler_output=embeddings,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            audio_token_lengths=token_lengths,
+        )
+
+    def get_audio_embeddings(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(embeddings [clips, tokens, llm_width], token_lengths [clips])`: `get_audio_features` as a pair."""
+        outputs = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
+        return outputs.pooler_output, outputs.audio_token_lengths
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor | None = None,
+    ) -> torch.BoolTensor:
+        """Audio placeholder positions, expanded to `inputs_embeds`' shape (from `input_ids`, or by comparing
+        `inputs_embeds` with the placeholder's embedding).
+
+        With `audio_token_lengths` it also checks, without a host-device sync, that the samples holding
+        placeholders hold, in batch order, exactly as many as their clips give (samples without placeholders are
+        text-only): a `ValueError` on CPU, a device-side assertion on an accelerator.
+        """
+        if input_ids is None:
+            placeholder = torch.tensor(self.config.audio_token_id, dtype=torch.long, device=inputs_embeds.device)
+            mask = (inputs_embeds == self.get_input_embeddings()(placeholder)).all(-1)
+        else:
+            mask = input_ids == self.config.audio_token_id
+        if audio_token_lengths is not None:
+            self._check_placeholder_counts(mask, audio_token_lengths.to(mask.device))
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    @staticmethod
+    def _check_placeholder_counts(placeholder_mask: torch.BoolTensor, audio_token_lengths: torch.Tensor) -> None:
+        # Running totals: every clip must end where a sample's placeholders end and vice versa (equal sets of
+        # cumulative counts), so the samples with placeholders hold the clips' lengths one by one, in order.
+        sample_ends = placeholder_mask.sum(-1).cumsum(0)
+        clip_ends = audio_token_lengths.cumsum(0)
+        clips_end_at_samples = (clip_ends[:, None] == sample_ends[None, :]).any(-1).all()
+        samples_end_at_clips = ((sample_ends[:, None] == clip_ends[None, :]).any(-1) | (sample_ends == 0)).all()
+
+        def message() -> str:
+            return (
+                "Audio placeholder tokens do not match the audio: per sample "
+                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio "
+                f"clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
+                "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
+                "length exactly as the model does."
+            )
+
+        _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
+
+    @staticmethod
+    def _scatter_audio_embeddings(
+        inputs_embeds: torch.FloatTensor,
+        placeholder_mask: torch.BoolTensor,
+        audio_embeddings: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor,
+    ) -> torch.FloatTensor:
+        """`inputs_embeds` with the placeholders replaced, in order, by the clips' valid audio positions.
+
+        The k-th placeholder (row-major) takes clip `c`, position `k - start(c)`, found from cumulative sums with
+        fixed-shape gathers: no host-device sync and no data-dependent shape.
+        """
+        audio_embeddings = audio_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)
+        lengths = audio_token_lengths.to(inputs_embeds.device)
+        flat_mask = placeholder_mask[..., 0].reshape(-1)
+        rank = flat_mask.cumsum(0) - 1  # the index of each placeholder among all placeholders
+        clip_ends = lengths.cumsum(0)
+        clip = torch.searchsorted(clip_ends, rank, right=True).clamp_(max=audio_embeddings.shape[0] - 1)
+        position = (rank - (clip_ends - lengths)[clip]).clamp_(0, audio_embeddings.shape[1] - 1)
+        gathered = audio_embeddings[clip, position].view_as(inputs_embeds)
+        return torch.where(placeholder_mask, gathered, inputs_embeds)
 
     def _audio_path_on_every_rank(self) -> bool:
         """Whether a text-only batch must still run the encoder and adapter (on a dummy clip), because other ranks
@@ -444,35 +585,34 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             width = getattr(audio_config, "input_size", None) or audio_config.num_mel_bins
             features = torch.zeros(1, frames, width, device=like.device)
         mask = torch.ones(1, frames, dtype=torch.long, device=like.device)
-        embeddings, _ = self.get_audio_embeddings(features, mask)
+        embeddings = self.get_audio_features(features, mask, return_dict=True).pooler_output
         return embeddings.sum().to(like.dtype) * 0.0
 
     def _merge_audio_embeddings(
         self,
-        input_ids: torch.Tensor,
-        inputs_embeds: torch.Tensor,
-        audio_embeddings: torch.Tensor,
-        audio_token_lengths: torch.Tensor,
-    ) -> torch.Tensor:
-        placeholder_mask = input_ids == self.config.audio_token_id
-        placeholders = placeholder_mask.sum(-1)
-        audio_rows = (placeholders > 0).nonzero().flatten()
-        expected = torch.zeros_like(placeholders)
-        if audio_rows.numel() == audio_token_lengths.numel():
-            expected[audio_rows] = audio_token_lengths.to(expected.device)
-        if audio_rows.numel() != audio_token_lengths.numel() or not torch.equal(placeholders, expected):
-            raise ValueError(
-                "Audio placeholder tokens do not match the audio: per sample "
-                f"{placeholders.tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio clips "
-                f"give {audio_token_lengths.tolist()} audio positions (samples without placeholders are text-only). "
-                "Build inputs with PartProcessor, which computes the placeholder count from the feature length "
-                "exactly as the adapter downsamples."
-            )
-        valid = _lengths_to_mask(audio_token_lengths, audio_embeddings.shape[1])
-        audio_embeddings = audio_embeddings[valid].to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), audio_embeddings)
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        audio_embeddings: torch.FloatTensor,
+        audio_token_lengths: torch.LongTensor,
+    ) -> torch.FloatTensor:
+        """`get_placeholder_mask` (with its check) and `_scatter_audio_embeddings`: the text embeddings with the
+        audio placeholders replaced by the adapter outputs."""
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_token_lengths)
+        return self._scatter_audio_embeddings(inputs_embeds, placeholder_mask, audio_embeddings, audio_token_lengths)
+
+    def _check_no_placeholders(self, input_ids: torch.LongTensor) -> None:
+        if self.config.audio_token_id is None:
+            return
+        _check_without_sync(
+            ~(input_ids == self.config.audio_token_id).any(),
+            lambda: (
+                "input_ids contain audio placeholder tokens but no input_features were given; pass the processor's "
+                "input_features and feature_attention_mask."
+            ),
+        )
 
     # ----------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -487,7 +627,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PartCausalLMOutputWithPast:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch, seq)`): prompt (+ target) tokens with one audio placeholder
@@ -495,6 +635,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         input_features (`torch.FloatTensor`): features of the samples that have audio, in order (text-only
             samples of a mixed batch have none).
         feature_attention_mask (`torch.LongTensor`): 1 for valid feature frames.
+        inputs_embeds (`torch.FloatTensor`, *optional*): instead of `input_ids`; audio placeholders are then found
+            by their embedding.
         labels (`torch.LongTensor` of shape `(batch, seq)`): target ids, `ignore_index` on prompt/audio/padding.
             With labels the LM head runs on target positions only and `logits` is not returned.
         num_items_in_batch: target-token count of the whole (accumulated) batch, as the Trainer passes it, so
@@ -502,24 +644,21 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        audio_token_lengths = None
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-            if input_features is not None:
-                audio_embeddings, audio_token_lengths = self.get_audio_embeddings(input_features, feature_attention_mask)
-                inputs_embeds = self._merge_audio_embeddings(
-                    input_ids, inputs_embeds, audio_embeddings, audio_token_lengths
-                )
-            elif cache is None or cache.get_seq_length() == 0:
-                if self.config.audio_token_id is not None and (input_ids == self.config.audio_token_id).any():
-                    raise ValueError(
-                        "input_ids contain audio placeholder tokens but no input_features were given; pass the "
-                        "processor's input_features and feature_attention_mask."
-                    )
-                if self._audio_path_on_every_rank():
-                    # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
-                    # add it times zero, so this rank joins the same all-gathers and gradient reductions.
-                    inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
+        audio_token_lengths = None
+        if input_features is not None:
+            audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
+            audio_token_lengths = audio.audio_token_lengths
+            inputs_embeds = self._merge_audio_embeddings(
+                input_ids, inputs_embeds, audio.pooler_output, audio_token_lengths
+            )
+        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            self._check_no_placeholders(input_ids)
+            if self._audio_path_on_every_rank():
+                # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
+                # add it times zero, so this rank joins the same all-gathers and gradient reductions.
+                inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
 
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -527,6 +666,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -782,6 +922,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "PartAdapter",
+    "PartAudioFeaturesOutput",
     "PartCausalLMOutputWithPast",
     "PartForSpeechToText",
     "PartPreTrainedModel",

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig
 
 from modeling_part import PARAMETER_GROUPS, PartConfig, PartForSpeechToText
@@ -318,7 +319,38 @@ def test_adapter_only_save_is_a_peft_adapter(tiny_part, tmp_path):
     assert "model.safetensors" not in files
 
 
-# ------------------------------------------------------------------------------------------------ the adapter
+# ------------------------------------------------------------------------------------- transformers conventions
+class HostSyncDetector(TorchFunctionMode):
+    """Records tensor operations that make the host wait for the device (on an accelerator): reading values
+    (`item`, `tolist`, `bool`/`int`/`float` of a tensor, `numpy`, `cpu`, `equal`) and data-dependent shapes
+    (`nonzero`, boolean-mask indexing, `masked_select`, `unique`). On CPU nothing waits, but the same calls are made,
+    so a CPU run shows what an accelerator run would sync on. `torch._assert_async` is not a sync (that is its job)."""
+
+    SYNCS = {
+        torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+        torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu, torch.equal, torch.Tensor.nonzero, torch.nonzero,
+        torch.Tensor.masked_select, torch.masked_select, torch.Tensor.unique, torch.unique, torch.argwhere,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.syncs: list[str] = []
+        self.paused = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            if func in self.SYNCS:
+                self.syncs.append(getattr(func, "__qualname__", str(func)))
+            elif func is torch.Tensor.__getitem__ and _has_bool_tensor(args[1]):
+                self.syncs.append("boolean-mask indexing")
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_tensor(index) -> bool:
+    indices = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
 def _padded_batch(processor):
     """Three clips of different lengths (the feature and token paddings are exercised) and a text-only sample."""
     return processor(
@@ -330,6 +362,71 @@ def _padded_batch(processor):
         source_text=[None, None, "zwei Hunde", None],
         text=["one", "zwei", "two dogs", "three"],
     )
+
+
+def test_audio_path_and_merge_make_no_host_device_sync(tiny_part):
+    """From the start of forward to the LLM: encoder lengths, adapter, placeholder mask, its count check and the
+    scatter of the audio embeddings. The encoder and the LLM (third-party modules) are not inspected."""
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    detector = HostSyncDetector()
+
+    def pause(*_):
+        detector.paused += 1
+
+    def resume(*_):
+        detector.paused -= 1
+
+    hooks = [
+        model.audio_tower.register_forward_pre_hook(pause),
+        model.audio_tower.register_forward_hook(resume),
+        model.get_decoder().register_forward_pre_hook(pause),  # the LLM and the loss after it are out of scope
+    ]
+    try:
+        with detector:
+            output = model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.isfinite(output.loss)
+    assert detector.paused == 1  # the LLM was reached
+    assert not detector.syncs, f"host-device syncs before the LLM: {detector.syncs}"
+
+
+def test_merge_places_each_clip_on_its_placeholders_in_order(tiny_part):
+    model, processor = tiny_part
+    batch = _padded_batch(processor)
+    audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    merged = model._merge_audio_embeddings(batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths)
+    clips = iter(range(audio.pooler_output.shape[0]))
+    for row, ids in enumerate(batch["input_ids"]):
+        placeholders = ids == model.config.audio_token_id
+        torch.testing.assert_close(merged[row][~placeholders], embeds[row][~placeholders])
+        if placeholders.any():
+            clip = next(clips)
+            length = int(audio.audio_token_lengths[clip])
+            torch.testing.assert_close(merged[row][placeholders], audio.pooler_output[clip, :length])
+    # the same with inputs_embeds instead of input_ids: placeholders found by their embedding
+    by_embedding = model(inputs_embeds=embeds, input_features=batch["input_features"],
+                         feature_attention_mask=batch["feature_attention_mask"], attention_mask=batch["attention_mask"])
+    by_ids = model(input_ids=batch["input_ids"], input_features=batch["input_features"],
+                   feature_attention_mask=batch["feature_attention_mask"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(by_embedding.logits, by_ids.logits)
+
+
+def test_placeholder_counts_moved_between_samples_raise(tiny_part):
+    """Equal totals, wrong split: one placeholder moved from the second clip's sample to the first's."""
+    model, processor = tiny_part
+    batch = processor(audio=[make_audio(1.0), make_audio(1.0, seed=1)], sampling_rate=16000, task="asr",
+                      source_language="en", text=["a", "b"])
+    ids = batch["input_ids"].clone()
+    last = (ids[1] == model.config.audio_token_id).nonzero()[-1, 0]
+    ids[1, last] = 5
+    first_text = (ids[0] == model.config.audio_token_id).nonzero()[-1, 0] + 1
+    ids[0, first_text] = model.config.audio_token_id
+    with pytest.raises(ValueError, match="placeholder tokens do not match"):
+        model(input_ids=ids, input_features=batch["input_features"], feature_attention_mask=batch["feature_attention_mask"])
 
 
 def test_adapter_attention_goes_through_the_attention_interface(tiny_part):
@@ -389,3 +486,37 @@ def test_fresh_adapter_is_initialised_alike_by_every_constructor(tmp_path):
                 assert abs(float(module.weight.detach().std()) / std - 1) < 0.1, name
             elif isinstance(module, torch.nn.LayerNorm):
                 assert bool((module.weight == 1).all()) and torch.count_nonzero(module.bias) == 0, name
+
+
+def test_return_dict_false_gives_tuples(tiny_part):
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    as_tuple = model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], model(**batch).loss)
+    features = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"], return_dict=False)
+    assert isinstance(features, tuple)
+
+
+def test_resize_token_embeddings_keeps_the_tied_head(tiny_part):
+    model, processor = tiny_part
+    assert model.config.tie_word_embeddings and model.config.text_config.tie_word_embeddings
+    vocab = model.config.text_config.vocab_size
+    model.resize_token_embeddings(vocab + 8)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_input_embeddings().weight.shape[0] == vocab + 8 == model.config.text_config.vocab_size
+    batch = _training_batch(processor)
+    assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_trains_the_whole_encoder(tiny_part, use_reentrant):
+    """With reentrant checkpointing a checkpointed layer whose inputs need no gradient passes none to its weights;
+    the encoder's first layer reads the features, so they are made to require it."""
+    model, processor = tiny_part
+    model.set_trainable(["encoder", "adapter"])
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.train()
+    model(**_training_batch(processor)).loss.backward()
+    missing = [n for n, p in model.audio_tower.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
