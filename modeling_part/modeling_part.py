@@ -324,6 +324,17 @@ class PartPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
 
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialises missing weights; the encoder and the LLM by their own rules first. transformers passes a
+        custom-code model's `is_custom_code=True` down to library submodels, whose `_initialize_weights` then skips
+        modules without direct parameters (so WhisperEncoder's sinusoidal positions would be left random)."""
+        for module in self.children():
+            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
+
+
 class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     """Speech encoder -> adapter -> causal LLM, for ASR, speech translation and text-only translation."""
 
