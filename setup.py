@@ -16,7 +16,6 @@ INSTALL_REQUIRES = [
     "safetensors>=0.8,<1",
     "soundfile>=0.14,<1",
     "soxr>=1.1,<2",
-    "asrfront>=0.2.2,<0.3",
     "numpy>=2.4,<3",
     "pyyaml>=6.0,<7",
     "sacrebleu>=2.6,<3",
@@ -27,6 +26,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
+    # Optional C kernels for the feature extractor and decoder of headerless PCM; numpy/soundfile do the same without.
+    "asrfront": ["asrfront>=0.2.2,<0.3"],
     "deepspeed": ["deepspeed>=0.19.8,<0.20"],
     "demo": ["espeakng-loader>=0.2.4,<0.3", "num2words>=0.5.14,<0.6", "babel>=2.19,<3", "tokenizers>=0.23,<0.24"],
     "test": ["pytest>=9.2,<10", "kaldi-native-fbank>=1.23,<2", "parameterized>=0.9,<0.10"],

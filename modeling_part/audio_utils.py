@@ -40,7 +40,8 @@ def load_audio(
     Args:
         audio: one of
             - a file path (`str` / `os.PathLike`): decoded with soundfile; formats soundfile cannot read
-              fall back to `asrfront.load` (e.g. raw s16le 16 kHz `.pcm` / `.raw` files);
+              fall back to the optional `asrfront.load` when installed, else headerless s16le 16 kHz mono
+              `.pcm` / `.raw` files are read as raw PCM;
             - the file's contents as `bytes` (decoded with soundfile);
             - a numpy array or a torch tensor of samples, with `sampling_rate` given. 1-D is mono. 2-D is
               `(frames, channels)` as soundfile returns it, or `(channels, frames)` when it has at most
@@ -88,6 +89,9 @@ def load_audio(
     return _resample(waveform, _check_rate(rate, name), target_sampling_rate)
 
 
+RAW_PCM_EXTENSIONS = (".pcm", ".raw")  # headerless s16le, 16 kHz, mono
+
+
 def _decode_path(path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, int]:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -95,16 +99,34 @@ def _decode_path(path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, i
     try:
         data, rate = soundfile.read(path, dtype="float32")
     except soundfile.LibsndfileError as sf_error:
-        import asrfront  # decodes to 16 kHz mono itself
+        return _decode_fallback(path, name, sf_error)
+    return _to_mono_float32(data, name), rate
 
+
+def _decode_fallback(path: str, name: str, sf_error: Exception) -> tuple[np.ndarray, int]:
+    """What soundfile cannot open: the optional `asrfront` decoder when installed, else headerless s16le
+    16 kHz mono PCM (`.pcm` / `.raw`) read by soundfile as RAW."""
+    try:
+        import asrfront  # decodes to 16 kHz mono itself
+    except ImportError:
+        asrfront = None
+    if asrfront is not None:
         try:
             return asrfront.load(path), asrfront.SAMPLE_RATE
         except ValueError as af_error:
-            raise ValueError(
-                f"{name}: cannot decode audio file {path!r} (soundfile: {sf_error}; asrfront: {af_error}); "
-                "convert it to WAV or FLAC, e.g. `ffmpeg -i in -ar 16000 -ac 1 out.wav`"
-            ) from af_error
-    return _to_mono_float32(data, name), rate
+            detail = f"soundfile: {sf_error}; asrfront: {af_error}"
+    elif path.lower().endswith(RAW_PCM_EXTENSIONS):
+        data, rate = soundfile.read(
+            path, dtype="float32", format="RAW", subtype="PCM_16", samplerate=SAMPLING_RATE, channels=1,
+            endian="LITTLE",
+        )
+        return _to_mono_float32(data, name), rate
+    else:
+        detail = f"soundfile: {sf_error}; the optional asrfront decoder is not installed"
+    raise ValueError(
+        f"{name}: cannot decode audio file {path!r} ({detail}); convert it to WAV or FLAC, e.g. "
+        "`ffmpeg -i in -ar 16000 -ac 1 out.wav`"
+    ) from sf_error
 
 
 def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:

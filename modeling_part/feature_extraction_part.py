@@ -1,6 +1,6 @@
 """Feature extractor for PART's speech encoders: the SenseVoice front end (FunASR `WavFrontend`: kaldi fbank,
-low-frame-rate stacking, CMVN) and Whisper's 30 s log-mel, computed by asrfront's C kernels when it is
-installed and by an equivalent vectorised numpy implementation otherwise."""
+low-frame-rate stacking, CMVN) and Whisper's 30 s log-mel, computed by a vectorised numpy implementation, or by the
+C kernels of the optional `asrfront` package when it is installed (`pip install part-speech[asrfront]`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from transformers.utils import TensorType
 if TYPE_CHECKING:
     import torch
 
-try:
+try:  # optional (`part-speech[asrfront]`): faster C kernels for the same features
     from asrfront import sensevoice as asrfront_sensevoice
     from asrfront import whisper as asrfront_whisper
 except ImportError:  # the numpy implementation below computes the same features
@@ -177,6 +177,29 @@ def whisper_log_mel(waveform: np.ndarray, n_mels: int = 80) -> np.ndarray:
     return np.ascontiguousarray(((log_mel + 4.0) / 4.0).T, dtype=np.float32)
 
 
+def read_am_mvn(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`(shift, scale)` float32 vectors of a FunASR `am.mvn` file (Kaldi nnet text format): the values of the
+    `<LearnRateCoef> x [ ... ]` line after `<AddShift>` and after `<Rescale>`; features are normalised as
+    `(x + shift) * scale`, as FunASR's `load_cmvn` reads it."""
+    lines = open(path, encoding="utf-8").read().splitlines()
+    vectors: dict[str, np.ndarray] = {}
+    for index, line in enumerate(lines):
+        tokens = line.split()
+        if not tokens or tokens[0] not in ("<AddShift>", "<Rescale>") or index + 1 >= len(lines):
+            continue
+        values = lines[index + 1].split()
+        if len(values) < 4 or values[0] != "<LearnRateCoef>" or values[2] != "[" or values[-1] != "]":
+            raise ValueError(f"{path}:{index + 2}: expected '<LearnRateCoef> x [ ... ]' after {tokens[0]}")
+        vectors[tokens[0]] = np.array(values[3:-1], dtype=np.float32)
+    missing = sorted({"<AddShift>", "<Rescale>"} - vectors.keys())
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}; is it a FunASR am.mvn file?")
+    shift, scale = vectors["<AddShift>"], vectors["<Rescale>"]
+    if shift.shape != scale.shape:
+        raise ValueError(f"{path}: <AddShift> has {shift.size} values, <Rescale> {scale.size}")
+    return shift, scale
+
+
 class PartFeatureExtractor(SequenceFeatureExtractor):
     r"""Feature extractor for PART's audio encoders: the SenseVoice front end or Whisper's log-mel.
 
@@ -197,8 +220,8 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         lfr_m, lfr_n: low-frame-rate stacking (sensevoice only).
         cmvn_mean, cmvn_istd: CMVN vectors of `feature_size * lfr_m` floats, or None for no CMVN (sensevoice
             only).
-        backend: `"auto"` (asrfront's C kernels when installed and supported, else numpy), `"asrfront"` or
-            `"numpy"`. Both compute the same features (max abs difference below 1e-3).
+        backend: `"auto"` (asrfront's C kernels when the optional package is installed and supports the settings,
+            else numpy), `"asrfront"` or `"numpy"`. Both compute the same features (max abs difference below 1e-3).
         padding_value: value of the padded sensevoice feature frames.
     """
 
@@ -240,7 +263,10 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"feature_size (number of mel bins) must be a positive int, got {self.feature_size!r}")
         if self.backend == "asrfront":
             if asrfront_sensevoice is None:
-                raise ImportError("backend='asrfront' needs the asrfront package: `pip install asrfront`")
+                raise ImportError(
+                    "backend='asrfront' needs the optional asrfront package: `pip install asrfront` (or "
+                    "`pip install part-speech[asrfront]`); backend='auto' or 'numpy' computes the same features"
+                )
             if self.front_end == "whisper" and self.feature_size not in WHISPER_ASRFRONT_N_MELS:
                 raise ValueError(
                     f"asrfront's Whisper front end supports feature_size {WHISPER_ASRFRONT_N_MELS}, got "
@@ -315,9 +341,7 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         """
         if self.front_end != "sensevoice":
             raise ValueError("CMVN applies to front_end='sensevoice' only")
-        from asrfront.sensevoice import load_cmvn
-
-        shift, scale = load_cmvn(path)
+        shift, scale = read_am_mvn(path)
         if shift.size < self.feature_dim:
             raise ValueError(f"{path}: CMVN vectors have {shift.size} values, need {self.feature_dim}")
         self.cmvn_mean = (-shift[: self.feature_dim]).tolist()
@@ -476,4 +500,4 @@ def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
     return waveforms
 
 
-__all__ = ["PartFeatureExtractor", "apply_lfr", "kaldi_fbank", "kaldi_num_frames", "whisper_log_mel"]
+__all__ = ["PartFeatureExtractor", "apply_lfr", "kaldi_fbank", "kaldi_num_frames", "read_am_mvn", "whisper_log_mel"]

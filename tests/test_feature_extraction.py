@@ -325,3 +325,53 @@ def test_cmvn_only_for_sensevoice(tmp_path):
         whisper.load_cmvn(tmp_path / "am.mvn")
     with pytest.raises(ValueError, match="at least one clip"):
         PartFeatureExtractor().fit_cmvn([speech_like(399)])
+
+
+_WITHOUT_ASRFRONT = """
+import sys
+sys.modules["asrfront"] = None  # every `import asrfront` now raises ImportError, as when it is not installed
+import numpy as np
+from modeling_part import PartFeatureExtractor, feature_extraction_part, load_audio
+
+folder = sys.argv[1]
+assert feature_extraction_part.asrfront_sensevoice is None
+extractor = PartFeatureExtractor().load_cmvn(folder + "/am.mvn")
+assert not extractor._uses_asrfront()
+np.save(folder + "/features.npy", extractor(np.load(folder + "/clip.npy"), return_tensors="np")["input_features"])
+np.save(folder + "/decoded.npy", load_audio(folder + "/clip.pcm"))
+try:
+    PartFeatureExtractor(backend="asrfront")
+except ImportError as error:
+    print("ASRFRONT BACKEND:", error)
+"""
+
+
+def test_sensevoice_front_end_without_asrfront(tmp_path):
+    """asrfront is optional: with it unimportable (in a fresh process), the SenseVoice front end (`load_cmvn`, the
+    features, the decoder of headerless PCM) runs on numpy/soundfile and matches the numpy reference."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    shift, scale = -rng.uniform(5, 15, 560).astype(np.float32), rng.uniform(0.1, 0.5, 560).astype(np.float32)
+    (tmp_path / "am.mvn").write_text(
+        "<Nnet>\n<Splice> 560 560\n[ 0 ]\n<AddShift> 560 560\n<LearnRateCoef> 0 [ " + " ".join(map(str, shift))
+        + " ]\n<Rescale> 560 560\n<LearnRateCoef> 0 [ " + " ".join(map(str, scale)) + " ]\n</Nnet>\n"
+    )
+    clip = speech_like(16000 + 777)
+    np.save(tmp_path / "clip.npy", clip)
+    pcm = (clip * 32767).astype("<i2")
+    (tmp_path / "clip.pcm").write_bytes(pcm.tobytes())  # headerless s16le: soundfile alone cannot tell its format
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_ASRFRONT, str(tmp_path)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    reference = PartFeatureExtractor(backend="numpy", cmvn_mean=-shift, cmvn_istd=scale)
+    expected = reference(clip, return_tensors="np")["input_features"]
+    np.testing.assert_allclose(np.load(tmp_path / "features.npy"), expected, **FLOAT32_ROUNDING)
+    np.testing.assert_array_equal(np.load(tmp_path / "decoded.npy"), pcm / np.float32(32768))
+    assert "pip install part-speech[asrfront]" in result.stdout
