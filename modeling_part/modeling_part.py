@@ -886,8 +886,12 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
         The unmerged weights are assigned (not copied) to a meta-device twin whose LoRA is merged with
         `safe_merge=True`, which writes each merged weight to new memory: only the merged layers cost memory."""
+        from transformers.modeling_utils import set_zero3_state
+
         state_dict = self.state_dict() if state_dict is None else state_dict
-        with torch.device("meta"):
+        # set_zero3_state: the sub-models' `from_config` must not start DeepSpeed's zero.Init (collective broadcasts
+        # that only this rank would join: it runs on the saving rank alone) for a meta-device skeleton
+        with torch.device("meta"), set_zero3_state():
             twin = type(self)(copy.deepcopy(self.config))
         twin.load_state_dict(state_dict, strict=False, assign=True)
         twin.merge_lora(safe_merge=True)
