@@ -178,19 +178,24 @@ def test_run_speech_translation_with_asr_and_mt_from_source_text(workdir):
     assert [p["reference"] for p in predictions] == ["three", "four", "four"]
 
 
-@pytest.mark.slow
-def test_run_asr_assembles_a_model_from_pretrained_parts(workdir, tmp_path, restore_logging):
+def save_tiny_components(folder, encoder_layers: int) -> None:
+    """Pretrained-part folders as a user passes them: `encoder` (SenseVoice-style), `tokenizer`, `llm` (Qwen2)."""
     torch.manual_seed(0)
     FunAsrNanoEncoder(
-        FunAsrNanoEncoderConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=2,
-                                num_timestamp_prediction_layers=0)
-    ).save_pretrained(tmp_path / "encoder")
+        FunAsrNanoEncoderConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                num_hidden_layers=encoder_layers, num_timestamp_prediction_layers=0)
+    ).save_pretrained(folder / "encoder")
     tokenizer = build_tokenizer(vocab_size=300)
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    tokenizer.save_pretrained(folder / "tokenizer")
     Qwen2ForCausalLM(
         Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                     num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    ).save_pretrained(tmp_path / "llm")
+    ).save_pretrained(folder / "llm")
+
+
+@pytest.mark.slow
+def test_run_asr_assembles_a_model_from_pretrained_parts(workdir, tmp_path, restore_logging):
+    save_tiny_components(tmp_path, encoder_layers=2)
     out = tmp_path / "run"
     metrics = run_asr.main([
         "--audio_encoder", str(tmp_path / "encoder"), "--llm", str(tmp_path / "llm"),
@@ -259,17 +264,7 @@ def test_hub_options_reach_every_from_pretrained_of_the_pretrained_parts(tmp_pat
     import modeling_part.modeling_part as modeling
     from speech_text_utils import ModelArguments, load_model_and_processor
 
-    torch.manual_seed(0)
-    FunAsrNanoEncoder(
-        FunAsrNanoEncoderConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1,
-                                num_timestamp_prediction_layers=0)
-    ).save_pretrained(tmp_path / "encoder")
-    tokenizer = build_tokenizer(vocab_size=300)
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    Qwen2ForCausalLM(
-        Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    ).save_pretrained(tmp_path / "llm")
+    save_tiny_components(tmp_path, encoder_layers=1)
 
     calls = {}
 
