@@ -172,7 +172,9 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         residual = hidden_states
         qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
@@ -538,8 +540,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         def message() -> str:
             return (
                 "Audio placeholder tokens do not match the audio: per sample "
-                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio "
-                f"clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
+                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} "
+                f"audio clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
                 "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
                 "length exactly as the model does."
             )
