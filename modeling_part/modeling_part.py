@@ -265,7 +265,9 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         residual = hidden_states
         qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
@@ -642,8 +644,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         def message() -> str:
             return (
                 "Audio placeholder tokens do not match the audio: per sample "
-                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} audio "
-                f"clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
+                f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} "
+                f"audio clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
                 "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
                 "length exactly as the model does."
             )
@@ -671,37 +673,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         position = (rank - (clip_ends - lengths)[clip]).clamp_(0, audio_embeddings.shape[1] - 1)
         gathered = audio_embeddings[clip, position].view_as(inputs_embeds)
         return torch.where(placeholder_mask, gathered, inputs_embeds)
-
-    def _audio_path_on_every_rank(self) -> bool:
-        """Whether a text-only batch must still run the encoder and adapter (on a dummy clip), because other ranks
-        may run them on audio: under DeepSpeed ZeRO-3 each module's partitioned weights are all-gathered
-        collectively when it runs, and in multi-rank training ZeRO's gradient reduction expects the same
-        gradients from every rank (DDP copes through `find_unused_parameters`, but this costs little)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return False
-        if torch.distributed.get_world_size() < 2:
-            return False
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            return True
-        return torch.is_grad_enabled() and any(
-            p.requires_grad for module in (self.audio_tower, self.adapter) for p in module.parameters()
-        )
-
-    def _dummy_audio_embedding(self, like: torch.Tensor) -> torch.Tensor:
-        """`0 * sum(encoder + adapter output of a silent clip)`: a zero that depends on every audio parameter."""
-        audio_config = self.config.audio_config
-        if audio_config.model_type == "whisper":  # the Whisper encoder takes exactly 30 s of features
-            frames = 2 * audio_config.max_source_positions
-            features = torch.zeros(1, audio_config.num_mel_bins, frames, device=like.device)
-        else:
-            frames = 4 * self.config.encoder_stride * self.adapter.stride
-            width = getattr(audio_config, "input_size", None) or audio_config.num_mel_bins
-            features = torch.zeros(1, frames, width, device=like.device)
-        mask = torch.ones(1, frames, dtype=torch.long, device=like.device)
-        embeddings = self.get_audio_features(features, mask, return_dict=True).pooler_output
-        return embeddings.sum().to(like.dtype) * 0.0
 
     def _merge_audio_embeddings(
         self,
@@ -772,10 +743,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             )
         elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
             self._check_no_placeholders(input_ids)
-            if self._audio_path_on_every_rank():
-                # A text-only batch while other ranks may have audio: run the audio path on a dummy clip and
-                # add it times zero, so this rank joins the same all-gathers and gradient reductions.
-                inputs_embeds = inputs_embeds + self._dummy_audio_embedding(inputs_embeds)
 
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,

@@ -471,7 +471,8 @@ def test_placeholder_counts_moved_between_samples_raise(tiny_part):
     first_text = (ids[0] == model.config.audio_token_id).nonzero()[-1, 0] + 1
     ids[0, first_text] = model.config.audio_token_id
     with pytest.raises(ValueError, match="placeholder tokens do not match"):
-        model(input_ids=ids, input_features=batch["input_features"], feature_attention_mask=batch["feature_attention_mask"])
+        model(input_ids=ids, input_features=batch["input_features"],
+              feature_attention_mask=batch["feature_attention_mask"])
 
 
 def test_adapter_attention_goes_through_the_attention_interface(tiny_part):

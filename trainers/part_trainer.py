@@ -31,6 +31,7 @@ from .collator import PartDataCollator
 from .data import LengthGrouping, MixtureComponent, MixtureDataset
 from .evaluation import evaluate_speech_to_text
 from .metrics import HypothesisCap
+from .rank_alignment import AudioPathOnEveryRank
 from .stages import PRESETS, Schedule, Stage, load_schedule
 
 logger = logging.get_logger(__name__)
@@ -138,6 +139,8 @@ class PartTrainer(Trainer):
             processing_class=processor,
             **kwargs,
         )
+        # A rank with a text-only batch still runs the audio path, so multi-rank collectives stay aligned.
+        self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
         self._base_output_dir = self.args.output_dir
         self._base_learning_rate = self.args.learning_rate
         self._base_warmup_steps = self.args.warmup_steps
