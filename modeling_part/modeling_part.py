@@ -730,13 +730,11 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        audio = None
-        if input_features is not None:  # the audio path first, then the text embeddings
-            audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         audio_token_lengths = None
-        if audio is not None:
+        if input_features is not None:  # after the text embeddings, where rank alignment runs its silent clip
+            audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
             audio_token_lengths = audio.audio_token_lengths
             inputs_embeds = self._merge_audio_embeddings(
                 input_ids, inputs_embeds, audio.pooler_output, audio_token_lengths

@@ -21,8 +21,8 @@ REPO = os.path.dirname(HERE)
 
 
 def _text_only_batch(processor, with_targets=True):
-    return processor(task="mt", source_language="de", target_language="en", source_text=["zwei Hunde"],
-                     text=["two dogs"] if with_targets else None)
+    return processor(task="mt", source_language="de", target_language="en", text=["zwei Hunde"],
+                     target_text=["two dogs"] if with_targets else None)
 
 
 def _count_calls(module):
@@ -49,7 +49,7 @@ def test_text_only_batch_runs_the_audio_path_times_zero(tiny_part, monkeypatch):
 
         calls.clear()  # a batch with audio runs its own audio path only
         audio_batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en",
-                                text="one")
+                                target_text="one")
         model(**audio_batch)
         assert len(calls) == 1
 
@@ -98,9 +98,9 @@ optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
 for step in range(2):
     if rank == 0:
         batch = processor(audio=make_audio(1.0, seed=step), sampling_rate=16000, task="asr", source_language="en",
-                          text="one")
+                          target_text="one")
     else:  # a text-only batch on this rank
-        batch = processor(task="mt", source_language="de", target_language="en", source_text="zwei", text="two")
+        batch = processor(task="mt", source_language="de", target_language="en", text="zwei", target_text="two")
     ddp(**batch).loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.audio_tower.parameters()])
     gathered = [torch.zeros_like(grads) for _ in range(2)]
