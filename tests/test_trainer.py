@@ -366,3 +366,17 @@ def test_resume_from_a_stages_last_checkpoint_does_not_train_on(tmp_path):
     summary = json.loads((tmp_path / "crashed" / "training_summary.json").read_text())
     assert summary["stages"][1]["global_step"] == 4
     assert _losses(tmp_path / "crashed") == _losses(tmp_path / "full")
+
+
+def test_a_stage_without_data_is_refused_before_training(tmp_path):
+    """The trainer checks the schedule against its data with the schedule's own check (one implementation)."""
+    from trainers import PartTrainer, PartTrainingArguments
+
+    from modeling_part.tiny import build_tiny_part
+    from part_fixtures import tiny_components
+
+    model, processor = build_tiny_part("sensevoice")
+    args = PartTrainingArguments(output_dir=str(tmp_path), schedule="part", max_steps=4, report_to=[], use_cpu=True)
+    only_mt = [c for c in tiny_components(2) if c.task == "mt"]
+    with pytest.raises(ValueError, match=r"Stage '1_adapter' of schedule 'part' samples tasks \['asr'\].*mt_de_en"):
+        PartTrainer(model=model, args=args, train_components=only_mt, processor=processor)

@@ -149,15 +149,8 @@ class PartTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------- setup
     def _check_schedule_against_data(self) -> None:
-        if not self.train_components:
-            return  # evaluation only; train() refuses to run without data
-        for stage in self.schedule.stages:
-            if not self._stage_components(stage):
-                available = sorted({(c.task, c.source_language) for c in self.train_components})
-                raise ValueError(
-                    f"Stage {stage.name!r} samples tasks {sorted(stage.tasks)} (languages {stage.languages or 'all'}) "
-                    f"but no train component matches; available (task, language): {available}."
-                )
+        if self.train_components:  # without data: evaluation only; train() refuses to run
+            self.schedule.check_covers(self.train_components)
 
     def _stage_components(self, stage: Stage) -> list[MixtureComponent]:
         components = []
