@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo paper bench clean
+.PHONY: venv test demo paper bench real-dimensions clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ paper: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py
+
+# PART-2B's real shape from configs (random weights): parameters, memory, step and generation times on this CPU.
+real-dimensions: $(STAMP)
+	$(PY) benchmarks/real_dimensions.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
