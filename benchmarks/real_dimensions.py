@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -229,6 +230,10 @@ def _stage(name: str):
     return schedule, schedule.stages[index], lora_active
 
 
+PROGRESS: dict = {}
+"""What the running phase has measured so far; the memory guard reports it if it stops the phase."""
+
+
 def _prepare(options, phase: str):
     """Threads, imports, tokenizer, config, model with the preset's LoRA, processor and inputs; RSS along the way."""
     import torch
@@ -253,17 +258,26 @@ def _prepare(options, phase: str):
     result["rss_after_build"] = rss_bytes()
     result["parameter_bytes"] = _tensor_bytes(model.parameters())
     log(f"{phase}: built in {result['build_seconds']:.0f} s, RSS {result['rss_after_build'] / GIB:.2f} GiB")
+    PROGRESS.clear()
+    PROGRESS.update(result)
     return model, train, infer, result
 
 
-def _measured(fn):
-    """Runs `fn()`; returns (its value, seconds, RSS high-water mark while it ran or None where it cannot be reset)."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _measured(fn) -> tuple:
+    """Runs `fn()`; returns (its value, {"seconds": wall time, "cpu_seconds": this process's CPU time (less
+    sensitive than wall time to other processes on a shared machine), "peak_rss": RSS high-water mark while it ran,
+    None where the mark cannot be reset}).`"""
     release_memory()
     can_reset = reset_peak()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     value = fn()
-    seconds = time.perf_counter() - started
-    return value, seconds, (hwm_bytes() if can_reset else None)
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    return value, {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": hwm_bytes() if can_reset else None}
 
 
 OPTIMIZERS = ("auto", "adamw", "sgd", "sgd_in_backward")
@@ -342,14 +356,18 @@ def run_stage(options, stage_name: str) -> dict:
             optimizer.step()
         return loss.detach().float().item()
 
-    steps = []
+    PROGRESS.update(result)
+    steps = PROGRESS.setdefault("steps", [])
     for index in range(options.steps):
         log(f"{stage_name}: step {index + 1}/{options.steps} ({counts['trainable'] / 1e6:.1f} M trainable, "
             f"{optimizer_name}) ...")
-        loss, seconds, peak = _measured(step)
-        steps.append({"seconds": seconds, "peak_rss": peak, "loss": loss})
-        log(f"{stage_name}: step {index + 1}: {seconds:.1f} s, loss {loss:.3f}"
-            + (f", RSS high-water {peak / GIB:.2f} GiB" if peak else ""))
+        PROGRESS["running"] = f"step {index + 1}"
+        loss, measured = _measured(step)
+        steps.append({**measured, "loss": loss})
+        peak = f", RSS high-water {measured['peak_rss'] / GIB:.2f} GiB" if measured["peak_rss"] else ""
+        log(f"{stage_name}: step {index + 1}: {measured['seconds']:.1f} s ({measured['cpu_seconds']:.0f} CPU s), "
+            f"loss {loss:.3f}{peak}")
+    PROGRESS.pop("running", None)
     state = optimizer.state.values() if optimizer is not None else []
     optimizer_state_bytes = sum(t.numel() * t.element_size() for s in state for t in s.values() if torch.is_tensor(t))
     result.update({"steps": steps, "optimizer_state_bytes": optimizer_state_bytes,
@@ -378,23 +396,32 @@ def run_generate(options) -> dict:
         with torch.inference_mode():
             return model.generate(**infer, max_new_tokens=count, min_new_tokens=count, do_sample=False, num_beams=1)
 
-    log(f"generate: warm-up, then 1 and {new_tokens} new tokens for {batch} clips ...")
+    log(f"generate: warm-up, then 1 and {new_tokens} new tokens for {batch} clips, twice each (best kept) ...")
+    PROGRESS["running"] = "generation"
     generate(1)
-    _, first_seconds, first_peak = _measured(lambda: generate(1))
-    output, seconds, peak = _measured(lambda: generate(new_tokens))
-    decode_seconds = (seconds - first_seconds) / max(new_tokens - 1, 1)
+    runs = {1: [], new_tokens: []}
+    for _ in range(2):  # alternated, so that a burst of load elsewhere does not land on one length only
+        for count in runs:
+            output, measured = _measured(lambda: generate(count))
+            runs[count].append(measured)
+    first = min(runs[1], key=lambda m: m["seconds"])
+    full = min(runs[new_tokens], key=lambda m: m["seconds"])
+    decode_seconds = (full["seconds"] - first["seconds"]) / (new_tokens - 1) if new_tokens > 1 else None
+    peaks = [m["peak_rss"] for m in [*runs[1], *runs[new_tokens]] if m["peak_rss"] is not None]
     result.update({
         "batch": batch,
         "new_tokens": int(output.shape[1]),
-        "first_token_seconds": first_seconds,
-        "seconds": seconds,
-        "tokens_per_second": batch * output.shape[1] / seconds,
+        "runs": {str(count): measured for count, measured in runs.items()},
+        "first_token_seconds": first["seconds"],
+        "seconds": full["seconds"],
+        "cpu_seconds": full["cpu_seconds"],
+        "tokens_per_second": batch * output.shape[1] / full["seconds"],
         "decode_seconds_per_step": decode_seconds,
-        "decode_tokens_per_second": batch / decode_seconds if decode_seconds > 0 else None,
-        "peak_rss": max(p for p in (first_peak, peak) if p is not None) if (first_peak or peak) else None,
+        "decode_tokens_per_second": batch / decode_seconds if decode_seconds and decode_seconds > 0 else None,
+        "peak_rss": max(peaks) if peaks else None,
         "process_peak": process_peak_bytes(),
     })
-    log(f"generate: first token {first_seconds:.1f} s, {output.shape[1]} tokens in {seconds:.1f} s "
+    log(f"generate: first token {first['seconds']:.1f} s, {output.shape[1]} tokens in {full['seconds']:.1f} s "
         f"({result['tokens_per_second']:.2f} tokens/s over the batch)")
     return result
 
@@ -409,7 +436,7 @@ def start_memory_guard(limit_bytes: float, interval: float = 0.02) -> None:
             if rss > limit_bytes:
                 error = (f"stopped by the memory guard: RSS {rss / GIB:.2f} GiB passed the budget of "
                          f"{limit_bytes / GIB:.2f} GiB")
-                sys.stdout.write("\n" + json.dumps({"error": error}) + "\n")
+                sys.stdout.write("\n" + json.dumps({**PROGRESS, "error": error, "guard_rss": rss}) + "\n")
                 sys.stdout.flush()
                 os._exit(3)
             time.sleep(interval)
@@ -490,6 +517,10 @@ def _millions(count: int) -> str:
     return f"{count / 1e6:,.1f} M"
 
 
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
 def _gib(value) -> str:
     return "-" if value is None else f"{value / GIB:.2f} GiB"
 
@@ -512,23 +543,35 @@ def format_report(report: dict) -> str:
     for name, stage in counts["stages"].items():
         lines.append(f"{name:<20}{stage['trainable']:>16,}{100 * stage['share']:>7.1f}%  "
                      f"{' + '.join(stage['trainable_groups'])}")
-    header = (f"{'phase':<18}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>9}{'step 2':>9}"
+    header = (f"{'phase':<18}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>15}{'step 2':>15}"
               f"{'step peak':>11}{'proc. peak':>11}{'load':>6}")
     lines += ["", header]
     notes = []
     for name, phase in report["phases"].items():
         load = max(phase.get("load_average") or [float("nan")])
+        built = _gib(phase.get("rss_after_build"))
         if "error" in phase:
-            lines.append(f"{name:<18}failed: {phase['error']}")
+            where = f" during {phase['running']}" if phase.get("running") else ""
+            lines.append(f"{name:<18}{phase.get('optimizer', '-'):<17}{_seconds(phase.get('build_seconds')):>7}"
+                         f"{built:>11}  {phase['error']}{where}")
+            if phase.get("guard_rss") and phase.get("optimizer") in ("sgd", "sgd_in_backward"):
+                least = phase["guard_rss"] + phase["adamw_state_bytes"] + (
+                    phase["gradient_bytes"] if phase["optimizer"] == "sgd_in_backward" else 0)
+                notes.append(f"{name}: did not fit the budget even with {phase['optimizer']}; with AdamW it needs "
+                             f"more than {_gib(least)} (the RSS it reached + "
+                             + ("gradients " + _gib(phase["gradient_bytes"]) + " + "
+                                if phase["optimizer"] == "sgd_in_backward" else "")
+                             + f"AdamW state {_gib(phase['adamw_state_bytes'])})")
             continue
         if name == "generate":
-            times, optimizer, step_peak = [None, None], "-", phase["peak_rss"]
+            steps, optimizer, step_peak = [], "-", phase["peak_rss"]
         else:
-            times = [s["seconds"] for s in phase["steps"]] + [None, None]
-            optimizer = phase["optimizer"]
-            step_peak = max((s["peak_rss"] for s in phase["steps"] if s["peak_rss"]), default=None)
-        lines.append(f"{name:<18}{optimizer:<17}{phase['build_seconds']:>6.0f}s{_gib(phase['rss_after_build']):>11}"
-                     + "".join(f"{t:>8.1f}s" if t is not None else f"{'-':>9}" for t in times[:2])
+            steps, optimizer = phase["steps"], phase["optimizer"]
+            step_peak = max((s["peak_rss"] for s in steps if s["peak_rss"]), default=None)
+        cells = [f"{_seconds(s['seconds'])} ({s['cpu_seconds']:.0f} cpu)" for s in steps[:2]]
+        cells += ["-"] * (2 - len(cells))
+        lines.append(f"{name:<18}{optimizer:<17}{_seconds(phase['build_seconds']):>7}{built:>11}"
+                     + "".join(f"{cell:>15}" for cell in cells)
                      + f"{_gib(step_peak):>11}{_gib(phase['process_peak']):>11}{load:>6.1f}")
         if "projected_adamw_process_peak" in phase:
             added = "its state" if phase["optimizer"] == "sgd" else "all gradients at once and its state"
@@ -538,19 +581,22 @@ def format_report(report: dict) -> str:
                          f"AdamW state {_gib(phase['adamw_state_bytes'])}: exact sizes)")
     generate = report["phases"].get("generate", {})
     if "tokens_per_second" in generate:
+        decode = ("" if generate["decode_tokens_per_second"] is None else
+                  f", then {generate['decode_seconds_per_step']:.2f} s per decoding step "
+                  f"({generate['decode_tokens_per_second']:.2f} tokens/s)")
         lines += ["", f"generate (greedy, KV cache, batch {generate['batch']}, {generate['new_tokens']} new tokens "
                   f"each): {generate['seconds']:.2f} s = {generate['tokens_per_second']:.2f} tokens/s; first token "
                   f"(encoder + adapter + prefill of {generate['inputs']['inference_prompt_length']} positions) "
-                  f"{generate['first_token_seconds']:.2f} s, then {generate['decode_seconds_per_step']:.2f} s per "
-                  f"decoding step ({generate['decode_tokens_per_second']:.2f} tokens/s)"]
+                  f"{generate['first_token_seconds']:.2f} s{decode}"]
     some = next((p for p in report["phases"].values() if "inputs" in p), None)
     if some:
         inputs = some["inputs"]
         lines.append(f"inputs: {inputs['feature_frames']} feature frames x {inputs['feature_dim']} -> "
                      f"{inputs['audio_tokens']} audio tokens; training sequence of {inputs['train_sequence_length']} "
                      f"positions, {inputs['target_positions']} in the loss")
-    lines.append("build: random init on CPU; step 1 allocates (optimizer state, allocator); step peak: RSS high-water "
-                 "mark during the step; proc. peak: the phase process's ru_maxrss; load: 1-minute load average")
+    lines.append("build: random init on CPU; steps: wall time (this process's CPU seconds), step 1 allocates "
+                 "(optimizer state, allocator); step peak: RSS high-water mark during the steps (generate: during "
+                 "generation); proc. peak: the phase process's ru_maxrss; load: 1-minute load average")
     lines += [f"note: {note}" for note in notes]
     if not report["isolated_phases"]:
         lines.append("note: phases ran in one process (--in-process): peaks include earlier phases' allocations")
@@ -606,13 +652,13 @@ def main(argv=None) -> dict | None:
         sys.stdout.flush()
         return None
     report = measure(options)
-    print(format_report(report), flush=True)
     output = options.output or (DEFAULT_OUTPUT if options.scale == "full" else None)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
         log(f"wrote {output}")
+    print(format_report(report), flush=True)
     return report
 
 
