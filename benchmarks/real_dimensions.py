@@ -1,17 +1,19 @@
 """`make real-dimensions`: PART at the paper's PART-2B shape, built from configs alone (random weights, no download),
-measured once on CPU.
+measured on CPU.
 
 The shape: a SenseVoice-large-sized SAN-M encoder (transformers' `fun_asr_nano_encoder`), PART's default adapter and a
-Qwen2.5-1.5B-shaped LLM (`qwen2`). Reported: parameters per group, trainable parameters in each stage of the `part`
-preset, and, each phase in a fresh process (so every peak is its own): one training step of stage 1 and of stage 3
-(two steps each; the first one allocates), and greedy generation. Peak memory is the process's resident set high-water
-mark (`VmHWM`, `ru_maxrss`). Every number in `SHAPES["full"]` names its source in `SOURCES`.
+Qwen2.5-1.5B-shaped LLM (`qwen2`); every number in `SHAPES["full"]` names its source in `SOURCES`. Reported:
+parameters per group, trainable parameters in each stage of the `part` preset, then, each phase in a fresh process so
+that every peak is its own: training steps of stage 1 and of stage 3 (two each; the first one allocates), stage 3 again
+with activation checkpointing, and greedy generation. Memory is the process's resident set (high-water marks
+`VmHWM` per step, `ru_maxrss` per process); times are wall and CPU seconds.
 
-When a stage's AdamW state cannot fit in `--memory-budget-gib` (default: 90% of the memory available at the start),
-that step runs with plain SGD (no state) and the report adds the exact AdamW state size to the measured peak, marked
-as projected.
+A step uses AdamW (fused, the Trainer's default) where weights, gradients and AdamW's state fill at most 80% of
+`--memory-budget-gib` (default: 90% of the memory available at the start). Otherwise it applies SGD during the
+backward pass (no gradients held together, no state) and the report adds the exact gradient and state sizes to the
+measured peak as a projection. A phase whose resident set passes the budget is stopped, and reported as such.
 
-Usage: python benchmarks/real_dimensions.py [--dtype float32|bfloat16] [--threads N] [--stages 1,3]
+Usage: python benchmarks/real_dimensions.py [--dtype float32|bfloat16] [--threads N] [--stages 1,3,3+checkpointing]
        [--scale full|small|tiny] [--memory-budget-gib G] [--output benchmarks/real_dimensions.json]
 """
 
@@ -307,17 +309,20 @@ def _sgd_in_backward(parameters, lr: float) -> list:
     return [p.register_post_accumulate_grad_hook(update) for p in parameters]
 
 
-def run_stage(options, stage_name: str) -> dict:
+def run_stage(options, phase: str) -> dict:
     """Training steps of one stage, `options.steps` times: the stage's trainable set and LoRA switch as `PartTrainer`
     applies them, then forward, backward, gradient clipping (1.0, the Trainer's default) and the optimizer step.
     AdamW is the Trainer's default (`adamw_torch_fused`); SGD variants measure what does not fit (see --optimizer)."""
     import torch
 
+    stage_name, _, variant = phase.partition("+")
     _, stage, lora_active = _stage(stage_name)
-    model, train, _, result = _prepare(options, stage_name)
+    model, train, _, result = _prepare(options, phase)
     counts = model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)
     model.set_lora_enabled(lora_active)
     model.train()
+    if variant == "checkpointing":  # the Trainer's --gradient_checkpointing: layer inputs kept, the rest recomputed
+        model.activation_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradient_bytes = _tensor_bytes(trainable)
     adamw_state_bytes = 2 * gradient_bytes + 4 * len(trainable)  # exp_avg, exp_avg_sq, a float32 step per tensor
@@ -331,12 +336,13 @@ def run_stage(options, stage_name: str) -> dict:
         optimizer = torch.optim.SGD(trainable, lr=stage.learning_rate)
     else:
         _sgd_in_backward(trainable, stage.learning_rate)
-        log(f"{stage_name}: weights + gradients + AdamW state "
+        log(f"{phase}: weights + gradients + AdamW state "
             f"({(result['rss_after_build'] + gradient_bytes + adamw_state_bytes) / GIB:.1f} GiB) leave too little of "
             f"the {options.memory_budget_gib:.1f} GiB budget: SGD applied in the backward pass; the gradient and "
             "AdamW state sizes are added to the measured peak as a projection")
     result.update({
         "stage": stage_name,
+        "activation_checkpointing": variant == "checkpointing",
         "trainable_groups": stage.trainable,
         "lora_enabled": lora_active,
         "trainable": counts["trainable"],
@@ -359,13 +365,13 @@ def run_stage(options, stage_name: str) -> dict:
     PROGRESS.update(result)
     steps = PROGRESS.setdefault("steps", [])
     for index in range(options.steps):
-        log(f"{stage_name}: step {index + 1}/{options.steps} ({counts['trainable'] / 1e6:.1f} M trainable, "
+        log(f"{phase}: step {index + 1}/{options.steps} ({counts['trainable'] / 1e6:.1f} M trainable, "
             f"{optimizer_name}) ...")
         PROGRESS["running"] = f"step {index + 1}"
         loss, measured = _measured(step)
         steps.append({**measured, "loss": loss})
         peak = f", RSS high-water {measured['peak_rss'] / GIB:.2f} GiB" if measured["peak_rss"] else ""
-        log(f"{stage_name}: step {index + 1}: {measured['seconds']:.1f} s ({measured['cpu_seconds']:.0f} CPU s), "
+        log(f"{phase}: step {index + 1}: {measured['seconds']:.1f} s ({measured['cpu_seconds']:.0f} CPU s), "
             f"loss {loss:.3f}{peak}")
     PROGRESS.pop("running", None)
     state = optimizer.state.values() if optimizer is not None else []
@@ -484,6 +490,7 @@ def measure(options) -> dict:
     """Counts (in this process, on the meta device) and every phase (fresh processes unless `--in-process`)."""
     log(f"PART at {options.scale} dimensions, {options.dtype}, {options.threads} threads; counting parameters ...")
     report = {
+        "command": " ".join(["python", os.path.relpath(os.path.abspath(__file__), ROOT), *options.argv]),
         "scale": options.scale,
         "dtype": options.dtype,
         "threads": options.threads,
@@ -543,7 +550,8 @@ def format_report(report: dict) -> str:
     for name, stage in counts["stages"].items():
         lines.append(f"{name:<20}{stage['trainable']:>16,}{100 * stage['share']:>7.1f}%  "
                      f"{' + '.join(stage['trainable_groups'])}")
-    header = (f"{'phase':<18}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>15}{'step 2':>15}"
+    width = max([18, *(len(name) + 2 for name in report["phases"])])
+    header = (f"{'phase':<{width}}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>15}{'step 2':>15}"
               f"{'step peak':>11}{'proc. peak':>11}{'load':>6}")
     lines += ["", header]
     notes = []
@@ -552,7 +560,7 @@ def format_report(report: dict) -> str:
         built = _gib(phase.get("rss_after_build"))
         if "error" in phase:
             where = f" during {phase['running']}" if phase.get("running") else ""
-            lines.append(f"{name:<18}{phase.get('optimizer', '-'):<17}{_seconds(phase.get('build_seconds')):>7}"
+            lines.append(f"{name:<{width}}{phase.get('optimizer', '-'):<17}{_seconds(phase.get('build_seconds')):>7}"
                          f"{built:>11}  {phase['error']}{where}")
             if phase.get("guard_rss") and phase.get("optimizer") in ("sgd", "sgd_in_backward"):
                 least = phase["guard_rss"] + phase["adamw_state_bytes"] + (
@@ -570,7 +578,7 @@ def format_report(report: dict) -> str:
             step_peak = max((s["peak_rss"] for s in steps if s["peak_rss"]), default=None)
         cells = [f"{_seconds(s['seconds'])} ({s['cpu_seconds']:.0f} cpu)" for s in steps[:2]]
         cells += ["-"] * (2 - len(cells))
-        lines.append(f"{name:<18}{optimizer:<17}{_seconds(phase['build_seconds']):>7}{built:>11}"
+        lines.append(f"{name:<{width}}{optimizer:<17}{_seconds(phase['build_seconds']):>7}{built:>11}"
                      + "".join(f"{cell:>15}" for cell in cells)
                      + f"{_gib(step_peak):>11}{_gib(phase['process_peak']):>11}{load:>6.1f}")
         if "projected_adamw_process_peak" in phase:
@@ -604,6 +612,16 @@ def format_report(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def _phase_name(spec: str, parser) -> str:
+    """`3` -> `3_cross_language`; `3+checkpointing` -> `3_cross_language+checkpointing`."""
+    stage, plus, variant = spec.strip().partition("+")
+    stage = STAGE_ALIASES.get(stage, stage)
+    if stage not in STAGE_ALIASES.values() or (plus and variant != "checkpointing"):
+        parser.error(f"--stages: {spec!r} is not a stage; use {', '.join(STAGE_ALIASES)} (or full names), optionally "
+                     "with +checkpointing")
+    return stage + plus + variant
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="full", choices=sorted(SHAPES),
@@ -611,8 +629,9 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="dtype of every weight, LoRA included (so of gradients and AdamW state too)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--stages", default="1,3",
-                        help="stages of the part preset to step: 1, 2a, 2b, 3 (or full names), comma-separated")
+    parser.add_argument("--stages", default="1,3,3+checkpointing",
+                        help="stages of the part preset to step: 1, 2a, 2b, 3 (or full names), comma-separated; a "
+                        "+checkpointing suffix (e.g. 3+checkpointing) steps that stage with activation checkpointing")
     parser.add_argument("--steps", type=int, default=2, help="training steps per stage (the first one allocates)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate per clip (0: skip generation)")
     parser.add_argument("--clip-seconds", default="10,8", help="clip lengths of the batch, comma-separated")
@@ -631,11 +650,9 @@ def parse_args(argv=None):
                         "for --scale full, else none)")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: one phase, JSON on stdout
     options = parser.parse_args(argv)
+    options.argv = list(sys.argv[1:] if argv is None else argv)
     options.clip_seconds = [float(s) for s in str(options.clip_seconds).split(",") if s]
-    options.stages = [STAGE_ALIASES.get(s.strip(), s.strip()) for s in options.stages.split(",") if s.strip()]
-    unknown = [s for s in options.stages if s not in STAGE_ALIASES.values()]
-    if unknown:
-        parser.error(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGE_ALIASES)}")
+    options.stages = [_phase_name(spec, parser) for spec in options.stages.split(",") if spec.strip()]
     if options.memory_budget_gib is None:
         options.memory_budget_gib = 0.9 * _available_bytes() / GIB
     if options.steps < 1:

@@ -59,8 +59,9 @@ def test_over_budget_stage_steps_sgd_in_backward_and_projects_adamw():
         "--scale", "tiny", "--threads", "1", "--steps", "1", "--clip-seconds", "1", "--target-tokens", "3",
         "--memory-budget-gib", "0.01",
     ])
-    result = real_dimensions.run_stage(options, "3_cross_language")
+    result = real_dimensions.run_stage(options, "3_cross_language+checkpointing")
     assert result["optimizer"] == "sgd_in_backward" and result["optimizer_state_bytes"] == 0
+    assert result["activation_checkpointing"] is True
     assert math.isfinite(result["steps"][0]["loss"])
     projected = result["process_peak"] + result["gradient_bytes"] + result["adamw_state_bytes"]
     assert result["projected_adamw_process_peak"] == projected
