@@ -5,8 +5,8 @@ The shape: a SenseVoice-large-sized SAN-M encoder (transformers' `fun_asr_nano_e
 Qwen2.5-1.5B-shaped LLM (`qwen2`); every number in `SHAPES["full"]` names its source in `SOURCES`. Reported:
 parameters per group, trainable parameters in each stage of the `part` preset, then, each phase in a fresh process so
 that every peak is its own: training steps of stage 1 and of stage 3 (two each; the first one allocates), stage 3 again
-with activation checkpointing, and greedy generation. Memory is the process's resident set (high-water marks
-`VmHWM` per step, `ru_maxrss` per process); times are wall and CPU seconds.
+with activation checkpointing, and greedy generation. Memory is the process's resident set (high-water marks per step
+and over the process's life); times are wall and CPU seconds.
 
 A step uses AdamW (fused, the Trainer's default) where weights, gradients and AdamW's state fill at most 80% of
 `--memory-budget-gib` (default: 90% of the memory available at the start). Otherwise it applies SGD during the
@@ -270,10 +270,21 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_PEAK_BEFORE_RESETS = 0
+
+
+def process_peak() -> int:
+    """The process's lifetime RSS high-water mark. Resetting `VmHWM` (`clear_refs`) resets `ru_maxrss` with it on
+    Linux, so the marks seen before each reset are kept here."""
+    return max(_PEAK_BEFORE_RESETS, hwm_bytes(), process_peak_bytes())
+
+
 def _measured(fn) -> tuple:
     """Runs `fn()`; returns (its value, {"seconds": wall time, "cpu_seconds": this process's CPU time (less
     sensitive than wall time to other processes on a shared machine), "peak_rss": RSS high-water mark while it ran,
     None where the mark cannot be reset}).`"""
+    global _PEAK_BEFORE_RESETS
+    _PEAK_BEFORE_RESETS = process_peak()
     release_memory()
     can_reset = reset_peak()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
@@ -377,7 +388,7 @@ def run_stage(options, phase: str) -> dict:
     state = optimizer.state.values() if optimizer is not None else []
     optimizer_state_bytes = sum(t.numel() * t.element_size() for s in state for t in s.values() if torch.is_tensor(t))
     result.update({"steps": steps, "optimizer_state_bytes": optimizer_state_bytes,
-                   "process_peak": process_peak_bytes()})
+                   "process_peak": process_peak()})
     # What AdamW would hold on top of the measured peak: its state (exact), and with SGD in backward all gradients
     # at once too (exact sizes; an upper bound, since activations are partly freed by the time gradients complete).
     if optimizer_name == "sgd":
@@ -425,7 +436,7 @@ def run_generate(options) -> dict:
         "decode_seconds_per_step": decode_seconds,
         "decode_tokens_per_second": batch / decode_seconds if decode_seconds and decode_seconds > 0 else None,
         "peak_rss": max(peaks) if peaks else None,
-        "process_peak": process_peak_bytes(),
+        "process_peak": process_peak(),
     })
     log(f"generate: first token {first['seconds']:.1f} s, {output.shape[1]} tokens in {full['seconds']:.1f} s "
         f"({result['tokens_per_second']:.2f} tokens/s over the batch)")
@@ -604,7 +615,7 @@ def format_report(report: dict) -> str:
                      f"positions, {inputs['target_positions']} in the loss")
     lines.append("build: random init on CPU; steps: wall time (this process's CPU seconds), step 1 allocates "
                  "(optimizer state, allocator); step peak: RSS high-water mark during the steps (generate: during "
-                 "generation); proc. peak: the phase process's ru_maxrss; load: 1-minute load average")
+                 "generation); proc. peak: the phase process's lifetime RSS high-water mark; load: 1-minute load average")
     lines += [f"note: {note}" for note in notes]
     if not report["isolated_phases"]:
         lines.append("note: phases ran in one process (--in-process): peaks include earlier phases' allocations")

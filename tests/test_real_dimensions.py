@@ -45,7 +45,7 @@ def test_tiny_run_reports_every_phase(tmp_path):
         assert phase["optimizer"] == "adamw"
         assert phase["optimizer_state_bytes"] == pytest.approx(phase["adamw_state_bytes"], rel=0.01)
         assert len(phase["steps"]) == 2 and all(math.isfinite(s["loss"]) and s["seconds"] > 0 for s in phase["steps"])
-        assert phase["process_peak"] >= phase["rss_after_build"] > 0
+        assert phase["process_peak"] >= max(s["peak_rss"] for s in phase["steps"]) >= phase["rss_after_build"] > 0
     inputs = stage_1["inputs"]
     assert inputs["target_positions"] == 2 * (5 + 1)  # 5 target tokens + eos per clip
     assert inputs["audio_tokens"][0] > inputs["audio_tokens"][1] > 0
