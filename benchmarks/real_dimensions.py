@@ -515,12 +515,13 @@ def measure(options) -> dict:
         "phases": {},
     }
     report["parameter_bytes_per_element"] = 2 if options.dtype == "bfloat16" else 4
-    if options.wait_for_quiet > 0:
-        from run_benchmarks import wait_for_quiet
-
-        report["load_while_waiting"] = wait_for_quiet(options.wait_for_quiet, float(os.cpu_count() or 1))
     phases = [*options.stages, *(["generate"] if options.new_tokens > 0 else [])]
     for phase in phases:
+        if options.wait_for_quiet > 0:  # before every phase: timings on a shared machine depend on its load
+            from run_benchmarks import wait_for_quiet
+
+            report.setdefault("load_while_waiting", {})[phase] = wait_for_quiet(options.wait_for_quiet,
+                                                                                options.quiet_load)
         log(f"phase {phase} ({'this process' if options.in_process else 'fresh process'})")
         load_before = os.getloadavg()[0]
         report["phases"][phase] = run_phase(options, phase) if options.in_process else run_child(options, phase)
@@ -655,7 +656,9 @@ def parse_args(argv=None):
                         "whose RSS passes it stops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-for-quiet", type=float, default=0.0,
-                        help="wait up to this many seconds for the 1-minute load average to drop below the core count")
+                        help="before each phase, wait up to this many seconds for the 1-minute load average to drop "
+                        "below --quiet-load")
+    parser.add_argument("--quiet-load", type=float, default=1.5)
     parser.add_argument("--in-process", action="store_true", help="run every phase in this process (tests)")
     parser.add_argument("--output", default=None, help=f"JSON report (default {os.path.relpath(DEFAULT_OUTPUT, ROOT)} "
                         "for --scale full, else none)")
