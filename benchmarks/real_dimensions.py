@@ -399,9 +399,21 @@ def run_stage(options, phase: str) -> dict:
 
 
 def run_generate(options) -> dict:
-    """Greedy generation with KV cache on the inference prompts (left-padded): a warm-up, then the time to the
-    first token (encoder + adapter + prefill) and to `max_new_tokens`; every sample is held to exactly that many."""
+    """Greedy generation with KV cache on the inference prompts (left-padded), every sample held to exactly
+    `new_tokens` tokens: a warm-up, then two timed runs (the faster kept). A logits processor stamps each step, so the
+    first token (encoder + adapter + prefill) and the decoding steps (median) are timed inside one run."""
+    import statistics
+
     import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.stamps = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.perf_counter())
+            return scores
 
     model, _, infer, result = _prepare(options, "generate")
     model.set_lora_enabled(True)  # the trained model's LoRA (generation cost of a merged model differs negligibly)
@@ -409,37 +421,43 @@ def run_generate(options) -> dict:
     new_tokens = options.new_tokens
     batch = infer["input_ids"].shape[0]
 
-    def generate(count):
+    def generate(count, clock=None):
+        started = time.perf_counter()
         with torch.inference_mode():
-            return model.generate(**infer, max_new_tokens=count, min_new_tokens=count, do_sample=False, num_beams=1)
+            output = model.generate(**infer, max_new_tokens=count, min_new_tokens=count, do_sample=False,
+                                    num_beams=1, logits_processor=LogitsProcessorList([clock] if clock else []))
+        if clock is not None:
+            clock.stamps.insert(0, started)
+        return output
 
-    log(f"generate: warm-up, then 1 and {new_tokens} new tokens for {batch} clips, twice each (best kept) ...")
+    log(f"generate: warm-up, then {new_tokens} new tokens for {batch} clips, twice (the faster kept) ...")
     PROGRESS["running"] = "generation"
-    generate(1)
-    runs = {1: [], new_tokens: []}
-    for _ in range(2):  # alternated, so that a burst of load elsewhere does not land on one length only
-        for count in runs:
-            output, measured = _measured(lambda: generate(count))
-            runs[count].append(measured)
-    first = min(runs[1], key=lambda m: m["seconds"])
-    full = min(runs[new_tokens], key=lambda m: m["seconds"])
-    decode_seconds = (full["seconds"] - first["seconds"]) / (new_tokens - 1) if new_tokens > 1 else None
-    peaks = [m["peak_rss"] for m in [*runs[1], *runs[new_tokens]] if m["peak_rss"] is not None]
+    generate(2)
+    runs = []
+    for _ in range(2):
+        clock = StepClock()
+        output, measured = _measured(lambda: generate(new_tokens, clock))
+        steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+        runs.append({**measured, "first_token_seconds": steps[0], "decode_step_seconds": steps[1:]})
+    best = min(runs, key=lambda run: run["seconds"])
+    decode_steps = [step for run in runs for step in run["decode_step_seconds"]]
+    decode_seconds = statistics.median(decode_steps) if decode_steps else None
+    peaks = [run["peak_rss"] for run in runs if run["peak_rss"] is not None]
     result.update({
         "batch": batch,
         "new_tokens": int(output.shape[1]),
-        "runs": {str(count): measured for count, measured in runs.items()},
-        "first_token_seconds": first["seconds"],
-        "seconds": full["seconds"],
-        "cpu_seconds": full["cpu_seconds"],
-        "tokens_per_second": batch * output.shape[1] / full["seconds"],
+        "runs": runs,
+        "first_token_seconds": best["first_token_seconds"],
+        "seconds": best["seconds"],
+        "cpu_seconds": best["cpu_seconds"],
+        "tokens_per_second": batch * output.shape[1] / best["seconds"],
         "decode_seconds_per_step": decode_seconds,
-        "decode_tokens_per_second": batch / decode_seconds if decode_seconds and decode_seconds > 0 else None,
+        "decode_tokens_per_second": batch / decode_seconds if decode_seconds else None,
         "peak_rss": max(peaks) if peaks else None,
         "process_peak": process_peak(),
     })
-    log(f"generate: first token {first['seconds']:.1f} s, {output.shape[1]} tokens in {full['seconds']:.1f} s "
-        f"({result['tokens_per_second']:.2f} tokens/s over the batch)")
+    log(f"generate: {output.shape[1]} tokens in {best['seconds']:.1f} s ({result['tokens_per_second']:.2f} tokens/s "
+        f"over the batch), first token {best['first_token_seconds']:.1f} s")
     return result
 
 
@@ -563,7 +581,7 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<20}{stage['trainable']:>16,}{100 * stage['share']:>7.1f}%  "
                      f"{' + '.join(stage['trainable_groups'])}")
     width = max([18, *(len(name) + 2 for name in report["phases"])])
-    header = (f"{'phase':<{width}}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>15}{'step 2':>15}"
+    header = (f"{'phase':<{width}}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>17}{'step 2':>17}"
               f"{'step peak':>11}{'proc. peak':>11}{'load':>6}")
     lines += ["", header]
     notes = []
@@ -591,7 +609,7 @@ def format_report(report: dict) -> str:
         cells = [f"{_seconds(s['seconds'])} ({s['cpu_seconds']:.0f} cpu)" for s in steps[:2]]
         cells += ["-"] * (2 - len(cells))
         lines.append(f"{name:<{width}}{optimizer:<17}{_seconds(phase['build_seconds']):>7}{built:>11}"
-                     + "".join(f"{cell:>15}" for cell in cells)
+                     + "".join(f"{cell:>17}" for cell in cells)
                      + f"{_gib(step_peak):>11}{_gib(phase['process_peak']):>11}{load:>6.1f}")
         if "projected_adamw_process_peak" in phase:
             added = "its state" if phase["optimizer"] == "sgd" else "all gradients at once and its state"
@@ -603,7 +621,7 @@ def format_report(report: dict) -> str:
     if "tokens_per_second" in generate:
         decode = ("" if generate["decode_tokens_per_second"] is None else
                   f", then {generate['decode_seconds_per_step']:.2f} s per decoding step "
-                  f"({generate['decode_tokens_per_second']:.2f} tokens/s)")
+                  f"({generate['decode_tokens_per_second']:.2f} tokens/s, median of the steps)")
         lines += ["", f"generate (greedy, KV cache, batch {generate['batch']}, {generate['new_tokens']} new tokens "
                   f"each): {generate['seconds']:.2f} s = {generate['tokens_per_second']:.2f} tokens/s; first token "
                   f"(encoder + adapter + prefill of {generate['inputs']['inference_prompt_length']} positions) "
