@@ -10,7 +10,7 @@ LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 LATEST_VENV := .venv-latest
 
-.PHONY: venv test demo paper bench lock test-latest clean
+.PHONY: venv test demo paper bench real-dimensions lock test-latest clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager torch==$(TORCH_VERSION) -e ".[all]"
 	$(LATEST_VENV)/bin/python -m pip list --format freeze | grep -iE "^(torch|transformers|peft|accelerate|deepspeed|datasets|huggingface.hub|tokenizers)=="
 	$(LATEST_VENV)/bin/python -m pytest -q tests
+
+# PART-2B's real shape from configs (random weights): parameters, memory, step and generation times on this CPU.
+real-dimensions: $(STAMP)
+	$(PY) benchmarks/real_dimensions.py
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) outputs .pytest_cache
