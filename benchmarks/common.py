@@ -61,10 +61,10 @@ def emit_result(result: dict) -> None:
     sys.stdout.flush()
 
 
-def set_threads() -> int:
+def set_threads(num_threads: int | None = None) -> int:
     import torch
 
-    threads = int(os.environ.get("BENCH_THREADS", 0)) or os.cpu_count() or 1
+    threads = num_threads or int(os.environ.get("BENCH_THREADS", 0)) or os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
 
@@ -74,6 +74,21 @@ def rss_bytes(field: str = "VmRSS") -> int:
     """A field of /proc/self/status in bytes: `VmRSS` (resident now) or `VmHWM` (its high-water mark)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def hwm_bytes() -> int:
+    """The resident set's high-water mark since the process started or since `reset_peak()`."""
+    return rss_bytes("VmHWM")
+
+
+def reset_peak() -> bool:
+    """Resets VmHWM to the current RSS (Linux `clear_refs` 5). Returns False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def process_peak_bytes() -> int:
@@ -98,14 +113,9 @@ def measure_peak(fn, model=None) -> dict:
         model.zero_grad(set_to_none=True)
     release_memory()
     before = rss_bytes()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        reset_ok = True
-    except OSError:
-        reset_ok = False
+    reset_ok = reset_peak()
     out = fn()
-    peak = rss_bytes("VmHWM") if reset_ok else process_peak_bytes()
+    peak = hwm_bytes() if reset_ok else process_peak_bytes()
     return {"before": before, "peak": peak, "delta": peak - before, "reset_ok": reset_ok, "out": out}
 
 

@@ -46,6 +46,7 @@ from common import (  # noqa: E402
 )
 
 GIB = 2**30
+RUN_LEARNING_RATE = 1e-3  # PartTrainingArguments' default --learning_rate; the preset's stages scale it
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "real_dimensions.json")
 STAGE_ALIASES = {"1": "1_adapter", "2a": "2a_encoder_top", "2b": "2b_encoder_full", "3": "3_cross_language"}
 
@@ -166,18 +167,21 @@ def build_tokenizer():
 
 
 def build_processor(config, tokenizer):
-    from modeling_part.tiny import build_processor as _build
+    from modeling_part import PartProcessor
 
-    return _build(config, tokenizer)
+    return PartProcessor.for_model(config, tokenizer)
 
 
 def batches(processor, tokenizer, clip_seconds: list[float], target_tokens: int) -> tuple[dict, dict]:
     """(training batch, inference batch) from the real front end and prompt template: speech-like clips, task
     `asr` in English, a target of exactly `target_tokens` tokens (eos is appended)."""
     audio = [make_audio(seconds, seed=index) for index, seconds in enumerate(clip_seconds)]
-    common = dict(sampling_rate=SAMPLE_RATE, task="asr", source_language="en")
-    text = [target_text(tokenizer, target_tokens)] * len(audio)
-    return dict(processor(audio=audio, text=text, **common)), dict(processor(audio=audio, **common))
+    targets = [target_text(tokenizer, target_tokens)] * len(audio)
+    train = processor.apply_transcription_request(
+        audio, language="en", sampling_rate=SAMPLE_RATE, target_text=targets, output_labels=True
+    )
+    infer = processor.apply_transcription_request(audio, language="en", sampling_rate=SAMPLE_RATE)
+    return dict(train), dict(infer)
 
 
 def describe_inputs(config, train: dict, infer: dict) -> dict:
@@ -212,7 +216,7 @@ def parameter_counts(scale: str) -> dict:
     for stage in schedule.stages:
         trainable = model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)["trainable"]
         stages[stage.name] = {"trainable_groups": stage.trainable, "trainable": trainable,
-                              "share": trainable / total, "learning_rate": stage.learning_rate}
+                              "share": trainable / total, "learning_rate": stage.peak_learning_rate(RUN_LEARNING_RATE)[0]}
     return {"groups": counts, "total": total, "stages": stages, "lora": schedule.lora}
 
 
@@ -342,11 +346,11 @@ def run_stage(options, phase: str) -> dict:
                                       adamw_state_bytes, budget)
     optimizer = None
     if optimizer_name == "adamw":
-        optimizer = torch.optim.AdamW(trainable, lr=stage.learning_rate, weight_decay=0.0, fused=True)
+        optimizer = torch.optim.AdamW(trainable, lr=stage.peak_learning_rate(RUN_LEARNING_RATE)[0], weight_decay=0.0, fused=True)
     elif optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=stage.learning_rate)
+        optimizer = torch.optim.SGD(trainable, lr=stage.peak_learning_rate(RUN_LEARNING_RATE)[0])
     else:
-        _sgd_in_backward(trainable, stage.learning_rate)
+        _sgd_in_backward(trainable, stage.peak_learning_rate(RUN_LEARNING_RATE)[0])
         log(f"{phase}: weights + gradients + AdamW state "
             f"({(result['rss_after_build'] + gradient_bytes + adamw_state_bytes) / GIB:.1f} GiB) leave too little of "
             f"the {options.memory_budget_gib:.1f} GiB budget: SGD applied in the backward pass; the gradient and "
