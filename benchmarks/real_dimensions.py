@@ -592,10 +592,10 @@ def format_report(report: dict) -> str:
     for name, phase in report["phases"].items():
         load = max(phase.get("load_average") or [float("nan")])
         built = _gib(phase.get("rss_after_build"))
-        if "error" in phase:
+        stopped = "error" in phase
+        if stopped:
             where = f" during {phase['running']}" if phase.get("running") else ""
-            lines.append(f"{name:<{width}}{phase.get('optimizer', '-'):<17}{_seconds(phase.get('build_seconds')):>7}"
-                         f"{built:>11}  {phase['error']}{where}")
+            notes.append(f"{name}: {phase['error']}{where}")
             if phase.get("guard_rss") and phase.get("optimizer") in ("sgd", "sgd_in_backward"):
                 least = phase["guard_rss"] + phase["adamw_state_bytes"] + (
                     phase["gradient_bytes"] if phase["optimizer"] == "sgd_in_backward" else 0)
@@ -604,17 +604,19 @@ def format_report(report: dict) -> str:
                              + ("gradients " + _gib(phase["gradient_bytes"]) + " + "
                                 if phase["optimizer"] == "sgd_in_backward" else "")
                              + f"AdamW state {_gib(phase['adamw_state_bytes'])})")
-            continue
         if name == "generate":
-            steps, optimizer, step_peak = [], "-", phase["peak_rss"]
+            steps, optimizer, step_peak = [], "-", phase.get("peak_rss")
         else:
-            steps, optimizer = phase["steps"], phase["optimizer"]
+            steps, optimizer = phase.get("steps", []), phase.get("optimizer", "-")
             step_peak = max((s["peak_rss"] for s in steps if s["peak_rss"]), default=None)
         cells = [f"{_seconds(s['seconds'])} ({s['cpu_seconds']:.0f} cpu)" for s in steps[:2]]
+        if len(cells) < 2:
+            cells.append("stopped" if stopped else "-")
         cells += ["-"] * (2 - len(cells))
-        lines.append(f"{name:<{width}}{optimizer:<17}{_seconds(phase['build_seconds']):>7}{built:>11}"
+        process = "stopped" if stopped else _gib(phase.get("process_peak"))
+        lines.append(f"{name:<{width}}{optimizer:<17}{_seconds(phase.get('build_seconds')):>7}{built:>11}"
                      + "".join(f"{cell:>17}" for cell in cells)
-                     + f"{_gib(step_peak):>11}{_gib(phase['process_peak']):>11}{load:>6.1f}")
+                     + f"{_gib(step_peak):>11}{process:>11}{load:>6.1f}")
         if "projected_adamw_process_peak" in phase:
             added = "its state" if phase["optimizer"] == "sgd" else "all gradients at once and its state"
             notes.append(f"{name}: stepped with {phase['optimizer']} (AdamW would pass the budget of "
@@ -684,6 +686,7 @@ def parse_args(argv=None):
     parser.add_argument("--in-process", action="store_true", help="run every phase in this process (tests)")
     parser.add_argument("--output", default=None, help=f"JSON report (default {os.path.relpath(DEFAULT_OUTPUT, ROOT)} "
                         "for --scale full, else none)")
+    parser.add_argument("--show", default=None, metavar="JSON", help="print the table of a written report and exit")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: one phase, JSON on stdout
     options = parser.parse_args(argv)
     options.argv = list(sys.argv[1:] if argv is None else argv)
@@ -698,6 +701,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict | None:
     options = parse_args(argv)
+    if options.show:
+        with open(options.show, encoding="utf-8") as f:
+            print(format_report(json.load(f)))
+        return None
     if options.phase:
         start_memory_guard(options.memory_budget_gib * GIB)
         result = run_phase(options, options.phase)

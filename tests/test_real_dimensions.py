@@ -52,6 +52,10 @@ def test_tiny_run_reports_every_phase(tmp_path):
     generate = phases["generate"]
     assert generate["new_tokens"] == 3 and generate["tokens_per_second"] > 0
     assert "3_cross_language" in real_dimensions.format_report(report)
+    stopped = {**stage_3, "optimizer": "sgd_in_backward", "error": "stopped by the memory guard", "running": "step 2",
+               "guard_rss": stage_3["process_peak"], "gradient_bytes": 1, "steps": stage_3["steps"][:1]}
+    table = real_dimensions.format_report({**report, "phases": {**phases, "3_cross_language": stopped}})
+    assert "stopped by the memory guard during step 2" in table and "with AdamW it needs more than" in table
 
 
 def test_over_budget_stage_steps_sgd_in_backward_and_projects_adamw():
