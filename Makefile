@@ -10,7 +10,7 @@ LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 LATEST_VENV := .venv-latest
 
-.PHONY: venv test demo paper bench real-dimensions lock test-latest clean
+.PHONY: venv test demo components paper bench real-dimensions lock test-latest clean
 
 venv: $(STAMP)
 
@@ -28,9 +28,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo/run_demo.py --output_dir outputs/demo
 
+# The demo's pretrained stand-ins (speech encoder, LLM, tokenizer), trained once and shipped in examples/demo/components.
+components: $(STAMP)
+	$(PY) examples/demo/pretrain.py --output_dir examples/demo/components
+
 paper: $(STAMP)
-	$(PY) examples/demo/run_paper.py --output_dir outputs/paper \
-		--corpus_dir outputs/demo/corpus --components_dir outputs/demo/components
+	$(PY) examples/demo/run_paper.py --output_dir outputs/paper --corpus_dir outputs/demo/corpus
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py

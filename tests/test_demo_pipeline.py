@@ -14,7 +14,7 @@ from examples.demo.run_demo import chance_metrics, main as demo_main  # noqa: E4
 from examples.demo.run_paper import main as paper_main  # noqa: E402
 
 TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--test_items", "2",
-        "--encoder_steps", "2", "--llm_steps", "2", "--max_steps", "8", "--batch_size", "4", "--eval_batch_size", "8",
+        "--encoder_steps", "2", "--llm_steps", "2", "--llm_text_items", "30", "--max_steps", "8", "--batch_size", "4", "--eval_batch_size", "8",
         "--probes_per_label", "1", "--adapter_width", "32"]
 
 
@@ -35,6 +35,22 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert len(lines) == len(load_from_disk(str(tmp_path / "corpus"))["test"])
     assert set(results["chance_metrics"]) >= {"wer_en", "cer_zh", "bleu_de-en", "s2tt_avg_bleu"}
 
+    # every stage scored on the test split (the last is the final model's score), beside chance and the stand-ins
+    stages = ["1_adapter", "2a_encoder_top", "2b_encoder_full", "3_cross_language"]
+    assert list(results["stage_metrics"]) == stages and results["stage_metrics"][stages[-1]] == metrics
+    for index, name in enumerate(stages[:-1]):
+        assert (run / f"stage-{index}-{name}" / "generation_metrics.json").exists()
+        assert {"test_asr_avg_error", "test_s2tt_avg_bleu", "test_cer_zh"} <= set(results["stage_metrics"][name])
+    table = results["tables"]["stages"]
+    assert table.splitlines()[0].split(" | ")[1:] == ["chance", *stages[:-1], stages[-1] + " |"]
+    assert "| **asr_avg_error** |" in table and "| bleu_zh-en |" in table
+    stand_ins = results["stand_ins"]
+    assert set(stand_ins["encoder"]["cer"]) == {"en", "de", "zh"} and set(stand_ins["llm"]["mt_bleu"]) == {"de-en", "zh-en"}
+    assert "| **average** |" in results["tables"]["stand_ins"]
+    assert (run / "scores_per_stage.png").exists()
+    assert results["timings"]["total"] >= results["timings"]["PART training (all stages)"] > 0
+    assert json.loads((tmp_path / "components" / "components.json").read_text())["corpus"]["languages"] == ["en", "de", "zh"]
+
     # make paper on the same corpus and components: two systems, one seed, a table with deltas vs PART
     stats = paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
                         "--components_dir", str(tmp_path / "components"), "--presets", "part", "baseline_2stage",
@@ -42,6 +58,11 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert set(stats) == {"part", "baseline_2stage"}
     table = (tmp_path / "paper" / "results.md").read_text()
     assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
+
+    # stand-ins made for another corpus are refused: their pretraining may have seen this test split
+    with pytest.raises(ValueError, match="were made for the corpus"):
+        demo_main(["--output_dir", str(tmp_path / "other"), "--components_dir", str(tmp_path / "components"),
+                   *TINY, "--seed", "1"])
 
 
 def _split(rows):

@@ -380,3 +380,32 @@ def test_a_stage_without_data_is_refused_before_training(tmp_path):
     only_mt = [c for c in tiny_components(2) if c.task == "mt"]
     with pytest.raises(ValueError, match=r"Stage '1_adapter' of schedule 'part' samples tasks \['asr'\].*mt_de_en"):
         PartTrainer(model=model, args=args, train_components=only_mt, processor=processor)
+
+
+def test_stage_evaluation_scores_the_chosen_stages_once_in_order(tmp_path):
+    from part_fixtures import tiny_components
+
+    from trainers.callbacks import STAGE_METRICS_FILE, StageEvaluationCallback, read_stage_metrics
+
+    samples = [
+        {**row, "task": c.task, "source_language": c.source_language, "target_language": c.target_language}
+        for c in tiny_components(num_samples=1) for row in c.dataset
+    ]  # fmt: skip
+    schedule = Schedule("three", [Stage(name, ["adapter"], {"asr": 1.0}, steps=1) for name in ("a", "b", "c")])
+    callback = StageEvaluationCallback(samples, stages=["a", "c"], max_new_tokens=2)
+    trainer = tiny_trainer(tmp_path, schedule=schedule, callbacks=[callback])
+    trainer.train()
+    stages = read_stage_metrics(tmp_path)
+    assert list(stages) == ["a", "c"] and not (tmp_path / "stage-1-b" / STAGE_METRICS_FILE).exists()
+    assert {"test_wer_en", "test_bleu_de-en", "test_mt_bleu_de-en"} <= set(stages["a"])
+    # the metrics were logged by evaluate_generation, once per chosen stage
+    assert sum("test_wer_en" in entry for entry in trainer.state.log_history) >= 1
+    # a stage whose metrics are on disk (a resumed run) is not generated again
+    (tmp_path / "stage-0-a" / STAGE_METRICS_FILE).write_text('{"stage": "a", "metrics": {"test_wer_en": -1.0}}')
+    calls = []
+    trainer.evaluate_generation = lambda *a, **k: calls.append(1) or ({}, [])
+    callback.on_stage_end(trainer.args, trainer.state, trainer.control, stage=schedule.stages[0],
+                          stage_dir=str(tmp_path / "stage-0-a"), trainer=trainer)  # fmt: skip
+    assert not calls and read_stage_metrics(tmp_path)["a"] == {"test_wer_en": -1.0}
+    with pytest.raises(ValueError, match="held-out samples"):
+        StageEvaluationCallback([])

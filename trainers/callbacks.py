@@ -1,6 +1,7 @@
 """Callbacks for staged PART training: `PartStageCallback` adds stage begin/end events to the Trainer's callbacks, and
 `GradientSimilarityCallback` measures the paper's Fig. 3 analysis, the cosine similarity of the gradients of
-(task, language) pairs at the end of each stage, and plots one heatmap per stage.
+(task, language) pairs at the end of each stage, and plots one heatmap per stage; `StageEvaluationCallback` scores
+the model on held-out samples at the end of each stage.
 """
 
 from __future__ import annotations
@@ -433,3 +434,71 @@ __all__ = [
     "plot_all",
     "plot_gradient_similarity",
 ]
+
+
+STAGE_METRICS_FILE = "generation_metrics.json"
+"""File name of a stage's held-out generation metrics (`StageEvaluationCallback`), in the stage folder."""
+
+
+class StageEvaluationCallback(PartStageCallback):
+    """What each stage adds: at the end of the chosen stages, generates for held-out `samples` with
+    `trainer.evaluate_generation` and writes the metrics (WER/CER per language, BLEU per direction) to
+    `<stage folder>/generation_metrics.json`; `read_stage_metrics` collects them in stage order.
+
+    A stage whose file is already there (a resumed run) is not evaluated again. Runs on every process (generation is
+    collective under DeepSpeed ZeRO-3); the main process writes.
+
+    Args:
+        samples: rows with `task`, `source_language`, `target_language`, `text` and `audio` or `source_text`.
+        stages: names of the stages to evaluate; None evaluates all (skip the last when the final model is scored
+            anyway: it is the same model).
+        metric_key_prefix: prefix of the metric keys.
+        generate_kwargs: passed on to `generate`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        stages: Sequence[str] | None = None,
+        metric_key_prefix: str = "test",
+        **generate_kwargs: Any,
+    ) -> None:
+        if not samples:
+            raise ValueError("StageEvaluationCallback needs held-out samples to score each stage on, got none.")
+        self.samples = samples
+        self.stages = None if stages is None else set(stages)
+        self.metric_key_prefix = metric_key_prefix
+        self.generate_kwargs = generate_kwargs
+
+    def on_stage_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        *,
+        stage: Any,
+        stage_dir: str,
+        **kwargs: Any,
+    ) -> None:
+        path = Path(stage_dir) / STAGE_METRICS_FILE
+        if (self.stages is not None and stage.name not in self.stages) or path.exists():
+            return
+        trainer = kwargs["trainer"]
+        metrics, _ = trainer.evaluate_generation(
+            self.samples, metric_key_prefix=self.metric_key_prefix, **self.generate_kwargs
+        )
+        if state.is_world_process_zero:
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps({"stage": stage.name, "metrics": metrics}, indent=2), encoding="utf-8")
+            temporary.replace(path)
+
+
+def read_stage_metrics(output_dir: str | Path) -> dict[str, dict[str, float]]:
+    """`{stage name: metrics}` from the `generation_metrics.json` files of a run's stage folders, in stage order."""
+    folders = sorted(Path(output_dir).glob("stage-*-*"), key=lambda folder: int(folder.name.split("-")[1]))
+    results = {}
+    for folder in folders:
+        if (path := folder / STAGE_METRICS_FILE).exists():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            results[record["stage"]] = record["metrics"]
+    return results

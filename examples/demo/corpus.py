@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file: make the `examples.demo` package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
-from examples.demo.tts import BASE_VOICES, SAMPLE_RATE, VOICE_VARIANTS, SpeechRequest, synthesize_batch  # noqa: E402
+from examples.demo.tts import BASE_VOICES, SAMPLE_RATE, SpeechRequest, synthesize_batch  # noqa: E402
 from modeling_part.processing_part import TASKS  # noqa: E402
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -39,8 +39,42 @@ EXTRA_BASE_VOICES: dict[str, tuple[str, ...]] = {"en": ("en-us", "en"), "es": ("
 SHARD_SIZE = 160
 """Utterances per synthesis worker process; part of what defines the audio, so kept fixed."""
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bumped whenever texts or audio for the same arguments change; stored with the corpus."""
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """A synthetic speaker: an espeak-ng voice variant ("" is the plain voice) with its own speaking-rate range
+    (words per minute) and pitch range (0-100), from which each of its utterances draws."""
+
+    variant: str
+    rate: tuple[int, int]
+    pitch: tuple[int, int]
+
+
+SPEAKERS: dict[str, Speaker] = {
+    "plain": Speaker("", (160, 190), (40, 60)),
+    "m1": Speaker("m1", (150, 180), (30, 50)),
+    "m2": Speaker("m2", (165, 195), (35, 55)),
+    "m3": Speaker("m3", (145, 175), (40, 60)),
+    "m4": Speaker("m4", (155, 185), (30, 50)),
+    "m5": Speaker("m5", (160, 190), (35, 55)),
+    "m6": Speaker("m6", (150, 180), (40, 60)),
+    "m7": Speaker("m7", (165, 195), (30, 50)),
+    "f1": Speaker("f1", (155, 185), (45, 70)),
+    "f2": Speaker("f2", (145, 175), (50, 70)),
+    "f3": Speaker("f3", (160, 190), (45, 65)),
+    "f4": Speaker("f4", (150, 180), (50, 70)),
+    "f5": Speaker("f5", (165, 195), (45, 65)),
+}
+"""The speakers, by name; an utterance's `speaker` column is "<espeak voice>/<speaker name>"."""
+
+TEST_SPEAKERS: tuple[str, ...] = ("m3", "f2")
+"""Held-out speakers: they speak the test split and nothing else, so the test measures unheard voices."""
+
+TRAIN_SPEAKERS: tuple[str, ...] = tuple(name for name in SPEAKERS if name not in TEST_SPEAKERS)
+"""The speakers of the train and dev splits."""
 
 
 @dataclass
@@ -102,16 +136,17 @@ def _to_dataset(rows: list[dict], split: str):
     return Dataset(table, info=DatasetInfo(features=features), split=NamedSplit(split))
 
 
-def _speech_request(rng: random.Random, language: str, text: str) -> SpeechRequest:
-    """A seeded speaker for `language`: accent, voice variant, rate, pitch, loudness, pauses and noise floor."""
+def _speech_request(rng: random.Random, language: str, text: str, speakers: Sequence[str]) -> SpeechRequest:
+    """A seeded utterance of one of `speakers` in `language`: accent, the speaker's voice variant, a rate and pitch
+    from the speaker's ranges, loudness, pauses and noise floor."""
     base = rng.choice(EXTRA_BASE_VOICES.get(language, (BASE_VOICES[language],)))
-    variant = rng.choice(("",) + VOICE_VARIANTS)
-    voice = f"{base}+{variant}" if variant else base
+    speaker = SPEAKERS[rng.choice(speakers)]
+    voice = f"{base}+{speaker.variant}" if speaker.variant else base
     return SpeechRequest(
         text=text,
         voice=voice,
-        rate=rng.randint(145, 195),
-        pitch=rng.randint(30, 70),
+        rate=rng.randint(*speaker.rate),
+        pitch=rng.randint(*speaker.pitch),
         gain=rng.uniform(0.5, 1.0),
         lead_silence=rng.uniform(0.1, 0.3),
         trail_silence=rng.uniform(0.1, 0.3),
@@ -123,7 +158,8 @@ def _speech_request(rng: random.Random, language: str, text: str) -> SpeechReque
 def plan_utterances(
     languages: Sequence[str], train_items_per_language: int, dev_items: int, test_items: int, seed: int
 ) -> list[Utterance]:
-    """Every utterance to synthesise, in a fixed order: test, dev, then train, language by language."""
+    """Every utterance to synthesise, in a fixed order: test, dev, then train, language by language; the test split
+    is spoken by `TEST_SPEAKERS`, the others by `TRAIN_SPEAKERS`."""
     unknown = [language for language in languages if language not in BASE_VOICES]
     if unknown:
         raise ValueError(f"No espeak-ng voice is set up for {unknown}; choose languages from {', '.join(LANGUAGES)}.")
@@ -138,10 +174,22 @@ def plan_utterances(
         ("train", splits.train),
     ):
         for language in languages:
+            speakers = TEST_SPEAKERS if split == "test" else TRAIN_SPEAKERS
             for index, item in enumerate(items_by_language[language]):
-                request = _speech_request(rng, language, spoken_text(item, language))
+                request = _speech_request(rng, language, spoken_text(item, language), speakers)
                 utterances.append(Utterance(split, index, item, language, render(item, language), request))
     return utterances
+
+
+def speaker_of(request: SpeechRequest) -> str:
+    """The `speaker` column: the espeak voice and the speaker's name ("de+m3/m3", "cmn/plain")."""
+    _, _, variant = request.voice.partition("+")
+    return f"{request.voice}/{variant or 'plain'}"
+
+
+def speaker_name(speaker_column: str) -> str:
+    """The speaker's name (a key of `SPEAKERS`) from a `speaker` column value."""
+    return speaker_column.rpartition("/")[2]
 
 
 def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
@@ -150,7 +198,7 @@ def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
     stem = f"{utterance.split}-{utterance.index:05d}-{language}"
     audio = {"path": f"{stem}.wav", "bytes": wav}
     duration = num_samples / SAMPLE_RATE
-    speaker = utterance.request.voice
+    speaker = speaker_of(utterance.request)
     rows = [dict(id=f"{stem}-asr", task="asr", source_language=language, target_language=language, audio=audio,
                  source_text=text, text=text, duration=duration, speaker=speaker)]  # fmt: skip
     if language != TARGET_LANGUAGE:

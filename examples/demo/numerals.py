@@ -50,12 +50,6 @@ def zh_cardinal(number: int, measure: bool = False) -> str:
     return text
 
 
-def zh_year(year: int) -> str:
-    """Mandarin year, read digit by digit: 1984 -> 一九八四年, 2005 -> 二〇〇五年."""
-    if year < 0:
-        raise ValueError(f"zh_year reads non-negative years, got {year}.")
-    return "".join("〇" if digit == "0" else _ZH_DIGITS[int(digit)] for digit in str(year)) + "年"
-
 
 def ja_cardinal(number: int) -> str:
     """Japanese cardinal in hiragana (にじゅうさん), via num2words' kana reading."""
@@ -106,11 +100,3 @@ def ja_clock_time(hour: int, minute: int = 0) -> str:
     if minute not in _JA_MINUTES:
         raise ValueError(f"ja_clock_time reads minutes 0, 15, 30 or 45, got {minute}.")
     return f"{_JA_HOURS[hour]} {_JA_MINUTES[minute]}"
-
-
-def ja_year(year: int) -> str:
-    """Year with the ねん counter: 1984 -> せんきゅうひゃくはちじゅうよねん (4 is よ before ねん)."""
-    reading = ja_cardinal(year)
-    if reading.endswith("よん"):
-        reading = reading[:-1]
-    return reading + "ねん"

@@ -1,35 +1,57 @@
-"""Small pretrained components for the demo, made from the demo corpus: PART starts from a pretrained speech
-encoder and a pretrained LLM, and none can be downloaded here.
+"""The demo's pretrained components: PART starts from a pretrained speech encoder and a pretrained LLM, and none can be
+downloaded here, so the demo makes small stand-ins with the two properties PART relies on.
 
-- `train_tokenizer`: a byte-level BPE tokenizer on the corpus text (with the PART audio tokens).
-- `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on characters of the
-  ASR training transcripts, saved as a standard transformers checkpoint (+ its feature extractor, CMVN fitted).
-- `pretrain_llm`: a small Qwen2 causal LM trained on the text side (transcripts, translations, and `mt` pairs in
-  the processor's own prompt format), saved as a standard transformers checkpoint with its tokenizer.
+- `train_tokenizer`: a byte-level BPE tokenizer on the demo's text (with the PART audio tokens).
+- `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on the characters of the
+  ASR training transcripts, with speed perturbation, additive noise and SpecAugment, so that it recognises the demo
+  speech on its own, held-out voices included (`evaluate_encoder`: greedy CTC CER). Saved as a standard transformers
+  checkpoint with its feature extractor (CMVN fitted); the CTC head is kept beside it for that measurement.
+- `pretrain_llm`: a small Qwen2 causal LM trained on the text side only, in the processor's own prompt formats: plain
+  text, text translation (`mt`), and text-in/text-out analogues of the speech tasks, where the text sits between
+  `<|audio_bos|>` and `<|audio_eos|>` in place of the audio: copy it (transcription) or translate it (speech
+  translation). So it follows PART's instructions and copies and translates, as Qwen2.5 does (`evaluate_llm`: text MT
+  BLEU and copy accuracy). Text costs no synthesis: it is drawn from every item the held-out splits do not use.
 
+`make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
+`examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
 Users with a network pass hub ids to `from_pretrained_components` instead; these functions only stand in for them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm.auto import tqdm
-from transformers import FunAsrNanoEncoderConfig, Qwen2Config, Qwen2ForCausalLM
-from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from modeling_part import PartFeatureExtractor, load_audio
-from modeling_part.processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES
-from modeling_part.tiny import build_tokenizer
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import FunAsrNanoEncoderConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder  # noqa: E402
+
+from examples.demo.texts import LANGUAGES, make_item_splits, render, sample_item  # noqa: E402
+from modeling_part import PartFeatureExtractor, load_audio  # noqa: E402
+from modeling_part.processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES  # noqa: E402
+from modeling_part.tiny import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, build_tokenizer  # noqa: E402
+from trainers.metrics import TextNormalizer, compute_speech_metrics  # noqa: E402
+
+SHIPPED_COMPONENTS = Path(__file__).resolve().parent / "components"
+"""Where `make components` writes the stand-ins the demo uses by default."""
+
+MANIFEST = "components.json"
+"""The file in a components folder that records how they were made, on which corpus, and their scores."""
+
+TARGET_LANGUAGE = "en"
 
 
 @dataclass
@@ -37,10 +59,14 @@ class EncoderSettings:
     hidden_size: int = 192
     num_layers: int = 6
     num_heads: int = 4
-    steps: int = 1200
+    steps: int = 3000
     batch_size: int = 32
     learning_rate: float = 2e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 150
+    speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed perturbation (as Kaldi's: tempo and pitch together)
+    noise_snr_db: tuple[float, float] | None = (10.0, 30.0)  # white noise at an SNR drawn from this range, or None
+    noise_probability: float = 0.5
+    spec_augment: bool = True  # 2 frequency masks of <= 10 mel bins and 2 time masks of <= 3 frames (180 ms)
 
 
 @dataclass
@@ -48,17 +74,13 @@ class LLMSettings:
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
-    steps: int = 1200
-    batch_size: int = 32
+    steps: int = 3000
+    batch_size: int = 48
     learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    max_length: int = 96
-
-
-def _rows(split, task: str | None = None) -> list[dict]:
-    columns = [c for c in ("task", "source_language", "target_language", "source_text", "text") if c in split.column_names]
-    table = split.select_columns(columns).to_list()
-    return [r for r in table if task is None or r["task"] == task]
+    warmup_steps: int = 150
+    max_length: int = 128
+    text_items: int = 20000  # items drawn for the text side (each rendered in every language), held-out ones excluded
+    slot_repeat_probability: float = 0.2  # in the speech-task analogues, each slot token is doubled with this chance
 
 
 def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -84,6 +106,7 @@ def _train_loop(model: nn.Module, batches: Iterator, loss_fn, steps: int, lr: fl
         losses.append(loss.item())
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    model.eval()
     return losses
 
 
@@ -100,58 +123,128 @@ def _forever(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
             yield [items[i] for i in order[start : start + batch_size]]
 
 
-# ----------------------------------------------------------------------------------------------- tokenizer
-def corpus_texts(train_split) -> list[str]:
-    """Every text of the training split (transcripts, translations, MT sources)."""
-    texts = []
-    for row in _rows(train_split):
-        texts.append(row["text"])
-        if row.get("source_text"):
-            texts.append(row["source_text"])
-    return texts
+# ---------------------------------------------------------------------------------------------------- text side
+def held_out_contents(corpus_spec: dict) -> set:
+    """The semantic contents of the dev and test items of the corpus `corpus_spec` describes (no text of them may be
+    used for pretraining)."""
+    splits = make_item_splits(
+        corpus_spec["languages"], 0, corpus_spec["dev_items"], corpus_spec["test_items"], corpus_spec["seed"]
+    )
+    return {item.content for item in splits.dev + splits.test}
 
 
-def train_tokenizer(train_split, output_dir: str | Path, vocab_size: int = 4000):
-    """A byte-level BPE tokenizer trained on the corpus text, saved to `output_dir`."""
-    tokenizer = build_tokenizer(corpus_texts(train_split), vocab_size=vocab_size)
+def text_items(count: int, excluded: set, seed: int) -> list:
+    """`count` items of the demo's content space (repeats allowed) whose content is not in `excluded`."""
+    rng = random.Random(f"part-demo-text/{seed}")
+    items = []
+    while len(items) < count:
+        item = sample_item(rng)
+        if item.content not in excluded:
+            items.append(item)
+    return items
+
+
+def train_tokenizer(texts: Sequence[str], output_dir: str | Path, vocab_size: int = 4000):
+    """A byte-level BPE tokenizer trained on `texts`, saved to `output_dir`."""
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
     tokenizer.save_pretrained(output_dir)
     return tokenizer
 
 
-# -------------------------------------------------------------------------------------------- speech encoder
+# -------------------------------------------------------------------------------------------------- speech encoder
 class CTCModel(nn.Module):
-    """A speech encoder with a linear CTC head over characters (the head is dropped after pretraining)."""
+    """A speech encoder with a linear CTC head over characters that emits two labels per encoder frame (the encoder's
+    60 ms frames are fewer than the characters espeak says in them)."""
+
+    upsampling = 2
 
     def __init__(self, encoder: FunAsrNanoEncoder, vocab_size: int):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, vocab_size)
+        self.vocab_size = vocab_size
+        self.head = nn.Linear(encoder.config.hidden_size, self.upsampling * vocab_size)
+
+    def log_probs(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probabilities `[B, T * upsampling, V]`, their lengths)."""
+        hidden = self.encoder(input_features=features, input_features_mask=mask).last_hidden_state
+        logits = self.head(hidden).float().reshape(hidden.shape[0], -1, self.vocab_size)
+        return F.log_softmax(logits, dim=-1), mask.sum(-1) * self.upsampling
 
     def forward(self, features, mask, targets, target_lengths):
-        hidden = self.encoder(input_features=features, input_features_mask=mask).last_hidden_state
-        log_probs = F.log_softmax(self.head(hidden).float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(log_probs, targets, mask.sum(-1), target_lengths, blank=0, zero_infinity=True)
+        log_probs, lengths = self.log_probs(features, mask)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths, blank=0, zero_infinity=True)
+
+
+def _perturb(waveform: np.ndarray, speed: float, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Speed perturbation by resampling (tempo and pitch change together), then white noise at `snr_db`."""
+    import soxr
+
+    if speed != 1.0:
+        waveform = soxr.resample(waveform, 16_000, round(16_000 / speed), quality="HQ").astype(np.float32)
+    if snr_db is not None:
+        power = float(np.mean(waveform**2)) + 1e-10
+        waveform = waveform + rng.standard_normal(len(waveform)).astype(np.float32) * math.sqrt(power / 10 ** (snr_db / 10))
+    return waveform
+
+
+def spec_augment(features: torch.Tensor, lengths: Sequence[int], num_mel_bins: int, generator: torch.Generator):
+    """SpecAugment on low-frame-rate stacked features `[B, T, stack * mel]` (in place): 2 frequency masks of up to 10
+    mel bins (the same bins in every stacked frame) and 2 time masks of up to 3 frames, set to 0 (the CMVN mean)."""
+    stacked = features.view(features.shape[0], features.shape[1], -1, num_mel_bins)
+    for i, length in enumerate(lengths):
+        for _ in range(2):
+            width = int(torch.randint(0, 11, (1,), generator=generator))
+            start = int(torch.randint(0, num_mel_bins - width + 1, (1,), generator=generator))
+            stacked[i, :, :, start : start + width] = 0
+            span = min(int(torch.randint(0, 4, (1,), generator=generator)), max(0, length // 5))
+            begin = int(torch.randint(0, max(1, length - span + 1), (1,), generator=generator))
+            stacked[i, begin : begin + span] = 0
+    return features
+
+
+def _features(feature_extractor: PartFeatureExtractor, waveforms: Sequence[np.ndarray], desc: str) -> list[np.ndarray]:
+    return [
+        np.asarray(feature_extractor(w, return_tensors=None, padding=False)["input_features"][0], dtype=np.float32)
+        for w in tqdm(waveforms, desc=desc)
+    ]
+
+
+def _batch_features(features: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [len(f) for f in features]
+    batch = torch.zeros(len(features), max(lengths), features[0].shape[1])
+    mask = torch.zeros(len(features), max(lengths), dtype=torch.long)
+    for i, f in enumerate(features):
+        batch[i, : len(f)] = torch.from_numpy(f)
+        mask[i, : len(f)] = 1
+    return batch, mask
 
 
 def pretrain_encoder(
-    train_split, output_dir: str | Path, settings: EncoderSettings = EncoderSettings(), seed: int = 0
+    asr_split, output_dir: str | Path, settings: EncoderSettings = EncoderSettings(), seed: int = 0
 ) -> dict:
-    """Trains a SenseVoice-style encoder with CTC on the ASR training rows; saves it and its feature extractor."""
+    """Trains a SenseVoice-style encoder with CTC on `asr_split` (rows with `audio` and `text`); saves it and its
+    feature extractor to `output_dir`, and the CTC head (with its characters) to `output_dir/ctc_head.safetensors`."""
+    from safetensors.torch import save_file
+
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     started = time.time()
-    asr = train_split.filter(lambda task: task == "asr", input_columns="task")
-    waveforms = [load_audio(a, name=f"train asr row {i}") for i, a in enumerate(asr["audio"])]
-    texts = asr["text"]
+    waveforms = [load_audio(a, name=f"train asr row {i}") for i, a in enumerate(asr_split["audio"])]
+    texts = list(asr_split["text"])
     feature_extractor = PartFeatureExtractor(front_end="sensevoice")
     feature_extractor.fit_cmvn(waveforms)
-    features = [
-        feature_extractor(w, return_tensors=None, padding=False)["input_features"][0]
-        for w in tqdm(waveforms, desc="encoder features")
-    ]
+    copies = []  # one perturbed copy of the corpus per speed factor; noise on a share of the utterances
+    for speed in settings.speed_factors:
+        perturbed = [
+            _perturb(w, speed, rng.uniform(*settings.noise_snr_db) if settings.noise_snr_db and rng.random() < settings.noise_probability else None, rng)
+            for w in waveforms
+        ]
+        copies.append(_features(feature_extractor, perturbed, f"encoder features (speed {speed})"))
     characters = sorted({c for t in texts for c in t})
     char_ids = {c: i + 1 for i, c in enumerate(characters)}  # 0 is the CTC blank
-    samples = [(np.asarray(f, dtype=np.float32), [char_ids[c] for c in t]) for f, t in zip(features, texts)]
-    samples = [s for s in samples if len(s[1]) <= len(s[0])]  # CTC needs at least one frame per label
+    labels = [[char_ids[c] for c in t] for t in texts]
+    samples = [(f, label) for copy in copies for f, label in zip(copy, labels)]
+    too_long = sum(len(label) > CTCModel.upsampling * len(f) for f, label in samples)
 
     config = FunAsrNanoEncoderConfig(
         hidden_size=settings.hidden_size,
@@ -163,17 +256,15 @@ def pretrain_encoder(
         attention_dropout=0.0,
     )
     model = CTCModel(FunAsrNanoEncoder(config), len(characters) + 1)
+    generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(batch):
-        lengths = [len(f) for f, _ in batch]
-        feats = torch.zeros(len(batch), max(lengths), batch[0][0].shape[1])
-        mask = torch.zeros(len(batch), max(lengths), dtype=torch.long)
-        for i, (f, _) in enumerate(batch):
-            feats[i, : len(f)] = torch.from_numpy(f)
-            mask[i, : len(f)] = 1
+        features, mask = _batch_features([f for f, _ in batch])
+        if settings.spec_augment:
+            spec_augment(features, mask.sum(-1).tolist(), feature_extractor.feature_size, generator)
         targets = torch.tensor([c for _, t in batch for c in t])
         target_lengths = torch.tensor([len(t) for _, t in batch])
-        return model(feats, mask, targets, target_lengths)
+        return model(features, mask, targets, target_lengths)
 
     losses = _train_loop(
         model, _forever(samples, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,
@@ -181,39 +272,108 @@ def pretrain_encoder(
     )
     model.encoder.save_pretrained(output_dir)
     feature_extractor.save_pretrained(output_dir)
+    save_file(
+        {"weight": model.head.weight.contiguous(), "bias": model.head.bias.contiguous()},
+        str(Path(output_dir) / "ctc_head.safetensors"),
+        metadata={"characters": json.dumps(characters, ensure_ascii=False), "upsampling": str(CTCModel.upsampling)},
+    )
     return {"ctc_loss_first": float(np.mean(losses[:20])), "ctc_loss_last": float(np.mean(losses[-20:])),
-            "utterances": len(samples), "seconds": time.time() - started}
+            "utterances": len(texts), "training_samples": len(samples), "labels_longer_than_frames": too_long,
+            "settings": asdict(settings), "seconds": time.time() - started}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------------ LLM
-def llm_training_texts(train_split) -> list[str]:
-    """Monolingual text (every transcript and source) plus translation pairs in the processor's `mt` prompt
-    format, so the LLM knows the languages and how a translation answer follows the instruction."""
-    texts = []
-    for row in _rows(train_split):
-        if row["task"] == "asr":
-            texts.append(row["text"])
-        elif row["task"] == "mt":
-            instruction = DEFAULT_PROMPT_TEMPLATES["mt"].format(
-                source_language=LANGUAGE_NAMES[row["source_language"]],
-                target_language=LANGUAGE_NAMES[row["target_language"]],
-                source_text=row["source_text"],
-            )
-            texts.append(f"{instruction}\n{row['text']}")
-    return texts
+def load_ctc_model(encoder_dir: str | Path) -> tuple[CTCModel, list[str]]:
+    """The encoder of `encoder_dir` with its CTC head (from `pretrain_encoder`), and the head's characters."""
+    from safetensors import safe_open
+
+    path = Path(encoder_dir) / "ctc_head.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the encoder's CTC head is saved there by pretrain_encoder.")
+    with safe_open(str(path), framework="pt") as f:
+        characters = json.loads(f.metadata()["characters"])
+        weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+    model = CTCModel(FunAsrNanoEncoder.from_pretrained(encoder_dir, dtype=torch.float32), len(characters) + 1)
+    model.head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
+    return model.eval(), characters
+
+
+@torch.no_grad()
+def evaluate_encoder(encoder_dir: str | Path, asr_split, batch_size: int = 32) -> dict:
+    """Greedy CTC CER (%) of the encoder on its own, per language and averaged, on `asr_split` (rows with `audio`,
+    `text`, `source_language`): character edits over reference characters after `TextNormalizer`, as jiwer counts."""
+    import jiwer
+
+    model, characters = load_ctc_model(encoder_dir)
+    feature_extractor = PartFeatureExtractor.from_pretrained(encoder_dir)
+    rows = asr_split.select_columns(["audio", "text", "source_language"]).to_list()
+    features = _features(feature_extractor, [load_audio(r["audio"]) for r in rows], "encoder CER features")
+    hypotheses = []
+    for start in range(0, len(rows), batch_size):
+        log_probs, lengths = model.log_probs(*_batch_features(features[start : start + batch_size]))
+        for best, length in zip(log_probs.argmax(-1), lengths):
+            ids = torch.unique_consecutive(best[: int(length)]).tolist()
+            hypotheses.append("".join(characters[i - 1] for i in ids if i > 0))
+    normalize = TextNormalizer()
+    per_language: dict[str, tuple[list[str], list[str]]] = {}
+    for row, hypothesis in zip(rows, hypotheses):
+        references, predictions = per_language.setdefault(row["source_language"], ([], []))
+        references.append(normalize(row["text"], row["source_language"]) or " ")
+        predictions.append(normalize(hypothesis, row["source_language"]))
+    cer = {language: 100 * jiwer.cer(refs, preds) for language, (refs, preds) in sorted(per_language.items())}
+    return {"cer": cer, "avg_cer": float(np.mean(list(cer.values()))), "utterances": len(rows)}
+
+
+# ------------------------------------------------------------------------------------------------------------- LLM
+def _instruction(task: str, source: str, target: str, source_text: str = "") -> str:
+    names = {"source_language": LANGUAGE_NAMES[source], "target_language": LANGUAGE_NAMES[target]}
+    return DEFAULT_PROMPT_TEMPLATES[task].format(**names, source_text=source_text)
+
+
+def text_example(tokenizer, kind: str, source: str, source_text: str, target_text: str, repeat: float = 0.0,
+                 rng: random.Random | None = None) -> tuple[list[int], list[int]]:  # fmt: skip
+    """(prompt ids, answer ids) of one text-side example, laid out as `PartProcessor.build_prompt_ids` lays out PART's
+    prompts (no chat template): `kind` "text" (no prompt), "mt", or "copy"/"translate", where `source_text` stands
+    between the audio delimiters in place of the audio (each of its tokens doubled with probability `repeat`)."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    if kind == "text":
+        return [], encode(source_text)
+    if kind == "mt":
+        return encode(_instruction("mt", source, TARGET_LANGUAGE, source_text) + "\n"), encode(target_text)
+    task, target = ("asr", source) if kind == "copy" else ("s2tt", TARGET_LANGUAGE)
+    slot = []
+    for token in encode(source_text):
+        slot += [token, token] if rng is not None and rng.random() < repeat else [token]
+    bos, eos = tokenizer.convert_tokens_to_ids([AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN])
+    return [bos, *slot, eos, *encode(_instruction(task, source, target) + "\n")], encode(target_text)
+
+
+def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings: LLMSettings, seed: int) -> list:
+    """Tokenised (prompt, answer) examples from `items`: for each item and language, its plain text, its copy
+    (transcription analogue) and, for a language other than English, its translation as `mt` and as the speech
+    translation analogue."""
+    rng = random.Random(seed)
+    examples = []
+    for item in tqdm(items, desc="LLM text examples"):
+        english = render(item, TARGET_LANGUAGE)
+        for language in languages:
+            text = render(item, language)
+            kinds = ["text", "copy"] + (["mt", "translate"] if language != TARGET_LANGUAGE else [])
+            for kind in kinds:
+                target = text if kind in ("text", "copy") else english
+                examples.append(text_example(tokenizer, kind, language, text, target, settings.slot_repeat_probability, rng))
+    return examples
 
 
 def pretrain_llm(
-    train_split, tokenizer, output_dir: str | Path, settings: LLMSettings = LLMSettings(), seed: int = 0
-) -> dict:
-    """Trains a small Qwen2 causal LM on the corpus text; saves it with the tokenizer."""
+    examples: Sequence[tuple[list[int], list[int]]], tokenizer, output_dir: str | Path,
+    settings: LLMSettings = LLMSettings(), seed: int = 0,
+) -> dict:  # fmt: skip
+    """Trains a small Qwen2 causal LM on (prompt, answer) examples (loss on the answers and eos); saves it with the
+    tokenizer."""
     torch.manual_seed(seed)
     started = time.time()
-    eos = tokenizer.eos_token_id
-    sequences = [
-        tokenizer(t, add_special_tokens=False)["input_ids"][: settings.max_length - 1] + [eos]
-        for t in llm_training_texts(train_split)
-    ]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    sequences = [((prompt + answer)[: settings.max_length - 1] + [eos], len(prompt)) for prompt, answer in examples]
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
@@ -225,18 +385,18 @@ def pretrain_llm(
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad,
     )
     model = Qwen2ForCausalLM(config)
 
     def loss_fn(batch):
-        length = max(len(s) for s in batch)
-        ids = torch.full((len(batch), length), tokenizer.pad_token_id)
+        length = max(len(s) for s, _ in batch)
+        ids = torch.full((len(batch), length), pad)
         labels = torch.full((len(batch), length), -100)
         mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for i, s in enumerate(batch):
+        for i, (s, prompt_length) in enumerate(batch):
             ids[i, : len(s)] = torch.tensor(s)
-            labels[i, : len(s)] = torch.tensor(s)
+            labels[i, prompt_length : len(s)] = torch.tensor(s[prompt_length:])
             mask[i, : len(s)] = 1
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
@@ -247,7 +407,137 @@ def pretrain_llm(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return {"lm_loss_first": float(np.mean(losses[:20])), "lm_loss_last": float(np.mean(losses[-20:])),
-            "sequences": len(sequences), "seconds": time.time() - started}
+            "examples": len(sequences), "settings": asdict(settings), "seconds": time.time() - started}  # fmt: skip
 
 
-__all__ = ["EncoderSettings", "LLMSettings", "pretrain_encoder", "pretrain_llm", "train_tokenizer"]
+@torch.no_grad()
+def evaluate_llm(llm_dir: str | Path, test_split, batch_size: int = 64, max_new_tokens: int = 48) -> dict:
+    """The LLM on its own, on the text of `test_split`'s speech rows: text MT BLEU per direction (`mt` prompts), and
+    copy accuracy (% of transcription-analogue prompts answered with exactly the given text) per language."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    model = Qwen2ForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
+    rows = [r for r in test_split.select_columns(["task", "source_language", "source_text", "text"]).to_list()
+            if r["task"] != "s2tt"]  # fmt: skip
+    prompts = [text_example(tokenizer, "copy" if r["task"] == "asr" else "mt", r["source_language"], r["source_text"],
+                            r["text"])[0] for r in rows]  # fmt: skip
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        length = max(map(len, chunk))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in chunk])
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+        outputs += tokenizer.batch_decode(generated[:, length:], skip_special_tokens=True)
+    copy: dict[str, list[bool]] = {}
+    mt = [(o.strip(), r) for o, r in zip(outputs, rows) if r["task"] == "mt"]
+    for output, row in zip(outputs, rows):
+        if row["task"] == "asr":
+            copy.setdefault(row["source_language"], []).append(output.strip() == row["text"].strip())
+    metrics = compute_speech_metrics([o for o, _ in mt], [r["text"] for _, r in mt], ["mt"] * len(mt),
+                                     [r["source_language"] for _, r in mt], [TARGET_LANGUAGE] * len(mt))  # fmt: skip
+    accuracy = {language: 100 * float(np.mean(hits)) for language, hits in sorted(copy.items())}
+    return {
+        "mt_bleu": {k[len("mt_bleu_"):]: v for k, v in metrics.items() if k.startswith("mt_bleu_")},
+        "mt_avg_bleu": metrics.get("mt_avg_bleu"),
+        "copy_accuracy": accuracy,
+        "copy_avg_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- components
+def corpus_spec(corpus_arguments: dict) -> dict:
+    """What of a corpus the components depend on: languages and the held-out items and speakers (seed, sizes)."""
+    from examples.demo.corpus import CORPUS_VERSION, TEST_SPEAKERS
+
+    return {
+        "version": CORPUS_VERSION, "languages": list(corpus_arguments["languages"]), "seed": corpus_arguments["seed"],
+        "dev_items": corpus_arguments["dev_items"], "test_items": corpus_arguments["test_items"],
+        "test_speakers": list(TEST_SPEAKERS),
+    }  # fmt: skip
+
+
+def build_components(
+    corpus, spec: dict, output_dir: str | Path, encoder: EncoderSettings, llm: LLMSettings, seed: int = 0
+) -> dict:
+    """Tokenizer, encoder and LLM trained on `corpus` (its train split's speech; text drawn from the content space
+    minus the held-out items of `spec`), evaluated on its test split, written to `output_dir` with a manifest."""
+    output_dir = Path(output_dir)
+    started = time.time()
+    items = text_items(llm.text_items, held_out_contents(spec), seed)
+    texts = [render(item, language) for item in items for language in spec["languages"]]
+    for language in spec["languages"]:  # the instructions too, so that prompts are a few tokens
+        texts += [_instruction("asr", language, language), _instruction("s2tt", language, TARGET_LANGUAGE),
+                  _instruction("mt", language, TARGET_LANGUAGE)]  # fmt: skip
+    tokenizer = train_tokenizer(texts, output_dir / "llm")
+    asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
+    asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
+    report: dict = {"corpus": spec, "seed": seed}
+    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed)
+    report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
+    examples = llm_examples(items, spec["languages"], tokenizer, llm, seed)
+    report["llm"] = pretrain_llm(examples, tokenizer, output_dir / "llm", llm, seed)
+    report["llm"]["test"] = evaluate_llm(output_dir / "llm", corpus["test"])
+    report["seconds"] = time.time() - started
+    (output_dir / MANIFEST).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+@dataclass
+class ComponentArguments:
+    """`make components`: the demo's stand-ins, trained once on a larger corpus than the demo's (same held-out items
+    and speakers), written to `examples/demo/components/`."""
+
+    output_dir: str = field(default=str(SHIPPED_COMPONENTS), metadata={"help": "Where the components go."})
+    corpus_dir: str = field(default="outputs/components/corpus", metadata={"help": "The pretraining corpus."})
+    languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Languages."})
+    train_items_per_language: int = field(default=1500, metadata={"help": "Speech utterances per language."})
+    dev_items: int = field(default=40, metadata={"help": "Must match the demo's (held-out items)."})
+    test_items: int = field(default=40, metadata={"help": "Must match the demo's (held-out items)."})
+    corpus_seed: int = field(default=0, metadata={"help": "Must match the demo's --seed (held-out items)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the pretraining runs."})
+    encoder_steps: int = field(default=EncoderSettings.steps, metadata={"help": "CTC steps."})
+    llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
+    half_precision: bool = field(default=True, metadata={"help": "Store weights in float16 (half the size)."})
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    from examples.demo.corpus import build_corpus
+
+    (args,) = HfArgumentParser(ComponentArguments).parse_args_into_dataclasses(args=argv)
+    corpus_arguments = dict(languages=args.languages, train_items_per_language=args.train_items_per_language,
+                            dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
+    corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
+    report = build_components(
+        corpus, corpus_spec(corpus_arguments), args.output_dir, EncoderSettings(steps=args.encoder_steps),
+        LLMSettings(steps=args.llm_steps), args.seed,
+    )
+    if args.half_precision:
+        shrink_to_half_precision(args.output_dir)
+    print(json.dumps({k: report[k]["test"] for k in ("encoder", "llm")}, indent=2, ensure_ascii=False))
+    return report
+
+
+def shrink_to_half_precision(components_dir: str | Path) -> None:
+    """Rewrites the floating-point weights of the encoder, its CTC head and the LLM in float16 (they load in float32)."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    for path in Path(components_dir).glob("*/*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        save_file(tensors, str(path), metadata=metadata)
+
+
+__all__ = [
+    "EncoderSettings", "LLMSettings", "build_components", "corpus_spec", "evaluate_encoder", "evaluate_llm",
+    "pretrain_encoder", "pretrain_llm", "train_tokenizer",
+]  # fmt: skip
+
+if __name__ == "__main__":
+    main()

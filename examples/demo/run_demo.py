@@ -1,12 +1,15 @@
 """The main job (`make demo`): PART end to end on the embedded multilingual corpus, on a CPU, with no network.
 
-1. synthesise the corpus (espeak-ng speech in 8 languages, exact transcripts and translations);
-2. make small pretrained components (BPE tokenizer, CTC-trained SenseVoice-style encoder, Qwen2-style LLM) —
-   or take `--audio_encoder` / `--llm` hub ids or folders;
+1. synthesise the corpus (espeak-ng speech in 8 languages, exact transcripts and translations; the test split is
+   spoken by held-out speakers);
+2. take the pretrained stand-ins shipped in `examples/demo/components` (`make components`: BPE tokenizer,
+   CTC-trained SenseVoice-style encoder, Qwen2-style LLM), train them here when the corpus differs from theirs, or take
+   `--audio_encoder` / `--llm` hub ids or folders; score the stand-ins alone (encoder CTC CER, LLM text MT and copy);
 3. assemble the PART model with `PartForSpeechToText.from_pretrained_components`;
-4. train the `part` schedule (or `--schedule`) with `PartTrainer`, with the gradient-similarity analysis;
+4. train the `part` schedule (or `--schedule`) with `PartTrainer`, with the gradient-similarity analysis, scoring the
+   test split after every stage;
 5. evaluate on the test split (WER/CER per language, BLEU per direction), write plots, results and a model card,
-   and print the results table.
+   and print the results tables (chance, stand-ins, every stage, PART) and where the time went.
 
     python examples/demo/run_demo.py --output_dir outputs/demo
 """
@@ -30,13 +33,28 @@ from transformers import HfArgumentParser, set_seed  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from examples.demo.corpus import build_corpus  # noqa: E402
+from examples.demo.pretrain import (  # noqa: E402
+    MANIFEST,
+    SHIPPED_COMPONENTS,
+    EncoderSettings,
+    LLMSettings,
+    build_components,
+    corpus_spec,
+    evaluate_encoder,
+    evaluate_llm,
+)
 from examples.demo.texts import LANGUAGES  # noqa: E402
-from examples.demo.pretrain import EncoderSettings, LLMSettings, pretrain_encoder, pretrain_llm, train_tokenizer  # noqa: E402
 from model_cards import write_model_card  # noqa: E402
 from modeling_part import PartFeatureExtractor, PartForSpeechToText, PartProcessor  # noqa: E402
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments  # noqa: E402
-from trainers.callbacks import GradientSimilarityCallback, build_probe_batches  # noqa: E402
+from trainers.callbacks import (  # noqa: E402
+    GradientSimilarityCallback,
+    StageEvaluationCallback,
+    build_probe_batches,
+    read_stage_metrics,
+)
 from trainers.metrics import compute_speech_metrics  # noqa: E402
+from trainers.stages import load_schedule  # noqa: E402
 
 logger = logging.get_logger("part.demo")
 
@@ -60,12 +78,22 @@ class DemoArguments:
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Corpus languages."})
     train_items_per_language: int = field(default=500, metadata={"help": "Corpus size (training items/language)."})
     test_items: int = field(default=40, metadata={"help": "Test items per language."})
-    encoder_steps: int = field(default=800, metadata={"help": "CTC pretraining steps of the demo encoder."})
-    llm_steps: int = field(default=500, metadata={"help": "Pretraining steps of the demo LLM."})
+    encoder_steps: int = field(
+        default=EncoderSettings.steps, metadata={"help": "CTC steps of the encoder, when the stand-ins are trained here."}
+    )
+    llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps, when the stand-ins are trained here."})
+    llm_text_items: int = field(
+        default=LLMSettings.text_items, metadata={"help": "Text items of the LLM, when the stand-ins are trained here."}
+    )
     audio_encoder: str | None = field(default=None, metadata={"help": "A pretrained encoder (hub id or folder)."})
     llm: str | None = field(default=None, metadata={"help": "A pretrained causal LM (hub id or folder)."})
     corpus_dir: str | None = field(default=None, metadata={"help": "Reuse a corpus here (default output_dir/corpus)."})
-    components_dir: str | None = field(default=None, metadata={"help": "Reuse pretrained components from here."})
+    components_dir: str | None = field(
+        default=None,
+        metadata={"help": "Stand-ins to use (or train into). Default: the shipped examples/demo/components when they "
+                  "were made for this corpus (same languages, seed and held-out sizes), else output_dir/components."},
+    )
+    evaluate_stages: bool = field(default=True, metadata={"help": "Score the test split after every stage."})
     probes_per_label: int = field(default=4, metadata={"help": "Dev samples per (task, language) gradient probe."})
     adapter_width: int = field(default=256, metadata={"help": "Width of the new adapter (4x in its feed-forward)."})
 
@@ -86,23 +114,53 @@ def corpus_components(split) -> list[MixtureComponent]:
     return components
 
 
+def demo_corpus_spec(args: DemoArguments) -> dict:
+    """What of the demo's corpus the stand-ins depend on (see `pretrain.corpus_spec`)."""
+    return corpus_spec(dict(languages=args.languages, seed=args.seed, dev_items=args.test_items, test_items=args.test_items))
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def prepare_components(args: DemoArguments, corpus, out: Path) -> tuple[str, str, dict]:
-    """Pretrained encoder and LLM folders: given ones, reused ones, or freshly made from the corpus."""
+    """Pretrained encoder and LLM folders: given hub ids/folders, the stand-ins made for this corpus (shipped or
+    reused), or stand-ins trained here on the corpus (`pretrain.build_components`)."""
     if args.audio_encoder and args.llm:
         return args.audio_encoder, args.llm, {}
+    spec = demo_corpus_spec(args)
+    shipped = _read_manifest(SHIPPED_COMPONENTS)
+    if not args.components_dir and shipped and shipped["corpus"] == spec:
+        logger.warning(f"Using the pretrained demo stand-ins in {SHIPPED_COMPONENTS} (made by `make components`).")
+        return str(SHIPPED_COMPONENTS / "encoder"), str(SHIPPED_COMPONENTS / "llm"), shipped
+    if not args.components_dir and shipped:
+        logger.warning(f"The shipped stand-ins were made for another corpus ({shipped['corpus']}); training new ones.")
     folder = Path(args.components_dir) if args.components_dir else out / "components"
-    encoder_dir, llm_dir, done = folder / "encoder", folder / "llm", folder / "components.json"
-    if done.exists():
-        logger.warning(f"Reusing the pretrained demo components in {folder}")
-        return str(encoder_dir), str(llm_dir), json.loads(done.read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    tokenizer = train_tokenizer(corpus["train"], folder / "tokenizer")
-    report = {
-        "encoder": pretrain_encoder(corpus["train"], encoder_dir, EncoderSettings(steps=args.encoder_steps), args.seed),
-        "llm": pretrain_llm(corpus["train"], tokenizer, llm_dir, LLMSettings(steps=args.llm_steps), args.seed),
-    }
-    done.write_text(json.dumps(report, indent=2))
-    return str(encoder_dir), str(llm_dir), report
+    report = _read_manifest(folder)
+    if report and report["corpus"] == spec:
+        logger.warning(f"Reusing the pretrained demo stand-ins in {folder}.")
+        return str(folder / "encoder"), str(folder / "llm"), report
+    if report and args.components_dir:
+        raise ValueError(
+            f"The stand-ins in {folder} were made for the corpus {report['corpus']}, not this demo's {spec}: their "
+            "pretraining may have seen this test split. Pass another --components_dir (they are trained there)."
+        )
+    if args.components_dir and folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"--components_dir {folder} holds no {MANIFEST} and is not empty; pass an empty or new folder.")
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's leftovers in output_dir/components
+    settings = (EncoderSettings(steps=args.encoder_steps),
+                LLMSettings(steps=args.llm_steps, text_items=args.llm_text_items))  # fmt: skip
+    report = build_components(corpus, spec, folder, *settings, seed=args.seed)
+    return str(folder / "encoder"), str(folder / "llm"), report
+
+
+def score_stand_ins(encoder_path: str, llm_path: str, test) -> dict:
+    """The demo stand-ins alone on the test split: encoder greedy CTC CER, LLM text MT BLEU and copy accuracy."""
+    if not (Path(encoder_path) / "ctc_head.safetensors").exists():
+        return {}  # a hub encoder: no CTC head to score it with
+    asr = test.filter(lambda task: task == "asr", input_columns="task")
+    return {"encoder": evaluate_encoder(encoder_path, asr), "llm": evaluate_llm(llm_path, test)}
 
 
 def probe_samples(dev, per_label: int) -> dict[str, list[dict]]:
@@ -157,19 +215,68 @@ def chance_metrics(train, test, seed: int = 0) -> dict[str, float]:
     return compute_speech_metrics(predictions, columns["text"], *zip(*keys)) if keys else {}
 
 
-def results_table(metrics: dict, prefix: str = "test_", chance: dict | None = None) -> str:
-    """A plain-text table: ASR error per language, BLEU per direction, averages (and the chance level, if given)."""
-    lines = [f"{'metric':<22}{'PART':>8}" + (f"{'chance':>9}" if chance else "")]
-    for key in sorted(metrics):
-        name = key[len(prefix) :] if key.startswith(prefix) else key
-        if name.startswith(("wer_", "cer_", "bleu_", "mt_bleu_")) or name in ("asr_avg_error", "s2tt_avg_bleu", "mt_avg_bleu"):
-            line = f"{name:<22}{metrics[key]:>8.2f}"
-            if chance and name in chance:
-                line += f"{chance[name]:>9.2f}"
-            lines.append(line)
-    if chance:
-        lines.append("(chance: a random training text of the same task and language; lower WER/CER, higher BLEU wins)")
+METRIC_ORDER = ("wer_", "cer_", "asr_avg_error", "bleu_", "s2tt_avg_bleu", "mt_bleu_", "mt_avg_bleu")
+"""Rows of the results tables, in this order (by prefix)."""
+
+
+def _metric_rows(columns: dict[str, dict], prefix: str) -> list[str]:
+    names = {key[len(prefix):] if key.startswith(prefix) else key for metrics in columns.values() for key in metrics}
+    names = {name for name in names if name.startswith(METRIC_ORDER)}
+    rank = lambda name: (next(i for i, p in enumerate(METRIC_ORDER) if name.startswith(p)), name)  # noqa: E731
+    return sorted(names, key=rank)
+
+
+def results_table(columns: dict[str, dict], prefix: str = "test_") -> str:
+    """A Markdown table: one row per metric (ASR error per language, BLEU per direction, averages), one column per
+    system (`{column name: metrics}`; a metric key may carry `prefix`), "–" where a system has no such metric."""
+    rows = _metric_rows(columns, prefix)
+    lines = ["| metric (WER/CER: lower is better; BLEU: higher) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+    for name in rows:
+        cells = []
+        for metrics in columns.values():
+            value = metrics.get(prefix + name, metrics.get(name))
+            cells.append("–" if value is None else f"{value:.1f}")
+        bold = name in ("asr_avg_error", "s2tt_avg_bleu")
+        lines.append(f"| {f'**{name}**' if bold else name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def stand_ins_table(stand_ins: dict) -> str:
+    """A Markdown table of the stand-ins alone, per language: encoder CTC CER, LLM copy accuracy and text MT BLEU."""
+    encoder, llm = stand_ins["encoder"], stand_ins["llm"]
+    lines = ["| language | encoder alone: CTC greedy CER % | LLM alone: copy accuracy % | LLM alone: text MT BLEU (→en) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for language, cer in encoder["cer"].items():
+        bleu = llm["mt_bleu"].get(f"{language}-en")
+        copy = llm["copy_accuracy"].get(language)
+        lines.append(f"| {language} | {cer:.1f} | {'–' if copy is None else f'{copy:.1f}'} | "
+                     f"{'–' if bleu is None else f'{bleu:.1f}'} |")  # fmt: skip
+    lines.append(f"| **average** | {encoder['avg_cer']:.1f} | {llm['copy_avg_accuracy']:.1f} | {llm['mt_avg_bleu']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_stages(columns: dict[str, dict], chance: dict, path: Path, prefix: str = "test_") -> None:
+    """ASR average error and S2TT average BLEU after each stage, with the chance levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, label in ((axes[0], "asr_avg_error", "ASR average WER/CER % (lower is better)"),
+                              (axes[1], "s2tt_avg_bleu", "S2TT average BLEU (higher is better)")):  # fmt: skip
+        values = [columns[name].get(prefix + metric, float("nan")) for name in names]
+        ax.plot(range(len(names)), values, marker="o", label="PART after the stage")
+        if metric in chance:
+            ax.axhline(chance[metric], color="grey", ls="--", label="chance")
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def prepare(args: DemoArguments) -> tuple[object, str, str, dict]:
@@ -194,8 +301,8 @@ def train_and_evaluate(
 ) -> dict:
     """Assembles a PART model from the components, trains `schedule`, evaluates on the test split.
 
-    Writes the model, `predictions_test.jsonl`, `loss_per_stage.png` and `results.json` into `run_dir`, and
-    resumes an interrupted run there.
+    Writes the model, `predictions_test.jsonl`, `loss_per_stage.png` and `results.json` into `run_dir` (with
+    `evaluate_stages`, each stage's test metrics into its folder), and resumes an interrupted run there.
     """
     set_seed(seed)
     adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width}
@@ -222,34 +329,49 @@ def train_and_evaluate(
         lr_scheduler_type="cosine",
         length_grouping_batches=20,
     )
+    test_samples = corpus["test"].to_list()
+    callbacks = [GradientSimilarityCallback(probes)]
+    if args.evaluate_stages:  # every stage but the last: the final model below is that one
+        stages = [stage.name for stage in load_schedule(schedule).stages[:-1]]
+        callbacks.append(StageEvaluationCallback(test_samples, stages=stages))
     trainer = PartTrainer(
-        model=model,
-        args=training_args,
-        train_components=corpus_components(corpus["train"]),
-        processor=processor,
-        callbacks=[GradientSimilarityCallback(probes)],
-    )
+        model=model, args=training_args, train_components=corpus_components(corpus["train"]), processor=processor,
+        callbacks=callbacks,
+    )  # fmt: skip
     trainer.train(resume_from_checkpoint=any(run_dir.glob("stage-*")))
 
-    test_samples = corpus["test"].to_list()
+    started = time.time()
     metrics, predictions = trainer.evaluate_generation(test_samples, metric_key_prefix="test")
+    evaluation_seconds = time.time() - started
     with open(run_dir / "predictions_test.jsonl", "w", encoding="utf-8") as f:
         for sample, prediction in zip(test_samples, predictions):
             record = {k: sample[k] for k in ("id", "task", "source_language", "target_language")}
             f.write(json.dumps({**record, "reference": sample["text"], "prediction": prediction}, ensure_ascii=False) + "\n")
     summary = json.loads((run_dir / "training_summary.json").read_text())
     plot_losses(summary, run_dir / "loss_per_stage.png")
-    results = {"schedule": schedule, "seed": seed, "metrics": metrics, "training_seconds": summary["total_seconds"]}
+    stages = read_stage_metrics(run_dir)
+    stages[summary["stages"][-1]["name"]] = metrics
+    results = {"schedule": schedule, "seed": seed, "metrics": metrics, "stage_metrics": stages,
+               "training_seconds": summary["total_seconds"], "evaluation_seconds": evaluation_seconds}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
 def run_demo(args: DemoArguments) -> dict:
-    """The whole demo; prints the results table and where the files are."""
+    """The whole demo; prints the results tables, where the time went and where the files are."""
     started = time.time()
+    timings: dict[str, float] = {}
     corpus, encoder_path, llm_path, component_report = prepare(args)
+    timings["corpus and stand-ins"] = time.time() - started
+    mark = time.time()
+    stand_ins = score_stand_ins(encoder_path, llm_path, corpus["test"])
+    timings["scoring the stand-ins alone"] = time.time() - mark
     run_dir = Path(args.output_dir) / "part"
+    mark = time.time()
     results = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, args.schedule, args.seed)
+    timings["PART training (all stages)"] = results["training_seconds"]
+    timings["test evaluation of the final model"] = results["evaluation_seconds"]
+    timings["stage evaluations, probes, saving"] = time.time() - mark - sum(list(timings.values())[-2:])
     write_model_card(
         run_dir,
         metrics=results["metrics"],
@@ -259,15 +381,29 @@ def run_demo(args: DemoArguments) -> dict:
         model_name="PART demo model",
     )
     chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)
+    columns = {"chance": chance, **results["stage_metrics"]}
+    plot_stages(results["stage_metrics"], chance, run_dir / "scores_per_stage.png")
+    tables = {"stages": results_table(columns)}
+    if stand_ins:
+        tables["stand_ins"] = stand_ins_table(stand_ins)
+    timings["total"] = time.time() - started
     results.update(
-        chance_metrics=chance, arguments=asdict(args), components=component_report, total_seconds=time.time() - started
-    )
+        chance_metrics=chance, stand_ins=stand_ins, arguments=asdict(args), components=component_report,
+        timings=timings, total_seconds=timings["total"], tables=tables,
+    )  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n" + results_table(results["metrics"], chance=chance))
-    print(f"\nDone in {results['total_seconds'] / 60:.1f} min. Files in {run_dir}/:")
+    print("\nTest split (held-out texts and held-out voices), after each stage; the last column is the PART model:")
+    print(tables["stages"])
+    if stand_ins:
+        print("\nThe pretrained stand-ins alone on the test split:")
+        print(tables["stand_ins"])
+    print("\nWhere the time went:")
+    for name, seconds in timings.items():
+        print(f"  {name:<40}{seconds / 60:6.1f} min")
+    print(f"\nFiles in {run_dir}/:")
     print("  the trained PART model (LoRA merged) + processor + model card (README.md) + training_summary.json")
-    print("  results.json (test metrics), predictions_test.jsonl (every test prediction)")
-    print("  loss_per_stage.png (training loss per stage)")
+    print("  results.json (test metrics, per stage, stand-ins, chance, timings), predictions_test.jsonl")
+    print("  loss_per_stage.png, scores_per_stage.png (test scores after each stage)")
     print("  gradient_similarity_stages.png, stage-*/gradient_similarity.png (the paper's Fig. 3 analysis)")
     return results
 

@@ -34,6 +34,7 @@ class PaperArguments(DemoArguments):
     output_dir: str = field(default="outputs/paper", metadata={"help": "Where every run and the table go."})
     presets: list[str] = field(default_factory=lambda: list(PRESETS), metadata={"help": "Schedules to compare."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (init, data order)."})
+    evaluate_stages: bool = field(default=False, metadata={"help": "Also score the test split after every stage."})
 
 
 def _row_key(name: str) -> tuple[int, str]:

@@ -1,0 +1,139 @@
+"""The demo's pretrained stand-ins (examples/demo/pretrain.py): what they are trained on, in which layout, and that
+the training does what it says (tiny models, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+pytest.importorskip("espeakng_loader", reason="the demo corpus needs the `demo` extra (espeakng-loader)")
+
+from examples.demo import pretrain  # noqa: E402
+from examples.demo.corpus import build_corpus  # noqa: E402
+from examples.demo.texts import make_item_splits, render  # noqa: E402
+from modeling_part import PartFeatureExtractor, PartForSpeechToText, PartProcessor  # noqa: E402
+
+TINY = dict(languages=["en", "de", "zh"], train_items_per_language=12, dev_items=2, test_items=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("corpus"), progress=False, **TINY)
+
+
+@pytest.fixture(scope="module")
+def components(corpus, tmp_path_factory):
+    """Stand-ins trained for a few steps on the tiny corpus, with their manifest."""
+    folder = tmp_path_factory.mktemp("components")
+    spec = pretrain.corpus_spec(TINY)
+    encoder = pretrain.EncoderSettings(hidden_size=32, num_layers=1, num_heads=2, steps=3, batch_size=4, warmup_steps=1)
+    llm = pretrain.LLMSettings(hidden_size=32, num_layers=1, num_heads=2, steps=3, batch_size=4, warmup_steps=1,
+                               text_items=20)  # fmt: skip
+    report = pretrain.build_components(corpus, spec, folder, encoder, llm, seed=0)
+    return folder, report
+
+
+def test_text_side_never_holds_a_held_out_item():
+    held_out = pretrain.held_out_contents(pretrain.corpus_spec(TINY))
+    splits = make_item_splits(TINY["languages"], 0, TINY["dev_items"], TINY["test_items"], TINY["seed"])
+    assert held_out == {item.content for item in splits.dev + splits.test} and len(held_out) == 5
+    items = pretrain.text_items(2000, held_out, seed=0)
+    assert len(items) == 2000 and not {item.content for item in items} & held_out
+    assert len({item.content for item in items}) > 500  # far more text than the speech corpus holds
+
+
+def test_llm_examples_are_laid_out_as_the_processor_lays_out_prompts(components):
+    """The copy / translate analogues put the text where the processor puts the audio placeholders: a frozen LLM
+    sees PART's own prompt, with text-like content between the audio delimiters."""
+    folder, _ = components
+    model, tokenizer = PartForSpeechToText.from_pretrained_components(
+        audio_encoder=str(folder / "encoder"), llm=str(folder / "llm"), return_tokenizer=True
+    )
+    processor = PartProcessor.for_model(model.config, tokenizer, PartFeatureExtractor.from_pretrained(folder / "encoder"))
+    text, english = "Heute ist Montag, der fünfte Mai.", "Today is Monday, the fifth of May."
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for kind, task, target_language, answer in (("copy", "asr", "de", text), ("translate", "s2tt", "en", english)):
+        prompt, answer_ids = pretrain.text_example(tokenizer, kind, "de", text, answer)
+        instruction = processor.prompt_templates[task].format(
+            source_language="German", target_language=processor.language_names[target_language]
+        )
+        expected = processor.build_prompt_ids(instruction, num_audio_tokens=len(text_ids))
+        audio = [i for i, token in enumerate(expected) if token == processor.audio_token_id]
+        expected[audio[0] : audio[-1] + 1] = text_ids
+        assert prompt == expected
+        assert answer_ids == tokenizer(answer, add_special_tokens=False)["input_ids"]
+    prompt, _ = pretrain.text_example(tokenizer, "mt", "de", text, english)
+    assert prompt == processor(text=text, task="mt", source_language="de", target_language="en")["input_ids"][0].tolist()
+    # the doubled-token noise only ever repeats a slot token in place
+    import random
+
+    noisy, _ = pretrain.text_example(tokenizer, "copy", "de", text, text, repeat=1.0, rng=random.Random(0))
+    assert noisy[1 : 1 + 2 * len(text_ids)] == [t for t in text_ids for _ in range(2)]
+
+
+def test_components_manifest_records_corpus_training_and_scores(components, corpus):
+    folder, report = components
+    manifest = json.loads((folder / pretrain.MANIFEST).read_text())
+    assert manifest["corpus"] == pretrain.corpus_spec(TINY) and manifest["corpus"]["test_speakers"]
+    encoder = manifest["encoder"]
+    assert encoder["labels_longer_than_frames"] == 0  # two CTC labels per frame: no utterance is dropped
+    assert encoder["training_samples"] == len(encoder["settings"]["speed_factors"]) * encoder["utterances"]
+    assert set(encoder["test"]["cer"]) == set(TINY["languages"]) and encoder["test"]["utterances"] == 9
+    llm = manifest["llm"]["test"]
+    assert set(llm["copy_accuracy"]) == set(TINY["languages"]) and set(llm["mt_bleu"]) == {"de-en", "zh-en"}
+    for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "encoder/preprocessor_config.json",
+                 "llm/model.safetensors", "llm/tokenizer.json"):  # fmt: skip
+        assert (folder / name).exists(), name
+
+
+def test_half_precision_components_load_in_float32(components, tmp_path):
+    import shutil
+
+    folder, _ = components
+    copy = tmp_path / "half"
+    shutil.copytree(folder, copy)
+    pretrain.shrink_to_half_precision(copy)
+    size = lambda root: sum(p.stat().st_size for p in root.glob("*/*.safetensors"))  # noqa: E731
+    assert size(copy) < 0.6 * size(folder)
+    model, _ = pretrain.load_ctc_model(copy / "encoder")
+    assert model.head.weight.dtype == torch.float32
+    model = PartForSpeechToText.from_pretrained_components(audio_encoder=str(copy / "encoder"), llm=str(copy / "llm"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_ctc_pretraining_learns_and_greedy_cer_is_computed_as_jiwer_does(corpus, tmp_path):
+    """A one-layer encoder on 12 utterances (4 per language): the CTC loss falls, and the reported CER is jiwer's on the decoded text."""
+    import jiwer
+
+    asr = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
+    asr = asr.select(range(0, len(asr), 3))  # 4 utterances per language
+    settings = pretrain.EncoderSettings(hidden_size=64, num_layers=1, num_heads=2, steps=60, batch_size=12,
+                                        warmup_steps=5, learning_rate=3e-3, speed_factors=(1.0,), noise_snr_db=None,
+                                        spec_augment=False)  # fmt: skip
+    report = pretrain.pretrain_encoder(asr, tmp_path, settings, seed=0)
+    assert report["ctc_loss_last"] < 0.6 * report["ctc_loss_first"], report
+    scores = pretrain.evaluate_encoder(tmp_path, asr)
+    assert set(scores["cer"]) == set(TINY["languages"])
+    assert scores["avg_cer"] == pytest.approx(np.mean(list(scores["cer"].values())))
+    assert jiwer.cer(["abcd"], ["abed"]) == 0.25  # the unit scores count as jiwer does: edits / reference characters
+
+
+def test_spec_augment_masks_the_same_mel_bins_in_every_stacked_frame():
+    features = torch.ones(2, 30, 7 * 80)
+    generator = torch.Generator().manual_seed(0)
+    pretrain.spec_augment(features, [30, 20], num_mel_bins=80, generator=generator)
+    stacked = features.view(2, 30, 7, 80)
+    for i in range(2):
+        kept_time = stacked[i].abs().sum(dim=(1, 2)) > 0
+        bins = stacked[i][kept_time].reshape(-1, 80).abs().sum(0) == 0  # masked bins, over every kept frame
+        assert bins.sum() <= 20
+        for frame in stacked[i][kept_time]:
+            assert torch.equal(frame.abs().sum(0) == 0, bins)  # each stacked frame masks exactly those bins
+        assert (~kept_time).sum() <= 6
