@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -96,6 +97,11 @@ class DemoArguments:
     evaluate_stages: bool = field(default=True, metadata={"help": "Score the test split after every stage."})
     probes_per_label: int = field(default=4, metadata={"help": "Dev samples per (task, language) gradient probe."})
     adapter_width: int = field(default=256, metadata={"help": "Width of the new adapter (4x in its feed-forward)."})
+    encoder_last_k: int = field(
+        default=2,
+        metadata={"help": "Top encoder layers of the schedule's `encoder_last_k` stages (the paper: 8 of SenseVoice's "
+                  "50; the demo encoder has 6)."},
+    )
 
 
 def corpus_components(split) -> list[MixtureComponent]:
@@ -329,14 +335,15 @@ def train_and_evaluate(
         lr_scheduler_type="cosine",
         length_grouping_batches=20,
     )
+    plan = load_schedule(schedule, mt_weight=training_args.mt_weight)
+    plan.stages = [dataclasses.replace(stage, encoder_last_k=args.encoder_last_k) for stage in plan.stages]
     test_samples = corpus["test"].to_list()
     callbacks = [GradientSimilarityCallback(probes)]
     if args.evaluate_stages:  # every stage but the last: the final model below is that one
-        stages = [stage.name for stage in load_schedule(schedule).stages[:-1]]
-        callbacks.append(StageEvaluationCallback(test_samples, stages=stages))
+        callbacks.append(StageEvaluationCallback(test_samples, stages=[stage.name for stage in plan.stages[:-1]]))
     trainer = PartTrainer(
         model=model, args=training_args, train_components=corpus_components(corpus["train"]), processor=processor,
-        callbacks=callbacks,
+        schedule=plan, callbacks=callbacks,
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=any(run_dir.glob("stage-*")))
 
