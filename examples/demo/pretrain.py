@@ -9,7 +9,8 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
 - `pretrain_llm`: a small Qwen2 causal LM trained on the text side only, in the processor's own prompt formats: plain
   text, text translation (`mt`), and text-in/text-out analogues of the speech tasks, where the text sits between
   `<|audio_bos|>` and `<|audio_eos|>` in place of the audio: copy it (transcription) or translate it (speech
-  translation). So it follows PART's instructions and copies and translates, as Qwen2.5 does (`evaluate_llm`: text MT
+  translation). The slot's tokens are sometimes doubled and its embeddings noised, since adapter outputs only
+  approximate token embeddings. So it follows PART's instructions and copies and translates, as Qwen2.5 does (`evaluate_llm`: text MT
   BLEU and copy accuracy). Text costs no synthesis: it is drawn from every item the held-out splits do not use.
 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
@@ -81,6 +82,7 @@ class LLMSettings:
     max_length: int = 128
     text_items: int = 20000  # items drawn for the text side (each rendered in every language), held-out ones excluded
     slot_repeat_probability: float = 0.2  # in the speech-task analogues, each slot token is doubled with this chance
+    slot_noise: float = 0.0  # ... and Gaussian noise of up to this many embedding RMS is added to the slot embeddings
 
 
 def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -388,6 +390,7 @@ def pretrain_llm(
         pad_token_id=pad,
     )
     model = Qwen2ForCausalLM(config)
+    bos_id, eos_id = tokenizer.convert_tokens_to_ids([AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN])
 
     def loss_fn(batch):
         length = max(len(s) for s, _ in batch)
@@ -398,7 +401,12 @@ def pretrain_llm(
             ids[i, : len(s)] = torch.tensor(s)
             labels[i, prompt_length : len(s)] = torch.tensor(s[prompt_length:])
             mask[i, : len(s)] = 1
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        embeddings = model.get_input_embeddings()(ids)
+        if settings.slot_noise > 0:  # adapter outputs only approximate token embeddings: read through noise
+            opened = torch.cumsum(ids == bos_id, dim=1) - torch.cumsum(ids == eos_id, dim=1) - (ids == bos_id).long()
+            scale = torch.rand(len(batch), 1, 1) * settings.slot_noise * embeddings.detach().pow(2).mean().sqrt()
+            embeddings = embeddings + opened.unsqueeze(-1) * scale * torch.randn_like(embeddings)
+        return model(inputs_embeds=embeddings, attention_mask=mask, labels=labels).loss
 
     losses = _train_loop(
         model, _forever(sequences, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,

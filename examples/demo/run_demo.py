@@ -67,7 +67,7 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where everything is written."})
     seed: int = field(default=0, metadata={"help": "Seed for the corpus, the components and PART training."})
     schedule: str = field(default="part", metadata={"help": "A preset or a JSON/YAML schedule file."})
-    max_steps: int = field(default=1000, metadata={"help": "PART optimizer steps over all stages."})
+    max_steps: int = field(default=3000, metadata={"help": "PART optimizer steps over all stages."})
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the first stage (the presets' later: x0.3, x0.2)."}
