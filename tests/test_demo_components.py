@@ -35,7 +35,7 @@ def components(corpus, tmp_path_factory):
     spec = pretrain.corpus_spec(TINY)
     encoder = pretrain.EncoderSettings(hidden_size=32, num_layers=1, num_heads=2, steps=3, batch_size=4, warmup_steps=1)
     llm = pretrain.LLMSettings(hidden_size=32, num_layers=1, num_heads=2, steps=3, batch_size=4, warmup_steps=1,
-                               text_items=20)  # fmt: skip
+                               text_items=20, slot_noise=1.0)  # fmt: skip
     report = pretrain.build_components(corpus, spec, folder, encoder, llm, seed=0)
     return folder, report
 
