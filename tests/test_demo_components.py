@@ -137,3 +137,18 @@ def test_spec_augment_masks_the_same_mel_bins_in_every_stacked_frame():
         for frame in stacked[i][kept_time]:
             assert torch.equal(frame.abs().sum(0) == 0, bins)  # each stacked frame masks exactly those bins
         assert (~kept_time).sum() <= 6
+
+
+def test_shipped_stand_ins_are_made_for_the_default_demo_and_load():
+    """`make demo` uses the shipped stand-ins only when their manifest names its corpus: keep the two in step."""
+    from examples.demo.run_demo import DemoArguments, demo_corpus_spec
+
+    manifest = json.loads((pretrain.SHIPPED_COMPONENTS / pretrain.MANIFEST).read_text())
+    assert manifest["corpus"] == demo_corpus_spec(DemoArguments())
+    assert manifest["encoder"]["test"]["avg_cer"] < 20 and manifest["llm"]["test"]["mt_avg_bleu"] > 80
+    model = PartForSpeechToText.from_pretrained_components(
+        audio_encoder=str(pretrain.SHIPPED_COMPONENTS / "encoder"), llm=str(pretrain.SHIPPED_COMPONENTS / "llm")
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    size = sum(p.stat().st_size for p in pretrain.SHIPPED_COMPONENTS.rglob("*") if p.is_file())
+    assert size < 30 * 2**20  # the issue's limit for what the repository ships
