@@ -152,3 +152,18 @@ def test_shipped_stand_ins_are_made_for_the_default_demo_and_load():
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     size = sum(p.stat().st_size for p in pretrain.SHIPPED_COMPONENTS.rglob("*") if p.is_file())
     assert size < 30 * 2**20  # the limit for what the repository ships
+
+
+@pytest.mark.slow  # synthesises the held-out splits (640 utterances) and trains 2 encoders for 2 steps
+def test_augmentation_ablation_reports_seen_and_held_out_voices(tmp_path):
+    from examples.demo import augmentation_ablation
+
+    results = augmentation_ablation.main(["--output_dir", str(tmp_path / "out"), "--corpus_dir", str(tmp_path / "corpus"),
+                                          "--train_items_per_language", "2", "--steps", "2", "--variants", "none", "all"])  # fmt: skip
+    assert list(results) == ["none", "all"]
+    assert results["none"]["training_samples"] == results["none"]["utterances"]  # one copy: no speed perturbation
+    assert results["all"]["training_samples"] == 3 * results["all"]["utterances"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| none |" in table and "| all |" in table and (tmp_path / "out" / "augmentation.png").exists()
+    with pytest.raises(ValueError, match="Unknown variants"):
+        augmentation_ablation.main(["--output_dir", str(tmp_path / "out"), "--variants", "pitch"])
