@@ -83,14 +83,17 @@ def test_components_manifest_records_corpus_training_and_scores(components, corp
     manifest = json.loads((folder / pretrain.MANIFEST).read_text())
     assert manifest["corpus"] == pretrain.corpus_spec(TINY) and manifest["corpus"]["test_speakers"]
     encoder = manifest["encoder"]
-    assert encoder["labels_longer_than_frames"] == 0  # two CTC labels per frame: no utterance is dropped
+    assert encoder["ctc_labels"] == "tokens"  # CTC over the LLM's BPE tokens, as SenseVoice
+    assert encoder["labels_longer_than_frames"] == 0  # no utterance is dropped
     assert encoder["training_samples"] == len(encoder["settings"]["speed_factors"]) * encoder["utterances"]
-    assert set(encoder["test"]["cer"]) == set(TINY["languages"]) and encoder["test"]["utterances"] == 9
+    assert set(encoder["test"]["cer"]) == set(encoder["test"]["asr_error"]) == set(TINY["languages"])
+    assert encoder["test"]["utterances"] == 9
     llm = manifest["llm"]["test"]
     assert set(llm["copy_accuracy"]) == set(TINY["languages"]) and set(llm["mt_bleu"]) == {"de-en", "zh-en"}
     for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "encoder/preprocessor_config.json",
-                 "llm/model.safetensors", "llm/tokenizer.json"):  # fmt: skip
+                 "encoder/ctc_tokenizer/tokenizer.json", "llm/model.safetensors", "llm/tokenizer.json"):  # fmt: skip
         assert (folder / name).exists(), name
+    assert not list(folder.glob("encoder/*.py"))  # the package provides PartFeatureExtractor: no exported source
 
 
 def test_half_precision_components_load_in_float32(components, tmp_path):
@@ -108,21 +111,42 @@ def test_half_precision_components_load_in_float32(components, tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-def test_ctc_pretraining_learns_and_greedy_cer_is_computed_as_jiwer_does(corpus, tmp_path):
-    """A one-layer encoder on 12 utterances (4 per language): the CTC loss falls, and the reported CER is jiwer's on the decoded text."""
+@pytest.mark.parametrize("labels", ["tokens", "characters"])
+def test_ctc_pretraining_learns_and_its_scores_are_computed_as_jiwer_does(labels, corpus, components, tmp_path):
+    """A one-layer encoder on 12 utterances (4 per language), CTC over the LLM's BPE tokens (as SenseVoice, and
+    `make components`) or over characters: the loss falls, the head decodes its labels back to the text, and the
+    reported CER and word error are jiwer's and `compute_speech_metrics`' on the decoded text."""
     import jiwer
+    from transformers import AutoTokenizer
+
+    from trainers.metrics import compute_speech_metrics
 
     asr = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr = asr.select(range(0, len(asr), 3))  # 4 utterances per language
+    tokenizer = AutoTokenizer.from_pretrained(components[0] / "llm") if labels == "tokens" else None
     settings = pretrain.EncoderSettings(hidden_size=64, num_layers=1, num_heads=2, steps=60, batch_size=12,
                                         warmup_steps=5, learning_rate=3e-3, speed_factors=(1.0,), noise_snr_db=None,
                                         spec_augment=False)  # fmt: skip
-    report = pretrain.pretrain_encoder(asr, tmp_path, settings, seed=0)
+    report = pretrain.pretrain_encoder(asr, tmp_path, settings, seed=0, tokenizer=tokenizer)
+    assert report["ctc_labels"] == labels and report["labels_longer_than_frames"] == 0
     assert report["ctc_loss_last"] < 0.6 * report["ctc_loss_first"], report
+    model, decode = pretrain.load_ctc_model(tmp_path)
+    text = asr[0]["text"]
+    if labels == "tokens":
+        assert (tmp_path / pretrain.CTC_TOKENIZER / "tokenizer.json").exists()
+        assert model.upsampling == 1 and model.vocab_size == len(tokenizer) + 1  # + the blank
+        assert decode([i + 1 for i in tokenizer(text, add_special_tokens=False)["input_ids"]]) == text
+    else:
+        assert model.upsampling == 2
+        characters = sorted({c for t in asr["text"] for c in t})
+        assert decode([characters.index(c) + 1 for c in text]) == text
     scores = pretrain.evaluate_encoder(tmp_path, asr)
     assert set(scores["cer"]) == set(TINY["languages"])
     assert scores["avg_cer"] == pytest.approx(np.mean(list(scores["cer"].values())))
+    assert 0 <= scores["asr_avg_error"] and scores["asr_avg_error"] != scores["avg_cer"]  # words for en/de
     assert jiwer.cer(["abcd"], ["abed"]) == 0.25  # the unit scores count as jiwer does: edits / reference characters
+    perfect = compute_speech_metrics(asr["text"], asr["text"], ["asr"] * len(asr), asr["source_language"], asr["source_language"])
+    assert perfect["asr_avg_error"] == 0
 
 
 def test_spec_augment_masks_the_same_mel_bins_in_every_stacked_frame():

@@ -2,10 +2,12 @@
 downloaded here, so the demo makes small stand-ins with the two properties PART relies on.
 
 - `train_tokenizer`: a byte-level BPE tokenizer on the demo's text (with the PART audio tokens).
-- `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on the characters of the
-  ASR training transcripts, with speed perturbation, additive noise and SpecAugment, so that it recognises the demo
-  speech on its own, held-out voices included (`evaluate_encoder`: greedy CTC CER). Saved as a standard transformers
-  checkpoint with its feature extractor (CMVN fitted); the CTC head is kept beside it for that measurement.
+- `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on the ASR training
+  transcripts, with speed perturbation, additive noise and SpecAugment, so that it recognises the demo speech on its
+  own, held-out voices included (`evaluate_encoder`: greedy CTC CER and word error). As SenseVoice, its CTC labels
+  are the BPE tokens of the LLM's tokenizer (characters without one), so its states already name the tokens the LLM
+  reads. Saved as a standard transformers checkpoint with its feature extractor (CMVN fitted); the CTC head (and the
+  tokenizer it decodes with) is kept beside it for that measurement.
 - `pretrain_llm`: a small Qwen2 causal LM trained on the text side only, in the processor's own prompt formats: plain
   text, text translation (`mt`), and text-in/text-out analogues of the speech tasks, where the text sits between
   `<|audio_bos|>` and `<|audio_eos|>` in place of the audio: copy it (transcription) or translate it (speech
@@ -25,7 +27,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -155,15 +157,14 @@ def train_tokenizer(texts: Sequence[str], output_dir: str | Path, vocab_size: in
 
 # -------------------------------------------------------------------------------------------------- speech encoder
 class CTCModel(nn.Module):
-    """A speech encoder with a linear CTC head over characters that emits two labels per encoder frame (the encoder's
-    60 ms frames are fewer than the characters espeak says in them)."""
+    """A speech encoder with a linear CTC head that emits `upsampling` labels per encoder frame: 2 for characters (the
+    encoder's 60 ms frames are fewer than the characters espeak says in them), 1 for BPE tokens."""
 
-    upsampling = 2
-
-    def __init__(self, encoder: FunAsrNanoEncoder, vocab_size: int):
+    def __init__(self, encoder: FunAsrNanoEncoder, vocab_size: int, upsampling: int = 1):
         super().__init__()
         self.encoder = encoder
         self.vocab_size = vocab_size
+        self.upsampling = upsampling
         self.head = nn.Linear(encoder.config.hidden_size, self.upsampling * vocab_size)
 
     def log_probs(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,11 +222,16 @@ def _batch_features(features: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch
     return batch, mask
 
 
+CTC_HEAD = "ctc_head.safetensors"
+CTC_TOKENIZER = "ctc_tokenizer"
+
+
 def pretrain_encoder(
-    asr_split, output_dir: str | Path, settings: EncoderSettings = EncoderSettings(), seed: int = 0
+    asr_split, output_dir: str | Path, settings: EncoderSettings = EncoderSettings(), seed: int = 0, tokenizer=None
 ) -> dict:
     """Trains a SenseVoice-style encoder with CTC on `asr_split` (rows with `audio` and `text`); saves it and its
-    feature extractor to `output_dir`, and the CTC head (with its characters) to `output_dir/ctc_head.safetensors`."""
+    feature extractor to `output_dir`, and the CTC head to `output_dir/ctc_head.safetensors`. The CTC labels are the
+    BPE tokens of `tokenizer` (saved to `output_dir/ctc_tokenizer`), or the transcripts' characters without one."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
@@ -242,11 +248,17 @@ def pretrain_encoder(
             for w in waveforms
         ]
         copies.append(_features(feature_extractor, perturbed, f"encoder features (speed {speed})"))
-    characters = sorted({c for t in texts for c in t})
-    char_ids = {c: i + 1 for i, c in enumerate(characters)}  # 0 is the CTC blank
-    labels = [[char_ids[c] for c in t] for t in texts]
+    if tokenizer is not None:  # 0 is the CTC blank, so label = token id + 1
+        labels = [[i + 1 for i in ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        vocab_size, upsampling, metadata = len(tokenizer) + 1, 1, {"labels": "tokens"}
+    else:
+        characters = sorted({c for t in texts for c in t})
+        char_ids = {c: i + 1 for i, c in enumerate(characters)}
+        labels = [[char_ids[c] for c in t] for t in texts]
+        vocab_size, upsampling = len(characters) + 1, 2
+        metadata = {"labels": "characters", "characters": json.dumps(characters, ensure_ascii=False)}
     samples = [(f, label) for copy in copies for f, label in zip(copy, labels)]
-    too_long = sum(len(label) > CTCModel.upsampling * len(f) for f, label in samples)
+    too_long = sum(len(label) > upsampling * len(f) for f, label in samples)
 
     config = FunAsrNanoEncoderConfig(
         hidden_size=settings.hidden_size,
@@ -257,7 +269,7 @@ def pretrain_encoder(
         hidden_dropout=0.1,
         attention_dropout=0.0,
     )
-    model = CTCModel(FunAsrNanoEncoder(config), len(characters) + 1)
+    model = CTCModel(FunAsrNanoEncoder(config), vocab_size, upsampling)
     generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(batch):
@@ -273,39 +285,51 @@ def pretrain_encoder(
         settings.warmup_steps, "pretraining the speech encoder (CTC)",
     )
     model.encoder.save_pretrained(output_dir)
+    feature_extractor._auto_class = None  # no exported copy of its source: the installed package provides the class
     feature_extractor.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(Path(output_dir) / CTC_TOKENIZER)
     save_file(
         {"weight": model.head.weight.contiguous(), "bias": model.head.bias.contiguous()},
-        str(Path(output_dir) / "ctc_head.safetensors"),
-        metadata={"characters": json.dumps(characters, ensure_ascii=False), "upsampling": str(CTCModel.upsampling)},
+        str(Path(output_dir) / CTC_HEAD), metadata={**metadata, "upsampling": str(upsampling)},
     )
-    return {"ctc_loss_first": float(np.mean(losses[:20])), "ctc_loss_last": float(np.mean(losses[-20:])),
+    return {"ctc_labels": metadata["labels"], "ctc_loss_first": float(np.mean(losses[:20])), "ctc_loss_last": float(np.mean(losses[-20:])),
             "utterances": len(texts), "training_samples": len(samples), "labels_longer_than_frames": too_long,
             "settings": asdict(settings), "seconds": time.time() - started}  # fmt: skip
 
 
-def load_ctc_model(encoder_dir: str | Path) -> tuple[CTCModel, list[str]]:
-    """The encoder of `encoder_dir` with its CTC head (from `pretrain_encoder`), and the head's characters."""
+def load_ctc_model(encoder_dir: str | Path) -> tuple[CTCModel, Callable[[list[int]], str]]:
+    """The encoder of `encoder_dir` with its CTC head (from `pretrain_encoder`), and the function that turns the head's
+    label ids (blanks and repeats removed) into text."""
     from safetensors import safe_open
+    from transformers import AutoTokenizer
 
-    path = Path(encoder_dir) / "ctc_head.safetensors"
+    path = Path(encoder_dir) / CTC_HEAD
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the encoder's CTC head is saved there by pretrain_encoder.")
     with safe_open(str(path), framework="pt") as f:
-        characters = json.loads(f.metadata()["characters"])
+        metadata = f.metadata()
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
-    model = CTCModel(FunAsrNanoEncoder.from_pretrained(encoder_dir, dtype=torch.float32), len(characters) + 1)
+    if metadata.get("labels") == "tokens":
+        tokenizer = AutoTokenizer.from_pretrained(Path(encoder_dir) / CTC_TOKENIZER)
+        decode = lambda ids: tokenizer.decode([i - 1 for i in ids])  # noqa: E731
+    else:
+        characters = json.loads(metadata["characters"])
+        decode = lambda ids: "".join(characters[i - 1] for i in ids)  # noqa: E731
+    encoder = FunAsrNanoEncoder.from_pretrained(encoder_dir, dtype=torch.float32)
+    model = CTCModel(encoder, weight.shape[0] // int(metadata["upsampling"]), int(metadata["upsampling"]))
     model.head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
-    return model.eval(), characters
+    return model.eval(), decode
 
 
 @torch.no_grad()
 def evaluate_encoder(encoder_dir: str | Path, asr_split, batch_size: int = 32) -> dict:
-    """Greedy CTC CER (%) of the encoder on its own, per language and averaged, on `asr_split` (rows with `audio`,
-    `text`, `source_language`): character edits over reference characters after `TextNormalizer`, as jiwer counts."""
+    """The encoder on its own, greedy CTC decoding, on `asr_split` (rows with `audio`, `text`, `source_language`): CER
+    (%) per language and averaged (character edits over reference characters after `TextNormalizer`, as jiwer counts),
+    and the demo's ASR metric (`asr_avg_error`: WER, or CER for zh/ja, as `compute_speech_metrics` reports for PART)."""
     import jiwer
 
-    model, characters = load_ctc_model(encoder_dir)
+    model, decode = load_ctc_model(encoder_dir)
     feature_extractor = PartFeatureExtractor.from_pretrained(encoder_dir)
     rows = asr_split.select_columns(["audio", "text", "source_language"]).to_list()
     features = _features(feature_extractor, [load_audio(r["audio"]) for r in rows], "encoder CER features")
@@ -314,7 +338,7 @@ def evaluate_encoder(encoder_dir: str | Path, asr_split, batch_size: int = 32) -
         log_probs, lengths = model.log_probs(*_batch_features(features[start : start + batch_size]))
         for best, length in zip(log_probs.argmax(-1), lengths):
             ids = torch.unique_consecutive(best[: int(length)]).tolist()
-            hypotheses.append("".join(characters[i - 1] for i in ids if i > 0))
+            hypotheses.append(decode([i for i in ids if i > 0]))
     normalize = TextNormalizer()
     per_language: dict[str, tuple[list[str], list[str]]] = {}
     for row, hypothesis in zip(rows, hypotheses):
@@ -322,7 +346,11 @@ def evaluate_encoder(encoder_dir: str | Path, asr_split, batch_size: int = 32) -
         references.append(normalize(row["text"], row["source_language"]) or " ")
         predictions.append(normalize(hypothesis, row["source_language"]))
     cer = {language: 100 * jiwer.cer(refs, preds) for language, (refs, preds) in sorted(per_language.items())}
-    return {"cer": cer, "avg_cer": float(np.mean(list(cer.values()))), "utterances": len(rows)}
+    languages = [row["source_language"] for row in rows]
+    asr = compute_speech_metrics(hypotheses, [row["text"] for row in rows], ["asr"] * len(rows), languages, languages)
+    asr_error = {language: asr.get(f"wer_{language}", asr.get(f"cer_{language}")) for language in cer}
+    return {"cer": cer, "avg_cer": float(np.mean(list(cer.values()))), "asr_error": asr_error,
+            "asr_avg_error": asr["asr_avg_error"], "utterances": len(rows)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------- LLM
@@ -483,7 +511,7 @@ def build_components(
     asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
     report: dict = {"corpus": spec, "seed": seed}
-    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed)
+    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, tokenizer)
     report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
     examples = llm_examples(items, spec["languages"], tokenizer, llm, seed)
     report["llm"] = pretrain_llm(examples, tokenizer, output_dir / "llm", llm, seed)

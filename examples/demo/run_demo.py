@@ -162,7 +162,8 @@ def prepare_components(args: DemoArguments, corpus, out: Path) -> tuple[str, str
 
 
 def score_stand_ins(encoder_path: str, llm_path: str, test) -> dict:
-    """The demo stand-ins alone on the test split: encoder greedy CTC CER, LLM text MT BLEU and copy accuracy."""
+    """The demo stand-ins alone on the test split: encoder greedy CTC CER and ASR error, LLM text MT BLEU and copy
+    accuracy."""
     if not (Path(encoder_path) / "ctc_head.safetensors").exists():
         return {}  # a hub encoder: no CTC head to score it with
     asr = test.filter(lambda task: task == "asr", input_columns="task")
@@ -249,16 +250,18 @@ def results_table(columns: dict[str, dict], prefix: str = "test_") -> str:
 
 
 def stand_ins_table(stand_ins: dict) -> str:
-    """A Markdown table of the stand-ins alone, per language: encoder CTC CER, LLM copy accuracy and text MT BLEU."""
+    """A Markdown table of the stand-ins alone, per language: the encoder's greedy CTC CER and its ASR error (the
+    metric PART's ASR is scored with: WER, CER for zh/ja), the LLM's copy accuracy and text MT BLEU."""
     encoder, llm = stand_ins["encoder"], stand_ins["llm"]
-    lines = ["| language | encoder alone: CTC greedy CER % | LLM alone: copy accuracy % | LLM alone: text MT BLEU (→en) |",
-             "|---|---|---|---|"]  # fmt: skip
+    asr_error = encoder.get("asr_error", {})
+    dash = lambda value: "–" if value is None else f"{value:.1f}"  # noqa: E731
+    lines = ["| language | encoder alone: CTC greedy CER % | encoder alone: ASR WER/CER % | LLM alone: copy accuracy % "
+             "| LLM alone: text MT BLEU (→en) |", "|---|---|---|---|---|"]  # fmt: skip
     for language, cer in encoder["cer"].items():
-        bleu = llm["mt_bleu"].get(f"{language}-en")
-        copy = llm["copy_accuracy"].get(language)
-        lines.append(f"| {language} | {cer:.1f} | {'–' if copy is None else f'{copy:.1f}'} | "
-                     f"{'–' if bleu is None else f'{bleu:.1f}'} |")  # fmt: skip
-    lines.append(f"| **average** | {encoder['avg_cer']:.1f} | {llm['copy_avg_accuracy']:.1f} | {llm['mt_avg_bleu']:.1f} |")
+        lines.append(f"| {language} | {cer:.1f} | {dash(asr_error.get(language))} | "
+                     f"{dash(llm['copy_accuracy'].get(language))} | {dash(llm['mt_bleu'].get(f'{language}-en'))} |")  # fmt: skip
+    lines.append(f"| **average** | {encoder['avg_cer']:.1f} | {dash(encoder.get('asr_avg_error'))} | "
+                 f"{llm['copy_avg_accuracy']:.1f} | {llm['mt_avg_bleu']:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
 
