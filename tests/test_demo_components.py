@@ -83,15 +83,15 @@ def test_components_manifest_records_corpus_training_and_scores(components, corp
     manifest = json.loads((folder / pretrain.MANIFEST).read_text())
     assert manifest["corpus"] == pretrain.corpus_spec(TINY) and manifest["corpus"]["test_speakers"]
     encoder = manifest["encoder"]
-    assert encoder["ctc_labels"] == "tokens"  # CTC over the LLM's BPE tokens, as SenseVoice
-    assert encoder["labels_longer_than_frames"] == 0  # no utterance is dropped
+    assert encoder["ctc_labels"] == "characters"  # the default (see test_ctc_pretraining_... for "tokens")
+    assert encoder["labels_longer_than_frames"] == 0  # two labels per frame: no utterance is dropped
     assert encoder["training_samples"] == len(encoder["settings"]["speed_factors"]) * encoder["utterances"]
     assert set(encoder["test"]["cer"]) == set(encoder["test"]["asr_error"]) == set(TINY["languages"])
     assert encoder["test"]["utterances"] == 9
     llm = manifest["llm"]["test"]
     assert set(llm["copy_accuracy"]) == set(TINY["languages"]) and set(llm["mt_bleu"]) == {"de-en", "zh-en"}
     for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "encoder/preprocessor_config.json",
-                 "encoder/ctc_tokenizer/tokenizer.json", "llm/model.safetensors", "llm/tokenizer.json"):  # fmt: skip
+                 "llm/model.safetensors", "llm/tokenizer.json"):  # fmt: skip
         assert (folder / name).exists(), name
     assert not list(folder.glob("encoder/*.py"))  # the package provides PartFeatureExtractor: no exported source
 
@@ -169,8 +169,7 @@ def test_shipped_stand_ins_are_made_for_the_default_demo_and_load():
 
     manifest = json.loads((pretrain.SHIPPED_COMPONENTS / pretrain.MANIFEST).read_text())
     assert manifest["corpus"] == demo_corpus_spec(DemoArguments())
-    assert manifest["encoder"]["ctc_labels"] == "tokens" and manifest["encoder"]["test"]["asr_avg_error"] < 35
-    assert manifest["llm"]["test"]["mt_avg_bleu"] > 80
+    assert manifest["encoder"]["test"]["avg_cer"] < 20 and manifest["llm"]["test"]["mt_avg_bleu"] > 80
     model = PartForSpeechToText.from_pretrained_components(
         audio_encoder=str(pretrain.SHIPPED_COMPONENTS / "encoder"), llm=str(pretrain.SHIPPED_COMPONENTS / "llm")
     )

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         done = folder / "result.json"
         if not done.exists():
             settings = replace(VARIANTS[name], steps=args.steps)
-            report = pretrain_encoder(asr["train"], folder, settings, args.seed, tokenizer)
+            report = pretrain_encoder(asr["train"], folder, settings, args.seed, tokenizer if settings.ctc_labels == "tokens" else None)
             report.update(dev=evaluate_encoder(folder, asr["dev"]), test=evaluate_encoder(folder, asr["test"]))
             done.write_text(json.dumps(report, indent=2))
         results[name] = json.loads(done.read_text())

@@ -70,6 +70,7 @@ class EncoderSettings:
     noise_snr_db: tuple[float, float] | None = (10.0, 30.0)  # white noise at an SNR drawn from this range, or None
     noise_probability: float = 0.5
     spec_augment: bool = True  # 2 frequency masks of <= 10 mel bins and 2 time masks of <= 3 frames (180 ms)
+    ctc_labels: str = "characters"  # or "tokens": the LLM tokenizer's BPE tokens, as SenseVoice (see the README)
 
 
 @dataclass
@@ -511,7 +512,10 @@ def build_components(
     asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
     report: dict = {"corpus": spec, "seed": seed}
-    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, tokenizer)
+    if encoder.ctc_labels not in ("characters", "tokens"):
+        raise ValueError(f"EncoderSettings.ctc_labels must be 'characters' or 'tokens', got {encoder.ctc_labels!r}.")
+    ctc_tokenizer = tokenizer if encoder.ctc_labels == "tokens" else None
+    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, ctc_tokenizer)
     report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
     examples = llm_examples(items, spec["languages"], tokenizer, llm, seed)
     report["llm"] = pretrain_llm(examples, tokenizer, output_dir / "llm", llm, seed)
