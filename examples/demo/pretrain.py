@@ -4,9 +4,9 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
 - `train_tokenizer`: a byte-level BPE tokenizer on the demo's text (with the PART audio tokens).
 - `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on the ASR training
   transcripts, with speed perturbation, additive noise and SpecAugment, so that it recognises the demo speech on its
-  own, held-out voices included (`evaluate_encoder`: greedy CTC CER and word error). As SenseVoice, its CTC labels
-  are the BPE tokens of the LLM's tokenizer (characters without one), so its states already name the tokens the LLM
-  reads. Saved as a standard transformers checkpoint with its feature extractor (CMVN fitted); the CTC head (and the
+  own, held-out voices included (`evaluate_encoder`: greedy CTC CER and word error). Its CTC labels are characters,
+  or (`EncoderSettings.ctc_labels="tokens"`, as SenseVoice) the BPE tokens of the LLM's tokenizer. Saved as a
+  standard transformers checkpoint with its feature extractor (CMVN fitted); the CTC head (and, for tokens, the
   tokenizer it decodes with) is kept beside it for that measurement.
 - `pretrain_llm`: a small Qwen2 causal LM trained on the text side only, in the processor's own prompt formats: plain
   text, text translation (`mt`), and text-in/text-out analogues of the speech tasks, where the text sits between
