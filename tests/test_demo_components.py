@@ -123,10 +123,13 @@ def test_ctc_pretraining_learns_and_its_scores_are_computed_as_jiwer_does(labels
 
     asr = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr = asr.select(range(0, len(asr), 3))  # 4 utterances per language
-    tokenizer = AutoTokenizer.from_pretrained(components[0] / "llm") if labels == "tokens" else None
+    tokenizer = AutoTokenizer.from_pretrained(components[0] / "llm")  # used for "tokens" only
     settings = pretrain.EncoderSettings(hidden_size=64, num_layers=1, num_heads=2, steps=60, batch_size=12,
                                         warmup_steps=5, learning_rate=3e-3, speed_factors=(1.0,), noise_snr_db=None,
-                                        spec_augment=False)  # fmt: skip
+                                        spec_augment=False, ctc_labels=labels)  # fmt: skip
+    if labels == "tokens":
+        with pytest.raises(ValueError, match="needs the LLM's tokenizer"):
+            pretrain.pretrain_encoder(asr, tmp_path, settings, seed=0)
     report = pretrain.pretrain_encoder(asr, tmp_path, settings, seed=0, tokenizer=tokenizer)
     assert report["ctc_labels"] == labels and report["labels_longer_than_frames"] == 0
     assert report["ctc_loss_last"] < 0.6 * report["ctc_loss_first"], report

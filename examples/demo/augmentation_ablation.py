@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     asr = {split: corpus[split].filter(lambda task: task == "asr", input_columns="task") for split in corpus}
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    needs_tokenizer = any(VARIANTS[name].ctc_labels == "tokens" for name in args.variants)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if needs_tokenizer else None
     out = Path(args.output_dir)
     results = {}
     for name in args.variants:
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         done = folder / "result.json"
         if not done.exists():
             settings = replace(VARIANTS[name], steps=args.steps)
-            report = pretrain_encoder(asr["train"], folder, settings, args.seed, tokenizer if settings.ctc_labels == "tokens" else None)
+            report = pretrain_encoder(asr["train"], folder, settings, args.seed, tokenizer)
             report.update(dev=evaluate_encoder(folder, asr["dev"]), test=evaluate_encoder(folder, asr["test"]))
             done.write_text(json.dumps(report, indent=2))
         results[name] = json.loads(done.read_text())

@@ -232,7 +232,12 @@ def pretrain_encoder(
 ) -> dict:
     """Trains a SenseVoice-style encoder with CTC on `asr_split` (rows with `audio` and `text`); saves it and its
     feature extractor to `output_dir`, and the CTC head to `output_dir/ctc_head.safetensors`. The CTC labels are the
-    BPE tokens of `tokenizer` (saved to `output_dir/ctc_tokenizer`), or the transcripts' characters without one."""
+    transcripts' characters, or with `settings.ctc_labels="tokens"` the BPE tokens of `tokenizer` (saved to
+    `output_dir/ctc_tokenizer`)."""
+    if settings.ctc_labels not in ("characters", "tokens"):
+        raise ValueError(f"EncoderSettings.ctc_labels must be 'characters' or 'tokens', got {settings.ctc_labels!r}.")
+    if settings.ctc_labels == "tokens" and tokenizer is None:
+        raise ValueError("EncoderSettings.ctc_labels='tokens' needs the LLM's tokenizer: pass tokenizer=.")
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
@@ -249,7 +254,7 @@ def pretrain_encoder(
             for w in waveforms
         ]
         copies.append(_features(feature_extractor, perturbed, f"encoder features (speed {speed})"))
-    if tokenizer is not None:  # 0 is the CTC blank, so label = token id + 1
+    if settings.ctc_labels == "tokens":  # 0 is the CTC blank, so label = token id + 1
         labels = [[i + 1 for i in ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         vocab_size, upsampling, metadata = len(tokenizer) + 1, 1, {"labels": "tokens"}
     else:
@@ -288,7 +293,7 @@ def pretrain_encoder(
     model.encoder.save_pretrained(output_dir)
     feature_extractor._auto_class = None  # no exported copy of its source: the installed package provides the class
     feature_extractor.save_pretrained(output_dir)
-    if tokenizer is not None:
+    if settings.ctc_labels == "tokens":
         tokenizer.save_pretrained(Path(output_dir) / CTC_TOKENIZER)
     save_file(
         {"weight": model.head.weight.contiguous(), "bias": model.head.bias.contiguous()},
@@ -512,10 +517,7 @@ def build_components(
     asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
     report: dict = {"corpus": spec, "seed": seed}
-    if encoder.ctc_labels not in ("characters", "tokens"):
-        raise ValueError(f"EncoderSettings.ctc_labels must be 'characters' or 'tokens', got {encoder.ctc_labels!r}.")
-    ctc_tokenizer = tokenizer if encoder.ctc_labels == "tokens" else None
-    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, ctc_tokenizer)
+    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, tokenizer)
     report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
     examples = llm_examples(items, spec["languages"], tokenizer, llm, seed)
     report["llm"] = pretrain_llm(examples, tokenizer, output_dir / "llm", llm, seed)
