@@ -21,9 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples.demo.corpus import build_corpus  # noqa: E402
-from examples.demo.pretrain import (  # noqa: E402
-    SHIPPED_COMPONENTS, ComponentArguments, EncoderSettings, evaluate_encoder, pretrain_encoder,
-)
+from examples.demo.pretrain import ComponentArguments, EncoderSettings, evaluate_encoder, pretrain_encoder  # noqa: E402
 
 NO_AUGMENTATION = EncoderSettings(speed_factors=(1.0,), noise_snr_db=None, spec_augment=False)
 VARIANTS: dict[str, EncoderSettings] = {
@@ -42,7 +40,6 @@ class AblationArguments:
     corpus_dir: str = field(default=ComponentArguments.corpus_dir, metadata={"help": "The components' corpus."})
     train_items_per_language: int = field(default=ComponentArguments.train_items_per_language)
     steps: int = field(default=1000, metadata={"help": "CTC steps of every variant."})
-    tokenizer: str = field(default=str(SHIPPED_COMPONENTS / "llm"), metadata={"help": "The CTC labels' BPE tokenizer."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": "Variants to run."})
     seed: int = field(default=0)
 
@@ -81,10 +78,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dev_items=defaults.dev_items, test_items=defaults.test_items, seed=defaults.corpus_seed, reuse_existing=True,
     )  # fmt: skip
     asr = {split: corpus[split].filter(lambda task: task == "asr", input_columns="task") for split in corpus}
-    from transformers import AutoTokenizer
-
-    needs_tokenizer = any(VARIANTS[name].ctc_labels == "tokens" for name in args.variants)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if needs_tokenizer else None
     out = Path(args.output_dir)
     results = {}
     for name in args.variants:
@@ -92,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         done = folder / "result.json"
         if not done.exists():
             settings = replace(VARIANTS[name], steps=args.steps)
-            report = pretrain_encoder(asr["train"], folder, settings, args.seed, tokenizer)
+            report = pretrain_encoder(asr["train"], folder, settings, args.seed)
             report.update(dev=evaluate_encoder(folder, asr["dev"]), test=evaluate_encoder(folder, asr["test"]))
             done.write_text(json.dumps(report, indent=2))
         results[name] = json.loads(done.read_text())

@@ -35,6 +35,7 @@ from transformers.utils import logging  # noqa: E402
 
 from examples.demo.corpus import build_corpus  # noqa: E402
 from examples.demo.pretrain import (  # noqa: E402
+    CTC_HEAD,
     MANIFEST,
     SHIPPED_COMPONENTS,
     EncoderSettings,
@@ -164,7 +165,7 @@ def prepare_components(args: DemoArguments, corpus, out: Path) -> tuple[str, str
 def score_stand_ins(encoder_path: str, llm_path: str, test) -> dict:
     """The demo stand-ins alone on the test split: encoder greedy CTC CER and ASR error, LLM text MT BLEU and copy
     accuracy."""
-    if not (Path(encoder_path) / "ctc_head.safetensors").exists():
+    if not (Path(encoder_path) / CTC_HEAD).exists():
         return {}  # a hub encoder: no CTC head to score it with
     asr = test.filter(lambda task: task == "asr", input_columns="task")
     return {"encoder": evaluate_encoder(encoder_path, asr), "llm": evaluate_llm(llm_path, test)}
