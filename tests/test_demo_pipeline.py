@@ -10,8 +10,9 @@ from datasets import Dataset, load_from_disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.demo.run_demo import chance_metrics, main as demo_main  # noqa: E402
+from examples.demo.run_demo import DemoArguments, chance_metrics, demo_schedule, main as demo_main  # noqa: E402
 from examples.demo.run_paper import main as paper_main  # noqa: E402
+from trainers.stages import load_schedule  # noqa: E402
 
 TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--test_items", "2",
         "--encoder_steps", "2", "--llm_steps", "2", "--llm_text_items", "30", "--max_steps", "8", "--batch_size", "4", "--eval_batch_size", "8",
@@ -54,8 +55,12 @@ def test_demo_pipeline_end_to_end(tmp_path):
     # make paper on the same corpus and components: two systems, one seed, a table with deltas vs PART
     stats = paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
                         "--components_dir", str(tmp_path / "components"), "--presets", "part", "baseline_2stage",
-                        "--seeds", "0", *TINY])
+                        "--seeds", "0", *TINY, "--adapter_stride", "3", "--lora_rank", "4"])
     assert set(stats) == {"part", "baseline_2stage"}
+    run = tmp_path / "paper" / "part" / "seed0"
+    assert json.loads((run / "config.json").read_text())["adapter_config"]["downsample_stride"] == 3
+    cross = json.loads((run / "training_summary.json").read_text())["schedule"]["stages"][-1]
+    assert cross["lora"]["r"] == 4 and cross["lora"]["lora_alpha"] == 8 and cross["lr_scale"] == 0.5
     table = (tmp_path / "paper" / "results.md").read_text()
     assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
 
@@ -90,3 +95,20 @@ def test_chance_metrics_names_a_missing_training_key():
     test = _split([("asr", "fr", "fr", "un")])
     with pytest.raises(ValueError, match="'asr', 'fr', 'fr'"):
         chance_metrics(train, test)
+
+
+def test_demo_schedule_sizes_the_presets_later_learning_rates_and_keeps_a_files_own(tmp_path):
+    args = DemoArguments(learning_rate=1e-3, later_stages_lr_scale=0.5, encoder_last_k=2)
+    part = demo_schedule(args, "part")
+    assert [stage.lr_scale for stage in part.stages] == [1.0, 0.5, 0.5, 0.5]
+    assert [stage.peak_learning_rate(args.learning_rate)[0] for stage in part.stages] == [1e-3, 5e-4, 5e-4, 5e-4]
+    assert {stage.encoder_last_k for stage in part.stages} == {2}
+    assert [stage.lr_scale for stage in demo_schedule(args, "baseline_2stage").stages] == [1.0, 0.5]
+    # the preset itself is untouched, and None keeps its rates
+    assert [stage.lr_scale for stage in load_schedule("part").stages] == [1.0, 0.3, 0.2, 0.2]
+    kept = demo_schedule(DemoArguments(later_stages_lr_scale=None), "part")
+    assert [stage.lr_scale for stage in kept.stages] == [1.0, 0.3, 0.2, 0.2]
+    # a schedule file is the user's: its rates stay
+    path = tmp_path / "mine.json"
+    load_schedule("part").save(path)
+    assert [stage.lr_scale for stage in demo_schedule(args, str(path)).stages] == [1.0, 0.3, 0.2, 0.2]

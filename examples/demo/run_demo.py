@@ -56,7 +56,7 @@ from trainers.callbacks import (  # noqa: E402
     read_stage_metrics,
 )
 from trainers.metrics import compute_speech_metrics  # noqa: E402
-from trainers.stages import load_schedule  # noqa: E402
+from trainers.stages import PRESETS, Schedule, load_schedule  # noqa: E402
 
 logger = logging.get_logger("part.demo")
 
@@ -98,6 +98,21 @@ class DemoArguments:
     evaluate_stages: bool = field(default=True, metadata={"help": "Score the test split after every stage."})
     probes_per_label: int = field(default=4, metadata={"help": "Dev samples per (task, language) gradient probe."})
     adapter_width: int = field(default=256, metadata={"help": "Width of the new adapter (4x in its feed-forward)."})
+    adapter_stride: int | None = field(
+        default=None,
+        metadata={"help": "The adapter's downsampling stride over the encoder's 60 ms frames (None: the smallest that "
+                  "keeps the audio token rate at or below 12.5/s, i.e. 2)."},
+    )
+    later_stages_lr_scale: float | None = field(
+        default=0.5,
+        metadata={"help": "Peak learning rate of every stage of a preset after the first, as a multiple of "
+                  "--learning_rate, in place of the preset's (0.3 and 0.2, sized for the paper's large pretrained "
+                  "encoder and LLM); None keeps the preset's. A schedule file keeps its own rates."},
+    )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "LoRA rank of the cross-language stage (alpha = 2 x rank); None keeps the schedule's (16)."},
+    )
     encoder_last_k: int = field(
         default=2,
         metadata={"help": "Top encoder layers of the schedule's `encoder_last_k` stages (the paper: 8 of SenseVoice's "
@@ -306,6 +321,17 @@ def prepare(args: DemoArguments) -> tuple[object, str, str, dict]:
     return corpus, encoder_path, llm_path, report
 
 
+def demo_schedule(args: DemoArguments, schedule: str, mt_weight: float = 0.25) -> Schedule:
+    """`schedule` sized for the demo's models: every stage's `encoder_last_k` is `args.encoder_last_k`; for a preset,
+    with `args.later_stages_lr_scale`, every stage after the first peaks at that multiple of the run's learning rate
+    (a schedule file keeps its own rates)."""
+    plan = load_schedule(schedule, mt_weight=mt_weight)
+    stages = [dataclasses.replace(stage, encoder_last_k=args.encoder_last_k) for stage in plan.stages]
+    if args.later_stages_lr_scale is not None and schedule in PRESETS:
+        stages[1:] = [dataclasses.replace(stage, lr_scale=args.later_stages_lr_scale) for stage in stages[1:]]
+    return dataclasses.replace(plan, stages=stages)
+
+
 def train_and_evaluate(
     args: DemoArguments, corpus, encoder_path: str, llm_path: str, run_dir: Path, schedule: str, seed: int
 ) -> dict:
@@ -315,7 +341,8 @@ def train_and_evaluate(
     `evaluate_stages`, each stage's test metrics into its folder), and resumes an interrupted run there.
     """
     set_seed(seed)
-    adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width}
+    adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width,
+               "downsample_stride": args.adapter_stride}  # fmt: skip
     model, tokenizer = PartForSpeechToText.from_pretrained_components(
         audio_encoder=encoder_path, llm=llm_path, adapter_config=adapter, return_tokenizer=True
     )
@@ -338,9 +365,10 @@ def train_and_evaluate(
         bf16=torch.cuda.is_available(),
         lr_scheduler_type="cosine",
         length_grouping_batches=20,
+        lora_r=args.lora_rank,
+        lora_alpha=None if args.lora_rank is None else 2 * args.lora_rank,
     )
-    plan = load_schedule(schedule, mt_weight=training_args.mt_weight)
-    plan.stages = [dataclasses.replace(stage, encoder_last_k=args.encoder_last_k) for stage in plan.stages]
+    plan = demo_schedule(args, schedule, mt_weight=training_args.mt_weight)
     test_samples = corpus["test"].to_list()
     callbacks = [GradientSimilarityCallback(probes)]
     if args.evaluate_stages:  # every stage but the last: the final model below is that one
