@@ -104,9 +104,9 @@ def test_demo_schedule_sizes_the_presets_later_learning_rates_and_keeps_a_files_
     assert [stage.peak_learning_rate(args.learning_rate)[0] for stage in part.stages] == [1e-3, 5e-4, 5e-4, 5e-4]
     assert {stage.encoder_last_k for stage in part.stages} == {2}
     assert [stage.lr_scale for stage in demo_schedule(args, "baseline_2stage").stages] == [1.0, 0.5]
-    # the preset itself is untouched, and None keeps its rates
+    # the preset itself is untouched, and 0 keeps its rates
     assert [stage.lr_scale for stage in load_schedule("part").stages] == [1.0, 0.3, 0.2, 0.2]
-    kept = demo_schedule(DemoArguments(later_stages_lr_scale=None), "part")
+    kept = demo_schedule(DemoArguments(later_stages_lr_scale=0), "part")
     assert [stage.lr_scale for stage in kept.stages] == [1.0, 0.3, 0.2, 0.2]
     # a schedule file is the user's: its rates stay
     path = tmp_path / "mine.json"
