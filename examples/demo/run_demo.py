@@ -71,7 +71,7 @@ class DemoArguments:
     max_steps: int = field(default=3000, metadata={"help": "PART optimizer steps over all stages."})
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
     learning_rate: float = field(
-        default=1e-3, metadata={"help": "Peak learning rate of the first stage (the presets' later: x0.3, x0.2)."}
+        default=1e-3, metadata={"help": "Peak learning rate of the first stage (later stages: --later_stages_lr_scale x it)."}
     )
     warmup_steps: float = field(
         default=0.05, metadata={"help": "Warm-up of each stage: a share of its steps if < 1, else a number of steps."}
