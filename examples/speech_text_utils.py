@@ -465,7 +465,7 @@ def run_speech_text(
             results.update(evaluate_split(trainer, samples, prefix, generate_kwargs, data_args.cap_hypotheses))
 
     if training_args.do_train:
-        write_card(trainer, model_args, data_args, results, components)
+        write_card(trainer, data_args, results, components)
         if training_args.push_to_hub:
             trainer.push_to_hub()
     elif training_args.push_to_hub:
@@ -508,8 +508,9 @@ def write_predictions(path: str, samples: Dataset, predictions: Sequence[str]) -
     logger.info(f"Wrote {len(predictions)} predictions to {path}")
 
 
-def write_card(trainer: PartTrainer, model_args, data_args, metrics: dict[str, float], components) -> None:
-    """Writes the run's model card (`output_dir/README.md`) with `model_cards.write_model_card`."""
+def write_card(trainer: PartTrainer, data_args, metrics: dict[str, float], components) -> None:
+    """Writes the run's model card (`output_dir/README.md`) with `model_cards.write_model_card`; its `base_model` is
+    the encoder and LLM the saved config was assembled from, when they are Hub ids (local folders are left out)."""
     if not trainer.is_world_process_zero():
         return
     prefix = "test" if any(k.startswith("test_") for k in metrics) else "eval"
@@ -518,14 +519,12 @@ def write_card(trainer: PartTrainer, model_args, data_args, metrics: dict[str, f
         logger.warning("No evaluation metrics (run with --do_eval or --do_predict): no model card was written.")
         return
     languages = sorted({c.source_language for c in components} | {c.target_language for c in components})
-    base_models = {"encoder": model_args.audio_encoder, "llm": model_args.llm} if model_args.llm else None
     write_model_card(
         trainer.args.output_dir,
         metrics={k: v for k, v in metrics.items() if k.startswith(f"{prefix}_")},
         metric_key_prefix=prefix,
         languages=languages,
         dataset_name=data_args.dataset_name or "local files",
-        base_models=base_models,
         repo_id=trainer.args.hub_model_id,
     )
 

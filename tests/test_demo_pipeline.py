@@ -6,12 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset, load_from_disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.demo.run_demo import DemoArguments, chance_metrics, demo_schedule, main as demo_main  # noqa: E402
+from examples.demo.run_demo import (  # noqa: E402
+    DemoArguments,
+    chance_metrics,
+    demo_schedule,
+    load_encoder_with_dropout,
+    main as demo_main,
+)
 from examples.demo.run_paper import main as paper_main  # noqa: E402
+from modeling_part.modeling_part import build_audio_tower  # noqa: E402
+from modeling_part.tiny import tiny_part_config  # noqa: E402
 from trainers.stages import load_schedule  # noqa: E402
 
 TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--test_items", "2",
@@ -26,6 +35,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     metrics = results["metrics"]
     assert {"test_wer_en", "test_wer_de", "test_cer_zh", "test_bleu_de-en", "test_bleu_zh-en"} <= set(metrics)
     summary = json.loads((run / "training_summary.json").read_text())
+    # the stand-in encoder was CTC-trained with dropout 0.1; PART trains it without (--encoder_dropout 0)
+    assert json.loads((tmp_path / "components" / "encoder" / "config.json").read_text())["hidden_dropout"] == 0.1
+    assert json.loads((run / "config.json").read_text())["audio_config"]["hidden_dropout"] == 0.0
     assert [s["name"] for s in summary["stages"]] == ["1_adapter", "2a_encoder_top", "2b_encoder_full", "3_cross_language"]
     for name in ("loss_per_stage.png", "gradient_similarity_stages.png", "README.md", "model.safetensors",
                  "predictions_test.jsonl", "results.json"):
@@ -112,3 +124,21 @@ def test_demo_schedule_sizes_the_presets_later_learning_rates_and_keeps_a_files_
     path = tmp_path / "mine.json"
     load_schedule("part").save(path)
     assert [stage.lr_scale for stage in demo_schedule(args, str(path)).stages] == [1.0, 0.3, 0.2, 0.2]
+
+
+def test_load_encoder_with_dropout_sets_the_configs_dropout_and_keeps_it_when_negative(tmp_path):
+    encoder = build_audio_tower(tiny_part_config(64, 63, encoder="sensevoice").audio_config)
+    encoder.config.hidden_dropout = 0.1
+    encoder.half().save_pretrained(tmp_path / "encoder")  # the shipped stand-ins are fp16
+    loaded = load_encoder_with_dropout(str(tmp_path / "encoder"), 0.0)
+    assert loaded.config.hidden_dropout == 0.0 and loaded.config.attention_dropout == 0.0
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+    def rates(module):  # the probabilities its layers read from the config when built
+        return {v for m in module.modules() for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)}
+
+    assert rates(loaded) == {0.0}
+    kept = load_encoder_with_dropout(str(tmp_path / "encoder"), -1)
+    assert kept.config.hidden_dropout == 0.1 and 0.1 in rates(kept)
+    with pytest.raises(ValueError, match="--encoder_dropout"):
+        load_encoder_with_dropout(str(tmp_path / "encoder"), 1.0)

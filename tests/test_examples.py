@@ -200,6 +200,7 @@ def test_run_asr_assembles_a_model_from_pretrained_parts(workdir, tmp_path, rest
     metrics = run_asr.main([
         "--audio_encoder", str(tmp_path / "encoder"), "--llm", str(tmp_path / "llm"),
         "--tokenizer_name", str(tmp_path / "tokenizer"), "--train_file", str(workdir / "train.csv"),
+        "--validation_file", str(workdir / "dev.csv"), "--do_eval", "--max_eval_samples", "2",
         "--language_column", "language", "--max_train_samples", "4",
         "--schedule", _schedule(tmp_path / "one.json", [
             {"name": "adapter", "trainable": ["adapter"], "tasks": {"asr": 1.0}, "steps": 1}]),
@@ -208,6 +209,10 @@ def test_run_asr_assembles_a_model_from_pretrained_parts(workdir, tmp_path, rest
     assert metrics["train_samples"] == 4
     model = AutoModelForSpeechSeq2Seq.from_pretrained(out)
     assert model.config.text_config.hidden_size == 32 and (out / "processor_config.json").is_file()
+    # the card is written from local parts: no Hub `base_model` (the folders are not Hub ids), and no error
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "wer" in card.lower()
+    assert "base_model" not in card and str(tmp_path) not in card
 
 
 def test_argument_errors_say_what_to_pass(workdir, tmp_path, restore_logging):

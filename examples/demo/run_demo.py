@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
-from transformers import HfArgumentParser, set_seed  # noqa: E402
+from transformers import AutoConfig, HfArgumentParser, PreTrainedModel, set_seed  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from examples.demo.corpus import build_corpus  # noqa: E402
@@ -48,6 +48,7 @@ from examples.demo.pretrain import (  # noqa: E402
 from examples.demo.texts import LANGUAGES  # noqa: E402
 from model_cards import write_model_card  # noqa: E402
 from modeling_part import PartFeatureExtractor, PartForSpeechToText, PartProcessor  # noqa: E402
+from modeling_part.modeling_part import load_pretrained_audio_encoder  # noqa: E402
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments  # noqa: E402
 from trainers.callbacks import (  # noqa: E402
     GradientSimilarityCallback,
@@ -68,7 +69,7 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where everything is written."})
     seed: int = field(default=0, metadata={"help": "Seed for the corpus, the components and PART training."})
     schedule: str = field(default="part", metadata={"help": "A preset or a JSON/YAML schedule file."})
-    max_steps: int = field(default=3000, metadata={"help": "PART optimizer steps over all stages."})
+    max_steps: int = field(default=4000, metadata={"help": "PART optimizer steps over all stages."})
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the first stage (later stages: --later_stages_lr_scale x it)."}
@@ -113,6 +114,12 @@ class DemoArguments:
         default=64,
         metadata={"help": "LoRA rank of the LLM in the cross-language stage (alpha = 2 x rank), in place of the "
                   "schedule's 16 (64 is a quarter of the demo LLM's width, 256); 0 keeps the schedule's."},
+    )
+    encoder_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout of the pretrained encoder while PART trains it (every dropout probability of its "
+                  "config; the demo stand-in was CTC-trained with 0.1, and the PART run underfits); negative keeps "
+                  "the checkpoint's."},
     )
     encoder_last_k: int = field(
         default=2,
@@ -322,6 +329,25 @@ def prepare(args: DemoArguments) -> tuple[object, str, str, dict]:
     return corpus, encoder_path, llm_path, report
 
 
+ENCODER_DROPOUT_FIELDS = ("dropout", "hidden_dropout", "attention_dropout", "activation_dropout")
+"""Config fields of a speech encoder that hold a dropout probability (SenseVoice-style, Whisper)."""
+
+
+def load_encoder_with_dropout(name_or_path: str, dropout: float) -> PreTrainedModel:
+    """The pretrained encoder (`load_pretrained_audio_encoder`, in float32 as `from_pretrained_components` loads it)
+    with every dropout probability of its config set to `dropout`; a negative `dropout` keeps the checkpoint's."""
+    if dropout < 0:
+        return load_pretrained_audio_encoder(name_or_path, dtype=torch.float32)
+    if dropout >= 1:
+        raise ValueError(f"--encoder_dropout is a probability below 1 (negative: the checkpoint's), got {dropout}.")
+    config = AutoConfig.from_pretrained(name_or_path)
+    fields = {name: dropout for name in ENCODER_DROPOUT_FIELDS if isinstance(getattr(config, name, None), float)}
+    if not fields:
+        logger.warning(f"{name_or_path}'s config ({config.model_type}) has none of {ENCODER_DROPOUT_FIELDS} at its top "
+                       "level: its dropout is kept as saved.")  # fmt: skip
+    return load_pretrained_audio_encoder(name_or_path, dtype=torch.float32, **fields)
+
+
 def demo_schedule(args: DemoArguments, schedule: str, mt_weight: float = 0.25) -> Schedule:
     """`schedule` sized for the demo's models: every stage's `encoder_last_k` is `args.encoder_last_k`; for a preset,
     with `args.later_stages_lr_scale`, every stage after the first peaks at that multiple of the run's learning rate
@@ -345,7 +371,8 @@ def train_and_evaluate(
     adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width,
                "downsample_stride": args.adapter_stride}  # fmt: skip
     model, tokenizer = PartForSpeechToText.from_pretrained_components(
-        audio_encoder=encoder_path, llm=llm_path, adapter_config=adapter, return_tokenizer=True
+        audio_encoder=load_encoder_with_dropout(encoder_path, args.encoder_dropout), llm=llm_path,
+        adapter_config=adapter, return_tokenizer=True,
     )
     processor = PartProcessor.for_model(model.config, tokenizer, PartFeatureExtractor.from_pretrained(encoder_path))
     probes = build_probe_batches(processor, probe_samples(corpus["dev"], args.probes_per_label))
@@ -417,7 +444,6 @@ def run_demo(args: DemoArguments) -> dict:
         metrics=results["metrics"],
         dataset_name="PART demo corpus (synthetic espeak-ng speech)",
         synthetic_data=True,
-        base_models={"encoder": args.audio_encoder, "llm": args.llm} if args.audio_encoder and args.llm else None,
         model_name="PART demo model",
     )
     chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)

@@ -37,8 +37,8 @@ class PaperArguments(DemoArguments):
     output_dir: str = field(default="outputs/paper", metadata={"help": "Where every run and the table go."})
     max_steps: int = field(
         default=1000,
-        metadata={"help": "PART optimizer steps per run: a third of the demo's, so that the 15 runs take about 1-1.5 h "
-                  "on 2 cores (pass --max_steps 3000 for the demo's budget, about 3-4 h)."},
+        metadata={"help": "PART optimizer steps per run: a quarter of the demo's, so that the 15 runs take about 1-1.5 h "
+                  "on 2 cores (pass --max_steps 4000 for the demo's budget, about 4-5 h)."},
     )
     presets: list[str] = field(default_factory=lambda: list(PRESETS), metadata={"help": "Schedules to compare."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (init, data order)."})
