@@ -90,18 +90,23 @@ def load_pretrained_audio_encoder(name_or_path: str | os.PathLike, **kwargs) -> 
     """Loads a pretrained speech encoder: a bare encoder checkpoint, or the encoder of a full ASR model.
 
     Supports SenseVoice-style `fun_asr_nano_encoder` checkpoints, full `fun_asr_nano` models (their audio tower),
-    Whisper checkpoints (their encoder) and any encoder the Auto classes can load.
+    Whisper checkpoints (their encoder) and any encoder the Auto classes can load. The encoder's config records
+    `name_or_path` (as `_name_or_path`), also when it is taken out of a full model, so that a PART config (and its
+    model card's `base_model`) says where the encoder came from.
     """
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     if config.model_type == "whisper":
         from transformers.models.whisper.modeling_whisper import WhisperModel
 
-        return WhisperModel.from_pretrained(name_or_path, **kwargs).get_encoder()
-    if config.model_type == "fun_asr_nano":
+        encoder = WhisperModel.from_pretrained(name_or_path, **kwargs).get_encoder()
+    elif config.model_type == "fun_asr_nano":
         from transformers import FunAsrNanoForConditionalGeneration
 
-        return FunAsrNanoForConditionalGeneration.from_pretrained(name_or_path, **kwargs).model.audio_tower
-    return AutoModel.from_pretrained(name_or_path, **kwargs)
+        encoder = FunAsrNanoForConditionalGeneration.from_pretrained(name_or_path, **kwargs).model.audio_tower
+    else:
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+    encoder.config._name_or_path = str(name_or_path)
+    return encoder
 
 
 def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:

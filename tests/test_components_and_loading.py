@@ -185,6 +185,9 @@ def test_hub_checkpoints_of_different_dtypes_make_one_model(hub_checkpoints):
         adapter_config={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
     )
     assert mixed.audio_tower.dtype == torch.bfloat16 and mixed.language_model.dtype == torch.float32
+    # the audio tower taken out of the full Fun-ASR-Nano model still says where it came from (the card's base_model)
+    assert mixed.config.audio_config._name_or_path == str(hub_checkpoints["fun-asr-nano"])
+    assert model.config.audio_config._name_or_path == str(hub_checkpoints["whisper-large-v3"])
     processor = PartProcessor.for_model(mixed.config, tokenizer)
     batch = processor(audio=make_audio(1.0), sampling_rate=16000, task="asr", source_language="en", target_text="one")
     assert torch.isfinite(mixed(**batch).loss)
