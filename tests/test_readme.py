@@ -118,6 +118,11 @@ def unknown_flags(flags: list[str], help_output: str) -> list[str]:
     return [name for name in names if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", help_output)]
 
 
+def is_flag(token: str) -> bool:
+    """`--name`, `--name=value` or `-x`; not a negative number (a flag's value)."""
+    return re.match(r"--?[A-Za-z]", token) is not None
+
+
 def split_at_script(tokens: list[str]) -> tuple[list[str], str | None, list[str]]:
     """(launcher arguments, the first `.py` path, the script's arguments)."""
     for i, token in enumerate(tokens):
@@ -129,7 +134,7 @@ def split_at_script(tokens: list[str]) -> tuple[list[str], str | None, list[str]
 def check_script(script: str, arguments: list[str]) -> list[str]:
     if not (REPO / script).is_file():
         return [f"{script} does not exist"]
-    flags = [a for a in arguments if a.startswith("-")]
+    flags = [a for a in arguments if is_flag(a)]
     if not flags:
         return []
     missing = unknown_flags(flags, help_text(script))
@@ -140,7 +145,7 @@ def check_launcher(name: str, python_args: list[str], tokens: list[str]) -> list
     launcher_args, script, script_args = split_at_script(tokens)
     if script is None:
         return [f"{name}: no script (a .py path) to launch"]
-    missing = unknown_flags([a for a in launcher_args if a.startswith("-")], help_text(*python_args))
+    missing = unknown_flags([a for a in launcher_args if is_flag(a)], help_text(*python_args))
     problems = [f"{name} does not accept {missing}"] if missing else []
     return problems + check_script(script, script_args)
 
@@ -149,7 +154,7 @@ def check_pip(tokens: list[str]) -> list[str]:
     if not tokens or tokens[0] != "install":
         return [f"pip {' '.join(tokens[:1])}: only `pip install` is checked"]
     problems = []
-    missing = unknown_flags([t for t in tokens[1:] if t.startswith("-")], help_text("-m", "pip", "install"))
+    missing = unknown_flags([t for t in tokens[1:] if is_flag(t)], help_text("-m", "pip", "install"))
     if missing:
         problems.append(f"pip install does not accept {missing}")
     for option, value in zip(tokens, tokens[1:]):
@@ -220,7 +225,7 @@ def test_command_check_rejects_what_would_not_work():
     assert check_command("pip install -c requirements/no-such-lock.txt -e .")
     assert check_command("torchrun --no-such-launcher-flag 2 examples/run_asr.py")
     assert check_command("curl https://example.com")
-    assert check_command("python examples/run_asr.py --audio_encoder x --llm y --schedule part") == []
+    assert check_command("python examples/run_asr.py --audio_encoder x --llm y --learning_rate -1") == []
 
 
 # -------------------------------------------------------------------------------------------------------- links
