@@ -70,7 +70,7 @@ class EncoderSettings:
     noise_snr_db: tuple[float, float] | None = (10.0, 30.0)  # white noise at an SNR drawn from this range, or None
     noise_probability: float = 0.5
     spec_augment: bool = True  # 2 frequency masks of <= 10 mel bins and 2 time masks of <= 3 frames (180 ms)
-    ctc_labels: str = "characters"  # or "tokens": the LLM tokenizer's BPE tokens, as SenseVoice (see the README)
+    ctc_labels: str = "characters"  # or "tokens": the LLM tokenizer's BPE tokens, as SenseVoice (see docs/demo.md)
 
 
 @dataclass
