@@ -74,22 +74,24 @@ def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_
     return audible & (energies_db > floor + max(min_margin_db, relative_threshold * (peak - floor)))
 
 
-def find_pauses(
-    waveform: np.ndarray, sampling_rate: int = 16000, min_pause_s: float = MIN_PAUSE_SECONDS
-) -> tuple[list[tuple[int, int]], np.ndarray, int]:
-    """Pauses of a recording as `(start, end)` sample spans of at least `min_pause_s`, with the per-frame speech
-    mask and the frame length they were found with."""
-    frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
-    speech = speech_frames(frame_energies_db(waveform, frame_length))
-    # runs of non-speech frames: where the mask changes
-    edges = np.flatnonzero(np.diff(np.concatenate(([1], speech.astype(np.int8), [1])))) if speech.size else []
+def file_frame_energies_db(audio_file, frame_length: int) -> np.ndarray:
+    """`frame_energies_db` of an open `soundfile.SoundFile` (channels averaged), read block by block from its
+    current position: the recording is never in memory at once."""
+    energies = []
+    for block in audio_file.blocks(blocksize=_ENERGY_BLOCK_FRAMES * frame_length, dtype="float32", always_2d=True):
+        energies.append(frame_energies_db(block.mean(axis=1), frame_length))
+    return np.concatenate(energies) if energies else np.zeros(0)
+
+
+def find_pauses(speech: np.ndarray, frame_length: int, total: int, min_pause_s: float = MIN_PAUSE_SECONDS):
+    """Pauses as `(start, end)` sample spans: runs of at least `min_pause_s` of non-speech frames."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([1], speech.astype(np.int8), [1]))))
     min_frames = max(1, math.ceil(min_pause_s / FRAME_SECONDS))
-    pauses = [
-        (int(begin) * frame_length, min(int(stop) * frame_length, len(waveform)))
+    return [
+        (int(begin) * frame_length, min(int(stop) * frame_length, total))
         for begin, stop in zip(edges[::2], edges[1::2])
         if stop - begin >= min_frames
     ]
-    return pauses, speech, frame_length
 
 
 # ------------------------------------------------------------------------------------------ chunk planning
@@ -119,19 +121,39 @@ def plan_chunks(
     """Cuts a recording into chunks of at most `chunk_length_s`, at pauses where possible.
 
     A recording no longer than `chunk_length_s` is one chunk, as it is. Otherwise each chunk ends in the last pause
-    that starts within its `chunk_length_s` (keeping `PAUSE_PADDING_SECONDS` of the pause on each side and skipping the rest);
-    where none does, it ends after `chunk_length_s` and the next one starts `left + right` of `stride_length_s` earlier
-    (see `stride_samples`), its text merged with `merge_chunk_texts`. Leading and trailing silence of every chunk is
-    trimmed to the padding, and chunks without speech are left out.
+    that starts within its `chunk_length_s` (keeping `PAUSE_PADDING_SECONDS` of the pause on each side and skipping
+    the rest); where none does, it ends after `chunk_length_s` and the next one starts `left + right` of
+    `stride_length_s` earlier (see `stride_samples`), its text merged with `merge_chunk_texts`. Leading and trailing
+    silence of every chunk is trimmed to the padding, and chunks without speech are left out.
     """
     if not chunk_length_s or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
-    total = len(waveform)
+    if len(waveform) <= round(chunk_length_s * sampling_rate):
+        return [Chunk(0, len(waveform))]
+    frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
+    energies = frame_energies_db(waveform, frame_length)
+    return plan_chunks_from_energies(energies, len(waveform), chunk_length_s, stride_length_s, sampling_rate, min_pause_s)
+
+
+def plan_chunks_from_energies(
+    energies_db: np.ndarray,
+    total: int,
+    chunk_length_s: float,
+    stride_length_s: float | Sequence[float] | None = None,
+    sampling_rate: int = 16000,
+    min_pause_s: float = MIN_PAUSE_SECONDS,
+) -> list[Chunk]:
+    """`plan_chunks` of a recording of `total` samples given its `frame_energies_db` (frames of `FRAME_SECONDS`),
+    e.g. from `file_frame_energies_db`, so that a file need not be read whole."""
+    if not chunk_length_s or chunk_length_s <= 0:
+        raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
     window = round(chunk_length_s * sampling_rate)
     if total <= window:
         return [Chunk(0, total)]
     left, right = stride_samples(chunk_length_s, stride_length_s, sampling_rate)
-    pauses, speech, frame_length = find_pauses(waveform, sampling_rate, min_pause_s)
+    frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
+    speech = speech_frames(energies_db)
+    pauses = find_pauses(speech, frame_length, total, min_pause_s)
     speech_index = np.flatnonzero(speech)
     if speech_index.size == 0:
         return []
@@ -287,9 +309,13 @@ def chunk_timestamps(chunks: Sequence[Chunk], sampling_rate: int = 16000) -> lis
 __all__ = [
     "Chunk",
     "chunk_timestamps",
+    "file_frame_energies_db",
     "find_pauses",
+    "frame_energies_db",
     "join_texts",
     "merge_chunk_texts",
     "plan_chunks",
+    "plan_chunks_from_energies",
+    "speech_frames",
     "stride_samples",
 ]

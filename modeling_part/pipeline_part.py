@@ -16,14 +16,27 @@ chunks' texts joined; `return_timestamps=True` adds each chunk's text with its s
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+import numpy as np
+import soundfile
 
 from transformers import AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 
 from .audio_utils import load_audio
-from .long_form import Chunk, chunk_timestamps, join_texts, merge_chunk_texts, plan_chunks
+from .long_form import (
+    FRAME_SECONDS,
+    Chunk,
+    chunk_timestamps,
+    file_frame_energies_db,
+    join_texts,
+    merge_chunk_texts,
+    plan_chunks,
+    plan_chunks_from_energies,
+)
 
 TASK = "automatic-speech-recognition"
 
@@ -162,8 +175,30 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             )
         processor = self.part_processor
         rate = processor.feature_extractor.sampling_rate
-        waveform = load_audio(inputs, sampling_rate, target_sampling_rate=rate, name="the pipeline's input")
         limit = processor.effective_max_audio_seconds  # max_audio_seconds, and 30 s for a Whisper encoder
+        if chunk_length_s is not None and chunk_length_s > limit:
+            raise ValueError(
+                f"chunk_length_s={chunk_length_s} is longer than the {limit} s the model takes "
+                f"(processor.max_audio_seconds); pass chunk_length_s <= {limit} (e.g. {min(20, limit)})."
+            )
+        request = {"language": language, "target_language": target_language, "batch_size": chunk_batch_size}
+        audio_file = _open_long_file(inputs, chunk_length_s)
+        if audio_file is not None:  # read block by block and chunk by chunk: never the whole file in memory
+            with audio_file:
+                frame_length = max(1, round(FRAME_SECONDS * audio_file.samplerate))
+                energies = file_frame_energies_db(audio_file, frame_length)
+                chunks = plan_chunks_from_energies(
+                    energies, audio_file.frames, chunk_length_s, stride_length_s, audio_file.samplerate
+                )
+
+                def read(chunk: Chunk) -> np.ndarray:
+                    audio_file.seek(chunk.start)
+                    samples = audio_file.read(chunk.end - chunk.start, dtype="float32", always_2d=True)
+                    return load_audio(samples.mean(axis=1), audio_file.samplerate, target_sampling_rate=rate)
+
+                yield from self._chunk_batches(chunks, read, audio_file.samplerate, **request)
+            return
+        waveform = load_audio(inputs, sampling_rate, target_sampling_rate=rate, name="the pipeline's input")
         if chunk_length_s is None:
             seconds = len(waveform) / rate
             if seconds > limit:
@@ -174,29 +209,29 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 )
             chunks = [Chunk(0, len(waveform))]
         else:
-            if chunk_length_s > limit:
-                raise ValueError(
-                    f"chunk_length_s={chunk_length_s} is longer than the {limit} s the model takes "
-                    f"(processor.max_audio_seconds); pass chunk_length_s <= {limit} (e.g. {min(20, limit)})."
-                )
             chunks = plan_chunks(waveform, chunk_length_s, stride_length_s, sampling_rate=rate)
-        if not chunks:  # no speech found anywhere
-            yield {"is_last": True, "chunks": [], "inputs": None, "duration": len(waveform) / rate}
+        yield from self._chunk_batches(chunks, lambda c: waveform[c.start : c.end], rate, **request)
+
+    def _chunk_batches(self, chunks, read, chunk_rate, language, target_language, batch_size):
+        """Model inputs for `batch_size` chunks at a time (`read(chunk)`: its 16 kHz waveform), with the chunks and
+        the sampling rate their spans count in."""
+        if not chunks:  # no speech anywhere
+            yield {"is_last": True, "chunks": [], "sampling_rate": chunk_rate, "inputs": None}
             return
-        for first in range(0, len(chunks), chunk_batch_size):
-            batch = chunks[first : first + chunk_batch_size]
-            inputs = processor.apply_transcription_request(
-                [waveform[c.start : c.end] for c in batch],
-                language=language,
-                sampling_rate=rate,
-                target_language=target_language,
+        rate = self.part_processor.feature_extractor.sampling_rate
+        for first in range(0, len(chunks), batch_size):
+            batch = chunks[first : first + batch_size]
+            waveforms = [read(chunk) for chunk in batch]
+            inputs = self.part_processor.apply_transcription_request(
+                waveforms, language=language, sampling_rate=rate, target_language=target_language
             )
-            yield {"is_last": first + chunk_batch_size >= len(chunks), "chunks": batch, "inputs": inputs}
+            is_last = first + batch_size >= len(chunks)
+            yield {"is_last": is_last, "chunks": batch, "sampling_rate": chunk_rate, "inputs": inputs}
 
     def _forward(self, model_inputs, **forward_params):
         generate_kwargs = dict(forward_params.pop("generate_kwargs", None) or {})
         generate_kwargs.update(forward_params)
-        outputs = {"is_last": model_inputs["is_last"], "chunks": model_inputs["chunks"]}
+        outputs = {key: model_inputs[key] for key in ("is_last", "chunks", "sampling_rate")}
         if model_inputs["inputs"] is None:
             return {**outputs, "texts": []}
         tokens = self.model.generate(**model_inputs["inputs"], **generate_kwargs)
@@ -206,7 +241,7 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         outputs = model_outputs if isinstance(model_outputs, list) else [model_outputs]
         chunks = [chunk for output in outputs for chunk in output["chunks"]]
         texts = [text for output in outputs for text in output["texts"]]
-        rate = self.part_processor.feature_extractor.sampling_rate
+        rate = outputs[0]["sampling_rate"]
         parts = merge_chunk_texts(texts, chunks, rate)
         result: dict[str, Any] = {"text": join_texts(parts)}
         if return_timestamps:
@@ -214,6 +249,20 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 {"text": text, "timestamp": span} for text, span in zip(parts, chunk_timestamps(chunks, rate))
             ]
         return result
+
+
+def _open_long_file(inputs: Any, chunk_length_s: float | None) -> soundfile.SoundFile | None:
+    """The open file when `inputs` is a path soundfile reads that lasts longer than `chunk_length_s`, else None."""
+    if chunk_length_s is None or not isinstance(inputs, (str, os.PathLike)) or not os.path.isfile(inputs):
+        return None
+    try:
+        audio_file = soundfile.SoundFile(inputs)
+    except (soundfile.LibsndfileError, RuntimeError):
+        return None  # load_audio's decoders and errors take over
+    if audio_file.frames <= chunk_length_s * audio_file.samplerate:
+        audio_file.close()
+        return None
+    return audio_file
 
 
 def register_part_pipeline() -> None:

@@ -172,6 +172,29 @@ def test_pipeline_long_form_is_the_chunks_outputs_joined_whatever_the_batch_size
                  **GENERATE)["text"] == result["text"]
 
 
+def test_pipeline_reads_a_long_file_chunk_by_chunk(long_form_part, tmp_path):
+    """A file is scanned block by block and read chunk by chunk: the same chunks and text as the array; at another
+    rate and in stereo, the chunks' times are the same."""
+    import soundfile
+
+    model, processor = long_form_part
+    waveform, _ = recording()
+    asr = _pipeline(model, processor)
+    call = {"language": "en", "chunk_length_s": 12, "return_timestamps": True, **GENERATE}
+    expected = asr(waveform, sampling_rate=RATE, **call)
+    soundfile.write(tmp_path / "mono16k.wav", waveform, RATE, subtype="FLOAT")
+    assert asr(str(tmp_path / "mono16k.wav"), **call) == expected
+    import soxr
+
+    stereo = np.stack([soxr.resample(waveform, RATE, 44100)] * 2, axis=1)
+    soundfile.write(tmp_path / "stereo44k.wav", stereo, 44100, subtype="FLOAT")
+    result = asr(str(tmp_path / "stereo44k.wav"), **call)
+    assert len(result["chunks"]) == len(expected["chunks"])
+    for ours, theirs in zip(result["chunks"], expected["chunks"]):
+        assert ours["timestamp"] == pytest.approx(theirs["timestamp"], abs=0.03)
+        assert ours["text"]
+
+
 def test_pipeline_refuses_chunks_longer_than_the_model_takes_and_other_timestamps(long_form_part):
     model, processor = long_form_part
     asr = _pipeline(model, processor)
