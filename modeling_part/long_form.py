@@ -132,7 +132,9 @@ def plan_chunks(
         return [Chunk(0, len(waveform))]
     frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
     energies = frame_energies_db(waveform, frame_length)
-    return plan_chunks_from_energies(energies, len(waveform), chunk_length_s, stride_length_s, sampling_rate, min_pause_s)
+    return plan_chunks_from_energies(
+        energies, len(waveform), chunk_length_s, stride_length_s, sampling_rate, min_pause_s
+    )
 
 
 def plan_chunks_from_energies(
@@ -273,7 +275,9 @@ def merge_chunk_texts(texts: Sequence[str], chunks: Sequence[Chunk], sampling_ra
         seconds = [(chunks[i].end - chunks[i].start) / sampling_rate for i in (previous, current)]
         rates = [len(units[i]) / max(s, 1e-9) for i, s in zip((previous, current), seconds)]
         overlap_s = overlap / sampling_rate
-        spans = [min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip((previous, current), rates)]
+        spans = [
+            min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip((previous, current), rates)
+        ]
         left_first = max(keep[previous][0], keep[previous][1] - spans[0])
         left = [_key(u.group()) for u in units[previous][left_first : keep[previous][1]]]
         right = [_key(u.group()) for u in units[current][: spans[1]]]

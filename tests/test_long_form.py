@@ -105,7 +105,8 @@ def test_overlap_merge_loses_and_doubles_no_word(seed, garble):
 def test_merge_of_characters_and_chunks_cut_at_pauses():
     # Chinese: no spaces; units are characters
     chunks = [Chunk(0, 6 * RATE), Chunk(4 * RATE, 10 * RATE, 2 * RATE)]
-    parts = merge_chunk_texts(["今天是星期三我们需要两升", "星期三我们需要两升牛奶和面包"], chunks)
+    texts = ["今天是星期三我们需要两升", "星期三我们需要两升牛奶和面包"]
+    parts = merge_chunk_texts(texts, chunks)
     assert join_texts(parts) == "今天是星期三我们需要两升牛奶和面包"
     # cut at a pause: nothing removed, texts joined with a space
     chunks = [Chunk(0, 6 * RATE), Chunk(7 * RATE, 10 * RATE)]
@@ -170,6 +171,24 @@ def test_pipeline_long_form_is_the_chunks_outputs_joined_whatever_the_batch_size
     built = _pipeline(model, processor, chunk_length_s=12, batch_size=3, language="de")
     assert built(waveform, sampling_rate=RATE, task=task, target_language=languages["target_language"],
                  **GENERATE)["text"] == result["text"]
+
+
+def test_pipeline_merges_overlapping_windows_of_speech_without_pauses(long_form_part):
+    model, processor = long_form_part
+    waveform = make_audio(40.0, seed=3)
+    asr = _pipeline(model, processor)
+    result = asr(waveform, sampling_rate=RATE, language="en", chunk_length_s=12, stride_length_s=2,
+                 return_timestamps=True, **GENERATE)
+    chunks = plan_chunks(waveform, 12, 2)
+    assert len(chunks) == 5 and all(c.overlap == 4 * RATE for c in chunks[1:])
+    texts = []
+    for chunk in chunks:
+        inputs = processor.apply_transcription_request(waveform[chunk.start : chunk.end], language="en",
+                                                       sampling_rate=RATE)
+        texts.append(processor.batch_decode(model.generate(**inputs, max_new_tokens=4, min_new_tokens=4))[0])
+    parts = merge_chunk_texts(texts, chunks)
+    assert result["text"] == join_texts(parts) and [c["text"] for c in result["chunks"]] == parts
+    assert [c["timestamp"] for c in result["chunks"]] == [(0, 10), (10, 18), (18, 26), (26, 34), (34, 40)]
 
 
 def test_pipeline_reads_a_long_file_chunk_by_chunk(long_form_part, tmp_path):
@@ -272,3 +291,38 @@ def test_trainer_checks_audio_length_against_the_processor(tmp_path):
     samples = list(itertools.islice(dataset, 30))
     assert all(audio_seconds(s) <= 0.75 for s in samples)
     assert dataset.skipped and all(key.endswith("(audio over 0.75 s)") for key in dataset.skipped)
+
+
+@pytest.mark.slow
+def test_long_form_example_measures_a_recording_from_a_corpus(long_form_part, tmp_path):
+    """examples/long_form.py on a tiny saved model and corpus: the recording, its transcript and the figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from datasets import DatasetDict
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples.long_form import main
+
+    model, processor = long_form_part
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    rows = {"id": [], "task": [], "source_language": [], "target_language": [], "text": [], "audio": []}
+    for index in range(4):
+        rows["id"].append(f"u{index}")
+        for key, value in (("task", "asr"), ("source_language", "en"), ("target_language", "en")):
+            rows[key].append(value)
+        rows["text"].append(f"we need {['two', 'three', 'four', 'five'][index]} liters")
+        rows["audio"].append({"bytes": wav_bytes(make_audio(2.0 + index, seed=index)), "path": None})
+    test = Dataset.from_dict(rows).cast_column("audio", Audio(sampling_rate=RATE, decode=False))
+    DatasetDict({"test": test}).save_to_disk(tmp_path / "corpus")
+
+    results = main(["--model", str(tmp_path / "model"), "--corpus", str(tmp_path / "corpus"), "--minutes", "0.5",
+                    "--chunk_length_s", "10", "--max_new_tokens", "4", "--output_dir", str(tmp_path / "out")])
+    (entry,) = results["lengths"]
+    assert entry["audio_seconds"] >= 30 and entry["utterances"] >= 8 and entry["chunks"] >= 3
+    assert entry["peak_rss_mib"] > 0 and entry["seconds_per_audio_second"] > 0
+    assert {"long_form_wer/cer", "per_utterance_wer/cer"} <= set(entry)
+    assert (tmp_path / "out" / "recording_0.5min.wav").is_file()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["table"] == results["table"]
