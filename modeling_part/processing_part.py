@@ -15,7 +15,7 @@ from transformers import AutoConfig, BatchFeature, ProcessorMixin
 
 from .audio_utils import load_audio
 from .configuration_part import adapter_output_lengths, audio_token_lengths, encoder_output_lengths
-from .feature_extraction_part import PartFeatureExtractor
+from .feature_extraction_part import WHISPER_N_SAMPLES, PartFeatureExtractor
 
 TASKS = ("asr", "s2tt", "mt")
 """Speech recognition, speech-to-text translation, text-to-text translation."""
@@ -66,7 +66,8 @@ class PartProcessor(ProcessorMixin):
         audio_config (`dict`, *optional*): the model's `audio_config` (as `to_diff_dict()`): placeholder counts then
             come from the encoder's own `_get_feat_extract_output_lengths`, the function the model uses. Without it
             (processors saved before it was recorded) the encoder's output is `ceil(frames / encoder_stride)`.
-        max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected.
+        max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected, never truncated (and a Whisper
+            front end takes at most 30 s whatever this says; see `effective_max_audio_seconds`).
         audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
     """
 
@@ -392,10 +393,26 @@ class PartProcessor(ProcessorMixin):
             )
         if seconds > self.max_audio_seconds:
             raise ValueError(
-                f"{name}: audio of {seconds:.1f} s exceeds max_audio_seconds={self.max_audio_seconds}. Split it into "
-                "shorter segments, or raise processor.max_audio_seconds (and check the encoder supports it)."
+                f"{name}: audio of {seconds:.1f} s exceeds max_audio_seconds={self.max_audio_seconds}. Nothing is "
+                "truncated: transcribe long recordings with the pipeline's chunk_length_s= (or evaluate them with "
+                "chunk_length_s= of trainers.evaluation), drop such training samples (PartTrainingArguments."
+                "drop_long_audio), or raise processor.max_audio_seconds if the encoder takes longer clips."
+            )
+        if seconds > self.effective_max_audio_seconds:
+            raise ValueError(
+                f"{name}: audio of {seconds:.1f} s is longer than the {WHISPER_N_SAMPLES // 16000} s a Whisper "
+                f"encoder takes (its features would be cut there, while max_audio_seconds={self.max_audio_seconds}). "
+                "Split it into shorter segments (the pipeline's chunk_length_s=), or lower max_audio_seconds."
             )
         return waveform
+
+    @property
+    def effective_max_audio_seconds(self) -> float:
+        """The longest clip the processor passes: `max_audio_seconds`, and at most 30 s for a Whisper front end
+        (whose features stop at 30 s)."""
+        if self.feature_extractor.front_end == "whisper":
+            return min(self.max_audio_seconds, WHISPER_N_SAMPLES / self.feature_extractor.sampling_rate)
+        return self.max_audio_seconds
 
     def _check_context_length(self, sequences: list[list[int]]) -> None:
         limit = getattr(self.tokenizer, "model_max_length", None)

@@ -10,7 +10,9 @@ speech tasks or `source_text` for "mt". Datasets may omit the task and language 
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import datasets
 import numpy as np
+import soundfile
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers.utils import logging
@@ -63,6 +66,59 @@ def validate_sample(sample: Mapping[str, Any]) -> None:
             raise ValueError(f"a {task!r} sample needs 'audio' (a path, an array or an Audio dict), got {audio!r}")
     elif not isinstance(sample.get("source_text"), str) or not sample["source_text"].strip():
         raise ValueError(f"an 'mt' sample needs a non-empty 'source_text', got {sample.get('source_text')!r}")
+
+
+class DroppedSample(ValueError):
+    """Raised by a validator to drop a sample on purpose: the mixture skips it whatever `skip_invalid` says and
+    counts it in `skipped` under `"<component> (<reason>)"`."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def audio_seconds(sample: Mapping[str, Any]) -> float | None:
+    """A speech sample's duration without decoding its audio: a decoded array's length, else the file header
+    (`soundfile.info` of the path or bytes), else its `duration` column; None when none of these is readable."""
+    audio = sample.get("audio")
+    if isinstance(audio, Mapping) and audio.get("array") is not None and audio.get("sampling_rate"):
+        return len(audio["array"]) / audio["sampling_rate"]
+    source = audio.get("bytes") or audio.get("path") if isinstance(audio, Mapping) else audio
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike, io.BytesIO)):
+        try:
+            return soundfile.info(source).duration
+        except (soundfile.LibsndfileError, OSError, RuntimeError):
+            pass
+    return None if sample.get("duration") is None else float(sample["duration"])
+
+
+@dataclass(frozen=True)
+class AudioLengthValidator:
+    """A sample validator (for `MixtureDataset(validate=...)`): `validate`, then a check that no speech sample is
+    longer than `max_audio_seconds` (the processor's `effective_max_audio_seconds`), so nothing is ever truncated.
+    A longer sample is an error naming its component and index, or with `drop=True` is dropped and counted per
+    component in the mixture's `skipped` as `"<component> (audio over <max> s)"`. Samples whose length cannot be
+    read cheaply (see `audio_seconds`) pass; the processor refuses them when it decodes them."""
+
+    max_audio_seconds: float
+    drop: bool = False
+    validate: Callable[[Mapping[str, Any]], None] = validate_sample
+
+    def __call__(self, sample: Mapping[str, Any]) -> None:
+        self.validate(sample)
+        if sample.get("task") not in SPEECH_TASKS:
+            return
+        seconds = audio_seconds(sample)
+        if seconds is not None and seconds > self.max_audio_seconds:
+            message = f"audio of {seconds:.1f} s is longer than the {self.max_audio_seconds} s the model takes"
+            if self.drop:
+                raise DroppedSample(f"{message} (dropped: drop_long_audio)", f"audio over {self.max_audio_seconds:g} s")
+            raise ValueError(
+                f"{message} (processor.max_audio_seconds); split such recordings, or drop them explicitly with "
+                "drop_long_audio=True (PartTrainingArguments / --drop_long_audio)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,7 +417,9 @@ class MixtureDataset(IterableDataset):
     Invalid samples: each own sample is labelled with its component's task and languages and passed to
     `validate(sample)` (default `validate_sample`); reading or validation errors raise `InvalidSampleError`
     naming the component and index, or with `skip_invalid=True` are counted in `skipped` (per component name)
-    and logged. With skips, ranks may yield slightly different numbers of samples in "exhaust" mode.
+    and logged. A validator that raises `DroppedSample` (e.g. `AudioLengthValidator(..., drop=True)`) drops a
+    sample on purpose: it is skipped in any case and counted as `"<component> (<reason>)"`.
+    With skips, ranks may yield slightly different numbers of samples in "exhaust" mode.
 
     Resuming: `state_dict()` / `load_state_dict()` save and restore this process's exact position (global
     position, choice RNG state, component passes and offsets, samples yielded, skip counts, length-grouping
@@ -531,10 +589,12 @@ class MixtureDataset(IterableDataset):
         return sample
 
     def _record_skip(self, component: MixtureComponent, index: int, error: Exception) -> None:
-        self.skipped[component.name] += 1
-        count = self.skipped[component.name]
+        key = f"{component.name} ({error.reason})" if isinstance(error, DroppedSample) else component.name
+        self.skipped[key] += 1
+        count = self.skipped[key]
         if count <= _MAX_LOGGED_SKIPS:
-            logger.warning(f"Skipping invalid sample {index} of mixture component {component.name!r}: {error!r}")
+            what = "Dropping sample" if isinstance(error, DroppedSample) else "Skipping invalid sample"
+            logger.warning(f"{what} {index} of mixture component {component.name!r}: {error!r}")
         if count == _MAX_LOGGED_SKIPS:
             logger.warning(
                 f"Further invalid samples of {component.name!r} are skipped without logging; see `skipped`."
@@ -551,7 +611,7 @@ class MixtureDataset(IterableDataset):
                 sample = self._label(component.dataset[index] if element is _NOT_READ else element, component)
                 self.validate(sample)
             except Exception as error:
-                if not self.skip_invalid:
+                if not (self.skip_invalid or isinstance(error, DroppedSample)):
                     raise InvalidSampleError(
                         f"Invalid sample {index} of mixture component {component.name!r} ({component.task}, "
                         f"{component.source_language}->{component.target_language}): {error!r}. Fix or filter it, or "

@@ -1,6 +1,7 @@
 """Evaluation with generation: greedy (or beam) transcripts and translations of a mixed test set, scored with
 WER/CER per language and BLEU per direction. Works on one process and across ranks (DeepSpeed ZeRO-3 included:
-`generate` keeps the ranks in step when their outputs differ in length)."""
+`generate` keeps the ranks in step when their outputs differ in length). With `chunk_length_s`, recordings longer
+than that are cut at pauses and their chunks' outputs joined, as the pipeline does (`modeling_part.long_form`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
+
+from modeling_part.audio_utils import load_audio
+from modeling_part.long_form import Chunk, join_texts, merge_chunk_texts, plan_chunks
 
 from .collator import PartDataCollator
 from .metrics import HypothesisCap, compute_speech_metrics
@@ -30,13 +34,31 @@ def generate_predictions(
     samples: Sequence[Mapping[str, Any]],
     batch_size: int = 8,
     progress: bool = True,
+    chunk_length_s: float | None = None,
+    stride_length_s: float | Sequence[float] | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """Decoded outputs for `samples` (rows with `task`, languages, and `audio` or `source_text`), in order.
 
     Under several ranks each rank generates every `world`-th batch and the outputs are gathered on all ranks.
     Samples are sorted by length within the pass to cut padding, then put back in order.
+    With `chunk_length_s` (at most the processor's `max_audio_seconds`), a speech sample longer than that is cut
+    into chunks with `plan_chunks(..., stride_length_s)` that are generated in the batches like samples of their
+    own, and its output is its chunks' outputs joined (`merge_chunk_texts`); shorter samples are unchanged.
     """
+    if chunk_length_s is not None:
+        pieces, plans = _split_long_samples(samples, processor, chunk_length_s, stride_length_s)
+        texts = generate_predictions(model, processor, pieces, batch_size, progress, **generate_kwargs)
+        outputs, position = [], 0
+        rate = processor.feature_extractor.sampling_rate
+        for chunks in plans:
+            if chunks is None:
+                outputs.append(texts[position])
+                position += 1
+            else:
+                outputs.append(join_texts(merge_chunk_texts(texts[position : position + len(chunks)], chunks, rate)))
+                position += len(chunks)
+        return outputs
     rank, world = _rank_and_world()
     collator = PartDataCollator(processor, with_targets=False)
     order = sorted(range(len(samples)), key=lambda i: _length(samples[i]))
@@ -72,16 +94,21 @@ def evaluate_speech_to_text(
     metric_key_prefix: str = "test",
     progress: bool = True,
     hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
+    chunk_length_s: float | None = None,
+    stride_length_s: float | Sequence[float] | None = None,
     **generate_kwargs,
 ) -> tuple[dict[str, float], list[str]]:
     """Generates for every sample and scores against its `text`. Returns `(metrics, predictions)`; metric keys
     are prefixed (`test_wer_de`, `test_bleu_de-en`, `test_asr_avg_error`, ...). WER/CER are uncapped; with
     `hypothesis_cap` (opt-in, see `trainers.metrics.HypothesisCap`) capped rates are added as `test_wer_capped_de`,
-    `test_asr_avg_error_capped`, ..."""
+    `test_asr_avg_error_capped`, ... `chunk_length_s` scores recordings longer than the model takes (see
+    `generate_predictions`)."""
     missing = [c for c in META_COLUMNS if c not in samples[0]]
     if missing:
         raise ValueError(f"Evaluation samples lack the columns {missing}; each needs {META_COLUMNS}.")
-    predictions = generate_predictions(model, processor, samples, batch_size, progress, **generate_kwargs)
+    predictions = generate_predictions(
+        model, processor, samples, batch_size, progress, chunk_length_s, stride_length_s, **generate_kwargs
+    )
     metrics = compute_speech_metrics(
         predictions,
         [s["text"] for s in samples],
@@ -91,6 +118,43 @@ def evaluate_speech_to_text(
         hypothesis_cap=hypothesis_cap,
     )
     return {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}, predictions
+
+
+def _split_long_samples(
+    samples: Sequence[Mapping[str, Any]],
+    processor,
+    chunk_length_s: float,
+    stride_length_s: float | Sequence[float] | None,
+) -> tuple[list[Mapping[str, Any]], list[list[Chunk] | None]]:
+    """The samples with each speech sample longer than `chunk_length_s` replaced by its chunks (decoded 16 kHz
+    arrays), and per sample its chunks (None: kept whole)."""
+    limit = processor.effective_max_audio_seconds  # max_audio_seconds, and 30 s for a Whisper encoder
+    if not chunk_length_s or chunk_length_s > limit:
+        raise ValueError(
+            f"chunk_length_s={chunk_length_s!r} must be positive and at most the {limit} s the model takes "
+            f"(processor.max_audio_seconds); pass chunk_length_s <= {limit}."
+        )
+    rate = processor.feature_extractor.sampling_rate
+    pieces: list[Mapping[str, Any]] = []
+    plans: list[list[Chunk] | None] = []
+    for index, sample in enumerate(samples):
+        duration = sample.get("duration")
+        if sample["task"] == "mt" or (duration is not None and duration <= chunk_length_s):
+            pieces.append(sample)
+            plans.append(None)
+            continue
+        waveform = load_audio(sample["audio"], sample.get("sampling_rate"), target_sampling_rate=rate,
+                              name=f"evaluation sample {index}")
+        if len(waveform) <= chunk_length_s * rate:
+            pieces.append(sample)
+            plans.append(None)
+            continue
+        chunks = plan_chunks(waveform, chunk_length_s, stride_length_s, sampling_rate=rate)
+        plans.append(chunks)
+        for chunk in chunks:
+            audio = {"array": waveform[chunk.start : chunk.end], "sampling_rate": rate}
+            pieces.append({**sample, "audio": audio, "duration": (chunk.end - chunk.start) / rate})
+    return pieces, plans
 
 
 def _length(sample: Mapping[str, Any]) -> float:

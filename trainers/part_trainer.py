@@ -28,7 +28,7 @@ from transformers.utils import logging
 
 from .callbacks import PartStageCallback
 from .collator import PartDataCollator
-from .data import LengthGrouping, MixtureComponent, MixtureDataset
+from .data import AudioLengthValidator, LengthGrouping, MixtureComponent, MixtureDataset
 from .evaluation import evaluate_speech_to_text
 from .metrics import HypothesisCap
 from .rank_alignment import AudioPathOnEveryRank
@@ -62,6 +62,14 @@ class PartTrainingArguments(TrainingArguments):
     )
     skip_invalid_samples: bool = field(
         default=False, metadata={"help": "Skip (count and log) samples that fail to decode instead of raising."}
+    )
+    drop_long_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop speech samples longer than the processor's max_audio_seconds (counted per component in "
+            "the stage summary's skipped_samples as '<component> (audio over N s)') instead of stopping at the first "
+            "with an error. Nothing is ever truncated."
+        },
     )
     learning_rate: float = field(
         default=1e-3,
@@ -184,6 +192,7 @@ class PartTrainer(Trainer):
             size_proportional=self.args.size_proportional_sampling,
             seed=self.args.seed + 1000 * stage_index,
             skip_invalid=self.args.skip_invalid_samples,
+            validate=AudioLengthValidator(self.processor.effective_max_audio_seconds, self.args.drop_long_audio),
             length_grouping=grouping,
             rank=0,
             world_size=1,  # the Trainer's data loader shards the stream across ranks
