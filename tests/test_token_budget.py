@@ -271,3 +271,30 @@ def test_trainer_resume_mid_stage_with_token_budget_reproduces_the_uninterrupted
         return [round(e["loss"], 5) for e in json.loads((folder / "training_summary.json").read_text())["losses"]["all_tasks"]]
 
     assert losses(tmp_path / "crashed")[-4:] == losses(tmp_path / "full")[-4:]
+
+
+def test_flags_of_the_example_scripts_and_the_demo(tmp_path):
+    import os
+    import sys
+
+    from transformers import HfArgumentParser
+
+    from examples.demo.run_demo import DemoArguments
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    from speech_text_utils import DataTrainingArguments, parse_arguments
+
+    flags = ["--model_name_or_path", "some/model", "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none"]
+    *_, training_args = parse_arguments(
+        DataTrainingArguments, [*flags, "--max_tokens_per_batch", "3000", "--max_audio_seconds_per_batch", "120",
+                                "--max_samples_per_batch", "64", "--batch_buckets", "8"],
+    )  # fmt: skip
+    assert training_args.uses_token_budget
+    assert (training_args.max_tokens_per_batch, training_args.max_audio_seconds_per_batch) == (3000, 120.0)
+    assert (training_args.max_samples_per_batch, training_args.batch_buckets) == (64, 8)
+    *_, fixed = parse_arguments(DataTrainingArguments, flags)
+    assert not fixed.uses_token_budget
+    with pytest.raises(ValueError, match="set length_grouping_batches=0"):
+        parse_arguments(DataTrainingArguments, [*flags, "--max_tokens_per_batch", "3000", "--length_grouping_batches", "5"])
+    (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=["--max_tokens_per_batch", "900"])
+    assert demo.max_tokens_per_batch == 900
