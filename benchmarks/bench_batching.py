@@ -160,7 +160,8 @@ def main() -> None:
         out = []
         for sample in batch:
             if sample["task"] != "mt" and sample["id"] not in audio_cache:
-                audio_cache[sample["id"]] = make_audio(sample["duration"], seed=zlib.crc32(sample["id"].encode()) % 1000)
+                seed = zlib.crc32(sample["id"].encode()) % 1000
+                audio_cache[sample["id"]] = make_audio(sample["duration"], seed=seed)
             audio = {"array": audio_cache.get(sample["id"]), "sampling_rate": SAMPLE_RATE}
             out.append({**sample, "audio": audio} if sample["task"] != "mt" else sample)
         return collator(out)

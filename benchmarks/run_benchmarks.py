@@ -32,7 +32,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ESTIMATES = {"models": 150, "memory": 90, "scaling": 150, "zero3": 80, "batching": 150}  # seconds on an idle 2-core machine
+ESTIMATES = {"models": 150, "memory": 90, "scaling": 150, "zero3": 80,
+             "batching": 120}  # seconds on an idle 2-core machine
 
 
 def section_commands(name: str, args, python: str) -> list[list[str]]:

@@ -99,8 +99,9 @@ def test_arguments_are_checked():
 @pytest.mark.parametrize("stopping_strategy", ["cycle", "exhaust"])
 def test_state_dict_resume_mid_stage_sees_every_batch_once(num_buckets, stopping_strategy):
     def make():
+        token_budget = budget(num_buckets=num_buckets)
         return MixtureDataset(
-            mixed_components(), seed=5, stopping_strategy=stopping_strategy, token_budget=budget(num_buckets=num_buckets)
+            mixed_components(), seed=5, stopping_strategy=stopping_strategy, token_budget=token_budget
         )
 
     count = 40 if stopping_strategy == "cycle" else None  # None: the whole epoch
@@ -149,7 +150,9 @@ def test_ranks_get_disjoint_batches_in_equal_numbers():
 
 def loader_of_rank(mixture, rank, world_size, per_device_batch_size, num_workers):
     """The DataLoader the Trainer builds on one rank: accelerate's IterableDatasetShard over the mixture."""
-    shard = IterableDatasetShard(mixture, batch_size=per_device_batch_size, num_processes=world_size, process_index=rank)
+    shard = IterableDatasetShard(
+        mixture, batch_size=per_device_batch_size, num_processes=world_size, process_index=rank
+    )
     collate = (lambda items: ids(items)[0]) if mixture.token_budget is not None else (lambda s: [x["id"] for x in s])
     return DataLoader(shard, batch_size=per_device_batch_size, num_workers=num_workers, collate_fn=collate)
 
@@ -241,7 +244,8 @@ def test_trainer_resume_mid_stage_with_token_budget_reproduces_the_uninterrupted
     from test_trainer import CrashAt
     from trainers import Schedule, Stage
 
-    schedule = Schedule("budget", [Stage("all_tasks", ["adapter", "llm"], {"asr": 1.0, "s2tt": 1.0, "mt": 1.0}, steps=6)])
+    tasks = {"asr": 1.0, "s2tt": 1.0, "mt": 1.0}
+    schedule = Schedule("budget", [Stage("all_tasks", ["adapter", "llm"], tasks, steps=6)])
     settings = dict(schedule=schedule, max_steps=6, save_steps=2, gradient_accumulation_steps=2,
                     max_tokens_per_batch=70, batch_buffer_size=16)
 
@@ -268,7 +272,8 @@ def test_trainer_resume_mid_stage_with_token_budget_reproduces_the_uninterrupted
     assert resumed == full[2 * 2 :]
 
     def losses(folder):
-        return [round(e["loss"], 5) for e in json.loads((folder / "training_summary.json").read_text())["losses"]["all_tasks"]]
+        summary = json.loads((folder / "training_summary.json").read_text())
+        return [round(entry["loss"], 5) for entry in summary["losses"]["all_tasks"]]
 
     assert losses(tmp_path / "crashed")[-4:] == losses(tmp_path / "full")[-4:]
 
@@ -295,6 +300,18 @@ def test_flags_of_the_example_scripts_and_the_demo(tmp_path):
     *_, fixed = parse_arguments(DataTrainingArguments, flags)
     assert not fixed.uses_token_budget
     with pytest.raises(ValueError, match="set length_grouping_batches=0"):
-        parse_arguments(DataTrainingArguments, [*flags, "--max_tokens_per_batch", "3000", "--length_grouping_batches", "5"])
+        parse_arguments(
+            DataTrainingArguments, [*flags, "--max_tokens_per_batch", "3000", "--length_grouping_batches", "5"]
+        )
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=["--max_tokens_per_batch", "900"])
     assert demo.max_tokens_per_batch == 900
+
+
+def test_a_stage_in_epochs_is_refused_with_token_budgets(tmp_path):
+    from part_fixtures import tiny_trainer
+    from trainers import Schedule, Stage
+
+    schedule = Schedule("epochs", [Stage("asr", ["adapter"], {"asr": 1.0}, epochs=1)])
+    trainer = tiny_trainer(tmp_path, schedule=schedule, max_tokens_per_batch=70)
+    with pytest.raises(ValueError, match="'asr' is given in epochs, but token-budget batches"):
+        trainer.train()

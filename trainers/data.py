@@ -186,7 +186,8 @@ class TokenBudget:
                 raise ValueError(f"TokenBudget.{name} must be > 0 (or None), got {value!r}.")
         if self.num_buckets < 0 or self.buffer_size < 1:
             raise ValueError(
-                f"TokenBudget needs num_buckets >= 0 and buffer_size >= 1, got {self.num_buckets} and {self.buffer_size}."
+                "TokenBudget needs num_buckets >= 0 and buffer_size >= 1, "
+                f"got {self.num_buckets} and {self.buffer_size}."
             )
         if self.max_tokens is not None and self.positions_fn is None:
             raise ValueError(
@@ -213,7 +214,8 @@ class TokenBudget:
         order = sorted(range(len(costs)), key=key)
         buckets = [order]
         if self.num_buckets > 0:
-            buckets = [sorted(bucket.tolist()) for bucket in np.array_split(np.array(order, dtype=np.int64), self.num_buckets)]
+            split = np.array_split(np.array(order, dtype=np.int64), self.num_buckets)
+            buckets = [sorted(bucket.tolist()) for bucket in split]  # draw order inside a bucket
         batches: list[list[int]] = []
         for bucket in buckets:
             batch: list[int] = []
@@ -509,7 +511,8 @@ class MixtureDataset(IterableDataset):
 
     Resuming: `state_dict()` / `load_state_dict()` save and restore this process's exact position (global
     position, choice RNG state, component passes and offsets, samples yielded, skip counts, length-grouping
-    or token-budget buffer). They follow torchdata's `Stateful` protocol, so `StatefulDataLoader` saves each worker's state.
+    or token-budget buffer). They follow torchdata's `Stateful` protocol, so `StatefulDataLoader` saves each
+    worker's state.
     Without it, `resume_from_consumed` replays the sequence from a count of consumed samples.
     Resume with the same components, seed, world size, number of workers and batch size.
     """
@@ -791,8 +794,8 @@ class MixtureDataset(IterableDataset):
         if self.oversized[name] <= _MAX_LOGGED_SKIPS:
             logger.warning(
                 f"A {name} sample ({cost[0]} LLM positions, {cost[1]:.1f} s) exceeds the token budget on its own "
-                f"({self.token_budget.max_tokens} positions, {self.token_budget.max_audio_seconds} s): it forms a batch of "
-                "its own. Raise the budget or filter such samples if they do not fit in memory."
+                f"({self.token_budget.max_tokens} positions, {self.token_budget.max_audio_seconds} s): it forms a "
+                "batch of its own. Raise the budget or filter such samples if they do not fit in memory."
             )
 
     def __iter__(self) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:

@@ -115,7 +115,8 @@ class PartTrainingArguments(TrainingArguments):
         if self.uses_token_budget and self.length_grouping_batches > 0:
             raise ValueError(
                 "length_grouping_batches groups fixed-size batches; token-budget batches (max_tokens_per_batch / "
-                "max_audio_seconds_per_batch) are cut from length-sorted buffers already: set length_grouping_batches=0."
+                "max_audio_seconds_per_batch) are cut from length-sorted buffers already: set "
+                "length_grouping_batches=0."
             )
 
     @property
