@@ -13,7 +13,8 @@ from accelerate.data_loader import IterableDatasetShard
 from torch.utils.data import DataLoader
 from transformers.testing_utils import CaptureLogger
 
-from test_data_mixture import CHI2_CRITICAL_P001, chi_square, map_components, mixed_components, speech_dataset
+from test_data_mixture import CHI2_CRITICAL_P001, chi_square, map_components, mixed_components
+from test_examples import COMMON, restore_logging, run_speech_translation, workdir  # noqa: F401 (fixtures)
 from trainers import data as data_module
 from trainers.data import MixtureComponent, MixtureDataset, TokenBudget, processor_positions, sample_seconds
 
@@ -315,3 +316,22 @@ def test_a_stage_in_epochs_is_refused_with_token_budgets(tmp_path):
     trainer = tiny_trainer(tmp_path, schedule=schedule, max_tokens_per_batch=70)
     with pytest.raises(ValueError, match="'asr' is given in epochs, but token-budget batches"):
         trainer.train()
+
+
+@pytest.mark.slow
+def test_speech_translation_script_trains_on_token_budget_batches(workdir, restore_logging):
+    """The example script with --max_tokens_per_batch on asr + s2tt + mt from audio files without a duration column
+    (read from the files' headers)."""
+    import json
+
+    root = workdir
+    out = root / "budget_run"
+    run_speech_translation.main([
+        "--model_name_or_path", str(root / "model"), "--train_file", str(root / "train.jsonl"),
+        "--language_column", "language", "--target_language", "en", "--text_column", "translation",
+        "--source_text_column", "sentence", "--schedule", str(root / "asr_then_cross.json"), "--lora_r", "2",
+        "--max_steps", "2", "--output_dir", str(out), "--cache_dir", str(root / "cache"), "--do_train", *COMMON,
+        "--max_tokens_per_batch", "60",
+    ])  # fmt: skip
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["asr", "cross"]
