@@ -151,6 +151,28 @@ def figures(raw: dict) -> list[dict]:
                    "(context)"))
     elif zero3:
         add(figure("zero3", "ZeRO-3", "error: " + zero3["error"]))
+    rows.extend(batching_figures(raw.get("batching")))
+    return rows
+
+
+def batching_figures(batching: dict | None) -> list[dict]:
+    """The `batching` section: padded shares, and audio seconds per second at equal peak memory."""
+    if not batching:
+        return []
+    if "error" in batching:
+        return [figure("batching", "token-budget batching", "error: " + batching["error"])]
+    padding, rates, size = batching["padding"], batching["rates"], batching["fixed_batch_size"]
+    share = {kind: f"{padding[kind]['together']:.1%}" for kind in padding}
+    rows = [figure("batching_padding_share", f"padded encoder frames + LLM positions, token budget of "
+                   f"{batching['max_tokens']} (fixed {batching['padding_batch_size']}: plain / length-grouped)",
+                   share["budget"], f"{share['fixed']} / {share['grouped']}", padding["budget"]["together"],
+                   "<= 0.10", lambda r: r <= 0.10, "{:.3f}")]
+    speed = {kind: f"{median(values):.1f} audio s/s" for kind, values in rates.items()}
+    rows.append(figure("batching_throughput", f"audio s/s at equal peak memory: token budget / fixed batches of {size}",
+                       speed["budget"], speed["fixed"], ratio(rates["budget"], rates["fixed"]), ">= 1.5x",
+                       lambda r: r["median"] >= 1.5))
+    rows.append(figure("batching_throughput_grouped", f"  same, fixed batches of {size} length-grouped",
+                       speed["budget"], speed["grouped"], ratio(rates["budget"], rates["grouped"]), "(context)"))
     return rows
 
 

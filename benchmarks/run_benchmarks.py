@@ -9,8 +9,9 @@ Sections (each in its own worker process, run one after another):
   memory   peak memory of a training step, one fresh process per variant
   scaling  step time and memory vs clip length (2, 6, 15, 30 s) and vocabulary (8k, 32k, 152k)
   zero3    DeepSpeed ZeRO-3, 2 ranks on CPU (gloo): parameter bytes per rank, step time vs one process
+  batching token-budget vs fixed batches on a long-tailed mixture: padding shares, audio s/s at equal peak memory
 
-Usage: python benchmarks/run_benchmarks.py [--quick] [--sections models,memory,scaling,zero3] [--dims JSON]
+Usage: python benchmarks/run_benchmarks.py [--quick] [--sections models,memory,scaling,zero3,batching] [--dims JSON]
                                            [--wait-for-quiet SECONDS] [--output-dir benchmarks]
 """
 
@@ -31,7 +32,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ESTIMATES = {"models": 150, "memory": 90, "scaling": 150, "zero3": 80}  # seconds on an idle 2-core machine
+ESTIMATES = {"models": 150, "memory": 90, "scaling": 150, "zero3": 80,
+             "batching": 120}  # seconds on an idle 2-core machine
 
 
 def section_commands(name: str, args, python: str) -> list[list[str]]:
@@ -53,6 +55,8 @@ def section_commands(name: str, args, python: str) -> list[list[str]]:
                                            ("vocab", args.vocab_points, args.peer_vocab_points))]
     if name == "zero3":
         return [worker("bench_zero3.py") + dims + ["--repeats", str(args.zero3_repeats)]]
+    if name == "batching":
+        return [worker("bench_batching.py") + dims + ["--rounds", str(args.batching_repeats)]]
     raise ValueError(f"unknown section {name!r}; choose from {', '.join(ESTIMATES)}")
 
 
@@ -69,10 +73,10 @@ def run_worker(command: list[str], environment: dict, timeout: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="models,memory,scaling,zero3")
+    parser.add_argument("--sections", default="models,memory,scaling,zero3,batching")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and scaling points (a smoke run)")
     parser.add_argument("--dims", default="{}", help="JSON overrides of benchmarks.common.Dims")
-    for name in ("train", "frozen", "gen", "fe", "scaling", "zero3"):
+    for name in ("train", "frozen", "gen", "fe", "scaling", "zero3", "batching"):
         parser.add_argument(f"--{name}-repeats", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--no-ablation", dest="ablation", action="store_false",
@@ -89,9 +93,9 @@ def main() -> None:
     parser.add_argument("--output-dir", default=HERE)
     parser.add_argument("--timeout", type=int, default=900, help="per worker process, seconds")
     args = parser.parse_args()
-    repeats = dict(train=5, frozen=2, gen=5, fe=5, scaling=2, zero3=3)
+    repeats = dict(train=5, frozen=2, gen=5, fe=5, scaling=2, zero3=3, batching=3)
     if args.quick:
-        repeats = dict(train=2, frozen=1, gen=2, fe=3, scaling=1, zero3=2)
+        repeats = dict(train=2, frozen=1, gen=2, fe=3, scaling=1, zero3=2, batching=1)
         args.seconds_points, args.vocab_points, args.peer_vocab_points = "2,6", "8000", "8000"
     for name, value in repeats.items():
         if getattr(args, f"{name}_repeats") is None:

@@ -1,6 +1,6 @@
 """Training data for PART: mixtures of speech and text corpora by task and language, sampled with a
 temperature, deterministic for a seed, resumable, sharded across ranks and DataLoader workers, and
-optionally grouped into batches of similar length.
+optionally grouped into batches of similar length or into batches filled up to a token budget.
 
 A sample is a dict with `task` ("asr", "s2tt" or "mt"), `source_language`, `target_language` (ISO 639
 codes), `text` (the target text), and `audio` (path, array or `datasets.Audio(decode=False)` dict) for
@@ -172,6 +172,142 @@ class LengthGrouping:
     @property
     def buffer_size(self) -> int:
         return self.batch_size * self.buffer_batches
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token-budget batching
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sample_seconds(sample: Mapping[str, Any]) -> float:
+    """Audio seconds of a sample: its `duration`, else the length of a decoded array, else the header of its file
+    (path or bytes, read with soundfile without decoding); 0 for "mt". Raises `ValueError` when none is known."""
+    if sample.get("task") == "mt":
+        return 0.0
+    if sample.get("duration") is not None:
+        return float(sample["duration"])
+    audio = sample.get("audio")
+    if isinstance(audio, Mapping) and audio.get("array") is not None and audio.get("sampling_rate"):
+        return len(audio["array"]) / audio["sampling_rate"]
+    source = audio.get("bytes") or audio.get("path") if isinstance(audio, Mapping) else audio
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike, io.BytesIO)):
+        return float(soundfile.info(source).duration)
+    raise ValueError(
+        f"the duration of this {sample.get('task')!r} sample is unknown (audio {type(audio).__name__}); give the "
+        "samples a 'duration' column (seconds), an audio path, or a decoded Audio dict"
+    )
+
+
+@dataclass
+class TokenBudget:
+    """Batches filled up to a budget instead of a fixed size, as FunASR `batch_type="token"`, Ultravox
+    `dynamic_batch_seq_length` or Lhotse's duration buckets do.
+
+    Each process reads `buffer_size` samples of the mixture, orders them by length (LLM positions when
+    `max_tokens` is set, else audio seconds), optionally splits them into `num_buckets` buckets of equal counts,
+    and cuts batches so that `batch size x longest sample` (the padded size) stays within every budget given.
+    A sample larger than a budget on its own gets a batch of its own (and a logged warning): filter such samples
+    (e.g. in `validate`) if they do not fit in memory.
+
+    Args:
+        max_tokens: LLM positions per batch (prompt + audio placeholders + target, padded), from `positions_fn`.
+        max_audio_seconds: audio seconds per batch, padded (batch size x longest clip), from `seconds_fn`.
+        max_batch_size: optional cap on samples per batch (short "mt" samples otherwise fill large batches).
+        num_buckets: 0: batches of neighbours in the sorted buffer (least padding). k > 0: k length buckets of
+            equal counts, samples in draw order inside a bucket (more varied batches, more padding).
+        buffer_size: samples per buffer; larger buffers pad less.
+        positions_fn: sample -> LLM positions; `PartTrainer` passes `processor_positions(processor)`.
+        seconds_fn: sample -> audio seconds (default `sample_seconds`).
+    """
+
+    max_tokens: int | None = None
+    max_audio_seconds: float | None = None
+    max_batch_size: int | None = None
+    num_buckets: int = 0
+    buffer_size: int = 2000
+    positions_fn: Callable[[Mapping[str, Any]], int] | None = None
+    seconds_fn: Callable[[Mapping[str, Any]], float] = sample_seconds
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is None and self.max_audio_seconds is None:
+            raise ValueError("TokenBudget needs max_tokens and/or max_audio_seconds.")
+        for name in ("max_tokens", "max_audio_seconds", "max_batch_size"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"TokenBudget.{name} must be > 0 (or None), got {value!r}.")
+        if self.num_buckets < 0 or self.buffer_size < 1:
+            raise ValueError(
+                "TokenBudget needs num_buckets >= 0 and buffer_size >= 1, "
+                f"got {self.num_buckets} and {self.buffer_size}."
+            )
+        if self.max_tokens is not None and self.positions_fn is None:
+            raise ValueError(
+                "TokenBudget(max_tokens=...) needs positions_fn (sample -> LLM positions), e.g. "
+                "processor_positions(processor); or budget audio with max_audio_seconds only."
+            )
+
+    def costs(self, sample: Mapping[str, Any]) -> tuple[int, float]:
+        """(LLM positions, audio seconds) of one sample; positions are 0 without `max_tokens`."""
+        positions = int(self.positions_fn(sample)) if self.max_tokens is not None else 0
+        return positions, float(self.seconds_fn(sample))
+
+    def fits(self, size: int, positions: int, seconds: float) -> bool:
+        """Whether `size` samples padded to `positions` and `seconds` stay within the budget."""
+        return (
+            (self.max_tokens is None or size * positions <= self.max_tokens)
+            and (self.max_audio_seconds is None or size * seconds <= self.max_audio_seconds)
+            and (self.max_batch_size is None or size <= self.max_batch_size)
+        )
+
+    def make_batches(self, costs: Sequence[tuple[int, float]], rng: np.random.Generator) -> list[list[int]]:
+        """Indices of `costs` cut into batches within the budget, in random batch order."""
+        key = (lambda i: (costs[i][0], costs[i][1])) if self.max_tokens is not None else (lambda i: costs[i][1])
+        order = sorted(range(len(costs)), key=key)
+        buckets = [order]
+        if self.num_buckets > 0:
+            split = np.array_split(np.array(order, dtype=np.int64), self.num_buckets)
+            buckets = [sorted(bucket.tolist()) for bucket in split]  # draw order inside a bucket
+        batches: list[list[int]] = []
+        for bucket in buckets:
+            batch: list[int] = []
+            longest = (0, 0.0)
+            for index in bucket:
+                grown = (max(longest[0], costs[index][0]), max(longest[1], costs[index][1]))
+                if batch and not self.fits(len(batch) + 1, *grown):
+                    batches.append(batch)
+                    batch, grown = [], costs[index]
+                batch.append(index)
+                longest = grown
+            if batch:
+                batches.append(batch)
+        return [batches[index] for index in rng.permutation(len(batches))]
+
+    def fingerprint(self) -> list[Any]:
+        return [self.max_tokens, self.max_audio_seconds, self.max_batch_size, self.num_buckets, self.buffer_size]
+
+
+def processor_positions(processor: Any) -> Callable[[Mapping[str, Any]], int]:
+    """sample -> LLM positions (prompt + audio placeholders + target + EOS) as `processor` builds the training
+    input; the audio's placeholder count comes from its duration (`sample_seconds`), so nothing is decoded."""
+    prompt_lengths: dict[tuple[str, str, str], int] = {}
+    rate = processor.feature_extractor.sampling_rate
+
+    def positions(sample: Mapping[str, Any]) -> int:
+        task, source, target = sample["task"], sample["source_language"], sample.get("target_language")
+        target_length = len(processor.tokenizer(sample["text"], add_special_tokens=False)["input_ids"]) + 1
+        if task == "mt":
+            instruction = processor.instruction(task, source, target, sample["source_text"])
+            return len(processor.build_prompt_ids(instruction, None)) + target_length
+        if (task, source, target) not in prompt_lengths:  # the prompt with one placeholder, per task and languages
+            prompt_lengths[task, source, target] = len(
+                processor.build_prompt_ids(processor.instruction(task, source, target), 1)
+            )
+        audio_positions = processor.audio_placeholder_count(int(round(sample_seconds(sample) * rate)))
+        return prompt_lengths[task, source, target] - 1 + audio_positions + target_length
+
+    return positions
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,6 +526,7 @@ class _Progress:
     samples_yielded: int
     buffer_index: int = 0
     buffer_offset: int = 0
+    batch_position: int = 0  # token budget: global batches formed before the current buffer
     buffer_start: dict[str, Any] = field(default_factory=dict)  # cursor snapshot and skip counts when the buffer began
 
 
@@ -414,6 +551,12 @@ class MixtureDataset(IterableDataset):
     pass `rank=0, world_size=1` when something else shards the stream already (accelerate's
     `dispatch_batches` or `IterableDatasetShard`, which the Trainer applies to iterable datasets).
 
+    Token budget (`token_budget=TokenBudget(...)`): the dataset yields batches (lists of samples) filled up to
+    the budget instead of samples; use it with `DataLoader(batch_size=None)`, or `batch_size=1` and a collator
+    that unwraps the list (what `PartTrainer` does, so accelerate deals whole batches to ranks). Every process
+    reads all samples and forms the same global batches; batch b goes to process `b % (world_size x workers)`
+    (rank `b % world_size`). The `resume_from_consumed` counts and `samples_yielded` are then in batches.
+
     Invalid samples: each own sample is labelled with its component's task and languages and passed to
     `validate(sample)` (default `validate_sample`); reading or validation errors raise `InvalidSampleError`
     naming the component and index, or with `skip_invalid=True` are counted in `skipped` (per component name)
@@ -423,7 +566,8 @@ class MixtureDataset(IterableDataset):
 
     Resuming: `state_dict()` / `load_state_dict()` save and restore this process's exact position (global
     position, choice RNG state, component passes and offsets, samples yielded, skip counts, length-grouping
-    buffer). They follow torchdata's `Stateful` protocol, so `StatefulDataLoader` saves each worker's state.
+    or token-budget buffer). They follow torchdata's `Stateful` protocol, so `StatefulDataLoader` saves each
+    worker's state.
     Without it, `resume_from_consumed` replays the sequence from a count of consumed samples.
     Resume with the same components, seed, world size, number of workers and batch size.
     """
@@ -439,6 +583,7 @@ class MixtureDataset(IterableDataset):
         validate: Callable[[Mapping[str, Any]], None] = validate_sample,
         skip_invalid: bool = False,
         length_grouping: LengthGrouping | None = None,
+        token_budget: TokenBudget | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -448,6 +593,10 @@ class MixtureDataset(IterableDataset):
             raise ValueError(f"Mixture component names must be unique; repeated: {duplicates}.")
         if stopping_strategy not in ("cycle", "exhaust"):
             raise ValueError(f"stopping_strategy must be 'cycle' or 'exhaust', got {stopping_strategy!r}.")
+        if length_grouping is not None and token_budget is not None:
+            raise ValueError(
+                "Pass length_grouping (fixed-size batches) or token_budget (budget-filled batches), not both."
+            )
         if not (isinstance(seed, int) and seed >= 0):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
         if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
@@ -461,6 +610,8 @@ class MixtureDataset(IterableDataset):
         self.validate = validate
         self.skip_invalid = skip_invalid
         self.length_grouping = length_grouping
+        self.token_budget = token_budget
+        self.oversized: Counter[str] = Counter()
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.skipped: Counter[str] = Counter()
@@ -498,6 +649,7 @@ class MixtureDataset(IterableDataset):
             "samples_yielded": 0,
             "buffer_index": 0,
             "buffer_offset": 0,
+            "batch_position": 0,
         }
         if progress is not None:
             state.update(
@@ -507,10 +659,11 @@ class MixtureDataset(IterableDataset):
                 buffer_index=progress.buffer_index,
                 buffer_offset=progress.buffer_offset,
             )
-            if self.length_grouping is None:
+            if self.length_grouping is None and self.token_budget is None:
                 state["cursor"] = progress.cursor.snapshot()
             else:  # resuming refills the current buffer from its start
-                state.update(cursor=progress.buffer_start["cursor"], skipped=progress.buffer_start["skipped"])
+                start = progress.buffer_start
+                state.update(cursor=start["cursor"], skipped=start["skipped"], batch_position=progress.batch_position)
         return state
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -522,6 +675,7 @@ class MixtureDataset(IterableDataset):
             "probabilities": [float(p) for p in self._probabilities],
             "stopping_strategy": self.stopping_strategy,
             "length_grouping": None if grouping is None else [grouping.batch_size, grouping.buffer_size],
+            "token_budget": None if self.token_budget is None else self.token_budget.fingerprint(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -550,6 +704,17 @@ class MixtureDataset(IterableDataset):
             )
         self.set_epoch(self.epoch if epoch is None else epoch)
         self._pending_state, self._pending_consumed, self._progress = None, (samples_consumed, batch_size), None
+
+    def resume_after_batches(
+        self, batches: int, *, per_device_batch_size: int = 1, world_size: int = 1, epoch: int | None = None
+    ) -> None:
+        """Continue after every rank took `batches` DataLoader batches from this dataset, sharded over `world_size`
+        ranks by accelerate's `IterableDatasetShard` (what the Trainer does with `rank=0, world_size=1` here), e.g.
+        `global_step * gradient_accumulation_steps`. `per_device_batch_size`: the DataLoader's batch size (1 with a
+        token budget, whose items are whole batches). Each DataLoader batch took `per_device_batch_size *
+        world_size` items of this dataset's sequence, which `resume_from_consumed` replays."""
+        items = per_device_batch_size * world_size
+        self.resume_from_consumed(batches * items, batch_size=items, epoch=epoch)
 
     def __getstate__(self) -> dict[str, Any]:
         # A running iteration (open iterators) stays in its process; copies, e.g. DataLoader workers, start from
@@ -637,7 +802,60 @@ class MixtureDataset(IterableDataset):
                     yield sample
             progress.buffer_index += 1
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _budget_batches(
+        self, progress: _Progress, shard: tuple[int, int], resume_offset: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Token-budget batches: every process forms the same global batches from all samples and keeps batch
+        `b` when `b % processes == its index`. Where the stream ends, the last `total % world_size` batches are
+        dropped (logged), so every rank yields as many batches."""
+        budget, cursor = self.token_budget, progress.cursor
+        instance, num_instances = shard
+        world_size = self._process()[1]
+        samples = self._own_samples(cursor, (0, 1))
+        start = {"cursor": cursor.snapshot(), "skipped": dict(self.skipped)}
+        peeked: list[dict[str, Any]] = []
+        while True:
+            progress.buffer_start, progress.buffer_offset = start, 0
+            buffer = peeked + list(islice(samples, budget.buffer_size - len(peeked)))
+            if not buffer:
+                return
+            start = {"cursor": cursor.snapshot(), "skipped": dict(self.skipped)}  # where the next buffer begins
+            peeked = list(islice(samples, 1))  # nothing left: this is the last buffer
+            costs = [budget.costs(sample) for sample in buffer]
+            rng = np.random.default_rng([self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.buffer_index])
+            batches = budget.make_batches(costs, rng)
+            if not peeked and world_size > 1 and (progress.batch_position + len(batches)) % world_size:
+                dropped = batches[len(batches) - (progress.batch_position + len(batches)) % world_size :]
+                batches = batches[: len(batches) - len(dropped)]
+                if instance == 0:
+                    logger.warning(
+                        f"The mixture ended: dropping its last {len(dropped)} batches ({sum(map(len, dropped))} "
+                        f"samples) so that all {world_size} ranks run the same number of batches."
+                    )
+            for offset, batch in enumerate(batches):
+                if offset < resume_offset:
+                    continue
+                progress.buffer_offset = offset + 1
+                if (progress.batch_position + offset) % num_instances == instance:
+                    for index in batch:
+                        if len(batch) == 1 and not budget.fits(1, *costs[index]):
+                            self._record_oversized(buffer[index], costs[index])
+                    yield [buffer[index] for index in batch]
+            resume_offset = 0
+            progress.batch_position += len(batches)
+            progress.buffer_index += 1
+
+    def _record_oversized(self, sample: Mapping[str, Any], cost: tuple[int, float]) -> None:
+        name = f"{sample['task']}_{sample['source_language']}_{sample['target_language']}"
+        self.oversized[name] += 1
+        if self.oversized[name] <= _MAX_LOGGED_SKIPS:
+            logger.warning(
+                f"A {name} sample ({cost[0]} LLM positions, {cost[1]:.1f} s) exceeds the token budget on its own "
+                f"({self.token_budget.max_tokens} positions, {self.token_budget.max_audio_seconds} s): it forms a "
+                "batch of its own. Raise the budget or filter such samples if they do not fit in memory."
+            )
+
+    def __iter__(self) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
         rank, world_size, worker_id, num_workers = self._process()
         state, consumed = self._pending_state, self._pending_consumed
         self._pending_state = self._pending_consumed = None
@@ -656,15 +874,22 @@ class MixtureDataset(IterableDataset):
         cursor = _MixtureCursor(self, None if state is None else state["cursor"])
         progress = _Progress(shard, rotation, cursor, samples_yielded=0 if state is None else state["samples_yielded"])
         skip = 0
+        resume_offset = 0
         if state is not None and self.length_grouping is not None:
             progress.buffer_index, skip = state["buffer_index"], state["buffer_offset"]
             progress.samples_yielded -= skip  # the replayed part of the buffer is counted again below
+        if state is not None and self.token_budget is not None:
+            progress.buffer_index, resume_offset = state["buffer_index"], state["buffer_offset"]
+            progress.batch_position = state["batch_position"]
         if consumed is not None:
             skip = self._samples_produced_by(role, num_workers, *consumed)
         self._progress = progress
-        samples = self._own_samples(cursor, shard)
-        if self.length_grouping is not None:
-            samples = self._grouped_samples(progress, samples)
+        if self.token_budget is not None:
+            samples = self._budget_batches(progress, shard, resume_offset)
+        else:
+            samples = self._own_samples(cursor, shard)
+            if self.length_grouping is not None:
+                samples = self._grouped_samples(progress, samples)
         _consume(samples, skip)
         progress.samples_yielded += skip
         for sample in samples:

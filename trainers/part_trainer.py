@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -28,7 +29,9 @@ from transformers.utils import logging
 
 from .callbacks import PartStageCallback
 from .collator import PartDataCollator
-from .data import AudioLengthValidator, LengthGrouping, MixtureComponent, MixtureDataset
+from .data import (
+    AudioLengthValidator, LengthGrouping, MixtureComponent, MixtureDataset, TokenBudget, processor_positions,
+)
 from .evaluation import evaluate_speech_to_text
 from .metrics import HypothesisCap
 from .rank_alignment import AudioPathOnEveryRank
@@ -59,6 +62,27 @@ class PartTrainingArguments(TrainingArguments):
     )
     length_grouping_batches: int = field(
         default=0, metadata={"help": "Group samples of similar length over this many batches (0: off)."}
+    )
+    max_tokens_per_batch: int = field(
+        default=0,
+        metadata={
+            "help": "Token-budget batches: LLM positions per device batch, padded (batch size x longest prompt + audio "
+            "+ target). 0: fixed batches of per_device_train_batch_size. See docs/batching.md."
+        },
+    )
+    max_audio_seconds_per_batch: float = field(
+        default=0.0, metadata={"help": "Token-budget batches: audio seconds per device batch, padded (0: no limit)."}
+    )
+    max_samples_per_batch: int = field(
+        default=0, metadata={"help": "Token-budget batches: at most this many samples per batch (0: no cap)."}
+    )
+    batch_buckets: int = field(
+        default=0,
+        metadata={"help": "Token-budget batches: 0 cuts each sorted buffer into neighbours; k > 0 draws from k "
+                  "length buckets (more varied batches, more padding)."},
+    )
+    batch_buffer_size: int = field(
+        default=2000, metadata={"help": "Token-budget batches: samples sorted and cut into batches together."}
     )
     skip_invalid_samples: bool = field(
         default=False, metadata={"help": "Skip (count and log) samples that fail to decode instead of raising."}
@@ -98,6 +122,17 @@ class PartTrainingArguments(TrainingArguments):
         elif isinstance(self.accelerator_config, dict):
             self.accelerator_config.setdefault("dispatch_batches", False)
         super().__post_init__()
+        if self.uses_token_budget and self.length_grouping_batches > 0:
+            raise ValueError(
+                "length_grouping_batches groups fixed-size batches; token-budget batches (max_tokens_per_batch / "
+                "max_audio_seconds_per_batch) are cut from length-sorted buffers already: set "
+                "length_grouping_batches=0."
+            )
+
+    @property
+    def uses_token_budget(self) -> bool:
+        """Whether batches are filled up to a budget (`max_tokens_per_batch` / `max_audio_seconds_per_batch`)."""
+        return self.max_tokens_per_batch > 0 or self.max_audio_seconds_per_batch > 0
 
     def lora_overrides(self) -> dict[str, Any]:
         overrides = {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
@@ -181,8 +216,17 @@ class PartTrainer(Trainer):
         return components
 
     def _stage_dataset(self, stage_index: int, stage: Stage) -> MixtureDataset:
-        grouping = None
-        if self.args.length_grouping_batches > 0:
+        grouping = budget = None
+        if self.args.uses_token_budget:
+            budget = TokenBudget(
+                max_tokens=self.args.max_tokens_per_batch or None,
+                max_audio_seconds=self.args.max_audio_seconds_per_batch or None,
+                max_batch_size=self.args.max_samples_per_batch or None,
+                num_buckets=self.args.batch_buckets,
+                buffer_size=self.args.batch_buffer_size,
+                positions_fn=processor_positions(self.processor),
+            )
+        elif self.args.length_grouping_batches > 0:
             grouping = LengthGrouping(
                 batch_size=self.args.per_device_train_batch_size, buffer_batches=self.args.length_grouping_batches
             )
@@ -194,9 +238,29 @@ class PartTrainer(Trainer):
             skip_invalid=self.args.skip_invalid_samples,
             validate=AudioLengthValidator(self.processor.effective_max_audio_seconds, self.args.drop_long_audio),
             length_grouping=grouping,
+            token_budget=budget,
             rank=0,
             world_size=1,  # the Trainer's data loader shards the stream across ranks
         )
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's loader for fixed-size batches. With a token budget the mixture yields whole batches: the
+        loader takes one at a time (`batch_size=1`, the collator unwraps it), so accelerate's `IterableDatasetShard`
+        deals whole global batches to the ranks in turn and every rank runs the same number of steps."""
+        if not (isinstance(self.train_dataset, MixtureDataset) and self.train_dataset.token_budget is not None):
+            return super().get_train_dataloader()
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=1,
+            collate_fn=_UnwrapBatch(self.data_collator),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+        )
+        return self.accelerator.prepare(loader)
 
     def _ensure_lora(self) -> None:
         """Attaches the schedule's LoRA before the first stage, so every stage (and checkpoint) has the same
@@ -288,6 +352,11 @@ class PartTrainer(Trainer):
         started = time.time()
         self.stage_index = index
         stage_dir = self.stage_dir(index)
+        if self.args.uses_token_budget and stage.steps is None and stage.fraction is None:
+            raise ValueError(
+                f"Stage {stage.name!r} is given in epochs, but token-budget batches hold a varying number of samples: "
+                "give the stage steps or a fraction of --max_steps."
+            )
         steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
 
         if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
@@ -307,8 +376,10 @@ class PartTrainer(Trainer):
         self.args.warmup_steps = warmup_steps
         self._reset_optimization_state()
         if checkpoint is not None:
-            self.train_dataset.resume_from_consumed(
-                self._samples_consumed(checkpoint), batch_size=self.args.per_device_train_batch_size
+            self.train_dataset.resume_after_batches(
+                _checkpoint_step(checkpoint) * self.args.gradient_accumulation_steps,
+                per_device_batch_size=1 if self.args.uses_token_budget else self.args.per_device_train_batch_size,
+                world_size=self.args.world_size,
             )
             self.args.ignore_data_skip = True  # the mixture restores its own position
         self._call_stage_event("on_stage_begin", stage, index, stage_dir)
@@ -427,9 +498,6 @@ class PartTrainer(Trainer):
 
     def _total_batch_size(self) -> int:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-
-    def _samples_consumed(self, checkpoint: str) -> int:
-        return _checkpoint_step(checkpoint) * self._total_batch_size()
 
     def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int], extra: list[str]) -> None:
         trainable, total = counts["trainable"], counts["total"]
@@ -602,6 +670,17 @@ class PartTrainer(Trainer):
                 best_model_checkpoint=self.state.best_model_checkpoint,
             )
         self.accelerator.wait_for_everyone()
+
+
+class _UnwrapBatch:
+    """Collates the one token-budget batch (a list of samples) that a `batch_size=1` DataLoader hands over."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: list[list[Mapping[str, Any]]]) -> Any:
+        (batch,) = items
+        return self.collator(batch)
 
 
 def last_complete_checkpoint(folder: str) -> str | None:

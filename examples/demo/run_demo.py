@@ -71,6 +71,14 @@ class DemoArguments:
     schedule: str = field(default="part", metadata={"help": "A preset or a JSON/YAML schedule file."})
     max_steps: int = field(default=4000, metadata={"help": "PART optimizer steps over all stages."})
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
+    max_tokens_per_batch: int = field(
+        default=0,
+        metadata={"help": "Token-budget batches of this many LLM positions (padded) instead of --batch_size "
+                  "(0: fixed batches). See docs/batching.md."},
+    )
+    max_audio_seconds_per_batch: float = field(
+        default=0.0, metadata={"help": "Token-budget batches: audio seconds per batch, padded (0: no limit)."}
+    )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the first stage (later stages: --later_stages_lr_scale x it)."}
     )
@@ -392,7 +400,9 @@ def train_and_evaluate(
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(),
         lr_scheduler_type="cosine",
-        length_grouping_batches=20,
+        length_grouping_batches=0 if args.max_tokens_per_batch or args.max_audio_seconds_per_batch else 20,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        max_audio_seconds_per_batch=args.max_audio_seconds_per_batch,
         lora_r=args.lora_rank or None,
         lora_alpha=2 * args.lora_rank if args.lora_rank else None,
     )
