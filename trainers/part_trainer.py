@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
@@ -224,19 +225,27 @@ class PartTrainer(Trainer):
 
     def _load_stage_model(self, index: int) -> None:
         """Loads the weights a finished stage left (when resuming into the stage after it)."""
-        path = os.path.join(self.stage_dir(index), STAGE_MODEL_DIR)
+        self._load_weights(os.path.join(self.stage_dir(index), STAGE_MODEL_DIR))
+        logger.info(f"Loaded the weights of finished stage {index}.")
+
+    def _load_weights(self, path: str) -> None:
+        """Loads the model weights this trainer saved in `path` (a stage model or a checkpoint: LoRA unmerged)."""
         state_dict = {}
         for name in sorted(os.listdir(path)):
             if name.endswith(".safetensors"):
                 state_dict.update(load_file(os.path.join(path, name)))
+        if not state_dict:
+            raise ValueError(
+                f"{path} holds no .safetensors weights (a ZeRO-3 checkpoint saved without "
+                "stage3_gather_16bit_weights_on_model_save?); set it to true in the DeepSpeed config to resume from here."
+            )
         if is_deepspeed_zero3_enabled() and any(hasattr(p, "ds_id") for p in self.model.parameters()):
             _load_state_dict_into_zero3_model(self.model, state_dict)  # partitioned already (by an earlier engine)
         else:  # not partitioned yet (the engine partitions it at the stage start): every rank loads it whole
             missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
             tied = {k for k in missing if k.endswith("lm_head.weight")}
             if set(missing) - tied or unexpected:
-                raise ValueError(f"Stage model {path} does not fit the model: missing {missing}, unexpected {unexpected}.")
-        logger.info(f"Loaded the weights of finished stage {index} from {path}.")
+                raise ValueError(f"Weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}.")
 
     # ------------------------------------------------------------------------------------------------ stages
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -317,10 +326,14 @@ class PartTrainer(Trainer):
         return output
 
     def _restore_finished_stage(self, checkpoint: str):
-        """A crash after a stage's last checkpoint but before its completion: restore, do not train on."""
-        self._load_from_checkpoint(checkpoint)
+        """A crash after a stage's last checkpoint but before its completion: restore, do not train on. With
+        `load_best_model_at_end` the stage ends on its best checkpoint, as the Trainer's loop would have."""
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-        logger.warning(f"{checkpoint} is at the stage's last step; finishing the stage from it.")
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best is not None and os.path.isdir(best):
+            checkpoint = best
+        self._load_weights(checkpoint)
+        logger.warning(f"The stage's last step is checkpointed; finishing the stage from {checkpoint}.")
         return None
 
     def _lora_active_from(self, index: int) -> bool:
@@ -457,6 +470,8 @@ class PartTrainer(Trainer):
             "learning_rate": self.args.learning_rate,
             "warmup_steps": self.args.warmup_steps,
             "global_step": self.state.global_step,
+            "best_model_checkpoint": self.state.best_model_checkpoint,
+            "best_metric": self.state.best_metric,
             "trainable_parameters": counts["trainable"],
             "total_parameters": counts["total"],
             "first_loss": losses[0] if losses else None,
@@ -580,6 +595,13 @@ class PartTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = run_dir
+        # The Trainer recorded a new best checkpoint under the staging folder: record where it will live, also in
+        # the checkpoint's own state (read on resume), before the rename makes the checkpoint visible.
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging_root):
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging_root, name, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
