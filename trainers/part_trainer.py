@@ -344,9 +344,8 @@ class PartTrainer(Trainer):
         """A new trainable set needs a new optimizer, scheduler and model wrapper: DistributedDataParallel's reducer
         all-reduces only the parameters that required grad when it was built, and DeepSpeed builds its engine (and
         ZeRO optimizer) for a fixed trainable set."""
-        self.optimizer = None
+        self.optimizer = None  # `create_optimizer` and `create_scheduler` build them anew when None
         self.lr_scheduler = None
-        self._created_lr_scheduler = False
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
         if self.is_deepspeed_enabled:
             self._reset_deepspeed_state()
