@@ -481,3 +481,35 @@ def test_a_stage_resumed_at_its_end_ends_on_its_best_checkpoint(tmp_path):
     assert json.loads((stage_dir / "stage_complete.json").read_text())["best_model_checkpoint"] == str(
         stage_dir / "checkpoint-2"
     )
+
+
+def test_stages_train_with_copies_of_the_arguments_and_push_nothing(tmp_path, monkeypatch):
+    """Each stage trains with a copy of the run's arguments (its folder, length, learning rate; push_to_hub off, so
+    the Trainer pushes no stage checkpoint); the user's arguments object is never edited, and the final save pushes
+    nothing either (publishing is an explicit `push_to_hub()` after the model card is written)."""
+    from transformers import Trainer, TrainerCallback
+
+    from trainers import PartTrainer
+
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, *a, **k: None)  # no Hub repository at set-up
+    pushes = []
+    monkeypatch.setattr(PartTrainer, "push_to_hub", lambda self, *a, **k: pushes.append(a))
+    saves = []
+
+    class RecordArguments(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saves.append((args, args.output_dir, args.max_steps, args.learning_rate, args.push_to_hub))
+
+    schedule = Schedule("two", [Stage("a", ["adapter"], {"asr": 1.0}, steps=2),
+                                Stage("b", ["adapter"], {"asr": 1.0}, steps=2, lr_scale=0.5)])
+    trainer = tiny_trainer(tmp_path, schedule=schedule, callbacks=[RecordArguments()], learning_rate=1e-3,
+                           push_to_hub=True, hub_model_id="someone/part")
+    user_args = trainer.args
+    before = user_args.to_dict()
+    trainer.train()
+    assert trainer.args is user_args and user_args.to_dict() == before
+    assert [s[1:] for s in saves] == [(str(tmp_path / "stage-0-a"), 2, 1e-3, False),
+                                      (str(tmp_path / "stage-1-b"), 2, 5e-4, False)]
+    assert all(s[0] is not user_args for s in saves)
+    assert not pushes
+    assert torch.load(tmp_path / "training_args.bin", weights_only=False).to_dict() == before

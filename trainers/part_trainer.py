@@ -3,13 +3,16 @@
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
 plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
-DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written.
+DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written. A stage
+trains with a copy of the run's arguments (its folder, length, learning rate); `load_best_model_at_end` applies per
+stage. The Trainer internals this relies on are listed in docs/design.md.
 `resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
 staging folder and renamed into place.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -142,10 +145,8 @@ class PartTrainer(Trainer):
         )
         # A rank with a text-only batch still runs the audio path, so multi-rank collectives stay aligned.
         self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
+        self._run_args = self.args  # each stage trains with a copy (see `_arguments`); this one is never edited
         self._base_output_dir = self.args.output_dir
-        self._base_learning_rate = self.args.learning_rate
-        self._base_warmup_steps = self.args.warmup_steps
-        self._base_max_steps = self.args.max_steps
         self._check_schedule_against_data()
 
     # ------------------------------------------------------------------------------------------------- setup
@@ -261,23 +262,24 @@ class PartTrainer(Trainer):
         os.makedirs(self._base_output_dir, exist_ok=True)
         self.schedule.save(os.path.join(self._base_output_dir, "schedule.json"))
         output = None
-        for index in range(start_stage, len(self.schedule.stages)):
-            output = self._run_stage(index, checkpoint if index == start_stage else None)
-        self.args.output_dir = self._base_output_dir
+        try:
+            for index in range(start_stage, len(self.schedule.stages)):
+                output = self._run_stage(index, checkpoint if index == start_stage else None)
+        finally:
+            self.args = self._run_args
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, PartStageCallback):
                 callback.on_schedule_end(
                     self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
                 )
-        self.args.max_steps = self._base_max_steps
-        self.args.learning_rate = self._base_learning_rate
-        self.args.warmup_steps = self._base_warmup_steps
         self.stage_index = None
         self._saving_final = True
+        self.args = self._arguments(push_to_hub=False)  # pushing is an explicit push_to_hub()
         try:
-            self.save_model(self._base_output_dir, _internal_call=True)  # pushing is an explicit push_to_hub()
+            self.save_model(self._base_output_dir)
         finally:
             self._saving_final = False
+            self.args = self._run_args
         if self.args.should_save:
             self.processor.save_pretrained(self._base_output_dir)
             self._write_summary()
@@ -288,29 +290,30 @@ class PartTrainer(Trainer):
         started = time.time()
         self.stage_index = index
         stage_dir = self.stage_dir(index)
-        steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
+        steps = stage.num_steps(self._run_args.max_steps, self._stage_size(stage), self._total_batch_size())
 
         if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
             self.model.set_lora_enabled(self._lora_active_from(index))
         counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
-        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._base_learning_rate)
-        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._base_warmup_steps)
+        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._run_args.learning_rate)
+        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._run_args.warmup_steps)
         self._banner(index, stage, steps, counts, [
             f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})"
         ])
 
         self.train_dataset = self._stage_dataset(index, stage)
-        self.args.output_dir = stage_dir
-        self.args.max_steps = steps
-        self.args.learning_rate = learning_rate
-        self.args.warmup_steps = warmup_steps
+        # Stage checkpoints are not pushed to the Hub (see `push_to_hub`); on resume the Trainer skips no batches:
+        # the mixture restores its own position.
+        self.args = self._arguments(
+            output_dir=stage_dir, max_steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
+            push_to_hub=False, ignore_data_skip=True,
+        )
         self._reset_optimization_state()
         if checkpoint is not None:
             self.train_dataset.resume_from_consumed(
                 self._samples_consumed(checkpoint), batch_size=self.args.per_device_train_batch_size
             )
-            self.args.ignore_data_skip = True  # the mixture restores its own position
         self._call_stage_event("on_stage_begin", stage, index, stage_dir)
         try:
             if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
@@ -320,10 +323,18 @@ class PartTrainer(Trainer):
                 output = super().train(resume_from_checkpoint=checkpoint)
         finally:
             self._release_later_groups()
-            self.args.ignore_data_skip = False
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
         self._call_stage_event("on_stage_end", stage, index, stage_dir)
         return output
+
+    def _arguments(self, **changes: Any) -> PartTrainingArguments:
+        """A copy of the run's arguments with `changes`, for one stage or the final save. A shallow copy:
+        `dataclasses.replace` builds new `TrainingArguments`, whose device set-up resets accelerate's state under
+        the live accelerator (tests/test_trainer_internals.py)."""
+        arguments = copy.copy(self._run_args)
+        for name, value in changes.items():
+            setattr(arguments, name, value)
+        return arguments
 
     def _restore_finished_stage(self, checkpoint: str):
         """A crash after a stage's last checkpoint but before its completion: restore, do not train on. With
@@ -559,7 +570,7 @@ class PartTrainer(Trainer):
             output_dir, state_dict=state_dict, lora_save_mode=mode, is_main_process=True
         )
         self.processor.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        torch.save(self._run_args if self._saving_final else self.args, os.path.join(output_dir, "training_args.bin"))
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, private=None, **kwargs):
@@ -579,9 +590,6 @@ class PartTrainer(Trainer):
             commit_message=commit_message or "End of training",
             revision=revision or self.args.hub_revision,
         )
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Stage checkpoints are not published (`hub_strategy` is ignored); see `push_to_hub`."""
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, written to a staging folder and renamed into place once complete, so a kill
