@@ -594,7 +594,7 @@ class PartTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, written to a staging folder and renamed into place once complete, so a kill
         during a save never leaves a `checkpoint-N` that looks complete but is not."""
-        run_dir = self._get_output_dir(trial=trial)
+        run_dir = self.args.output_dir  # the stage folder (PartTrainer.train runs no hyperparameter-search trials)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, _STAGING_DIR)
         self.args.output_dir = staging_root
