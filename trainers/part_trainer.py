@@ -372,6 +372,7 @@ class PartTrainer(Trainer):
             return  # one process: nothing wraps the model (and accelerate does not prepare it twice)
         # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original as
         # `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
+        # (`accelerator.unwrap_model(..., keep_fp32_wrapper=False)` also strips the model's own forward decorators.)
         original_forward = self.model.__dict__.pop("_original_forward", None)
         if original_forward is not None:
             self.model.forward = original_forward
