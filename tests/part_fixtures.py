@@ -42,7 +42,7 @@ def tiny_components(num_samples: int = 8):
     ]
 
 
-def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0, **arg_overrides):
+def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0, trainer_kwargs=None, **arg_overrides):
     import torch
 
     from modeling_part.tiny import build_tiny_part
@@ -69,7 +69,8 @@ def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0,
     settings.update(arg_overrides)
     args = PartTrainingArguments(**settings)
     return PartTrainer(
-        model=model, args=args, train_components=tiny_components(), processor=processor, callbacks=list(callbacks)
+        model=model, args=args, train_components=tiny_components(), processor=processor, callbacks=list(callbacks),
+        **(trainer_kwargs or {}),
     )
 
 

@@ -409,3 +409,107 @@ def test_stage_evaluation_scores_the_chosen_stages_once_in_order(tmp_path):
     assert not calls and read_stage_metrics(tmp_path)["a"] == {"test_wer_en": -1.0}
     with pytest.raises(ValueError, match="held-out samples"):
         StageEvaluationCallback([])
+
+
+def _eval_samples():
+    from part_fixtures import tiny_components
+
+    return [
+        {**row, "task": c.task, "source_language": c.source_language, "target_language": c.target_language}
+        for c in tiny_components(num_samples=1) if c.task == "asr" for row in c.dataset
+    ]  # fmt: skip
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("save_total_limit", [1, 2])
+def test_load_best_model_at_end_ends_every_stage_on_its_best_checkpoint(tmp_path, save_total_limit):
+    """`load_best_model_at_end` applies per stage (each stage is one run of the Trainer's loop, with its own
+    trainable set): a stage ends on its best checkpoint, which is recorded where it lives, kept by the checkpoint
+    rotation, and is what the next stage starts from. Scripted scores put the best at step 2 of stage a and step 3
+    of stage b, neither the last."""
+    schedule = Schedule("best", [Stage("a", ["adapter"], {"asr": 1.0}, steps=4),
+                                 Stage("b", ["adapter", "encoder"], {"asr": 1.0}, steps=4)])
+    scores = {0: [3.0, 1.0, 2.0, 4.0], 1: [5.0, 6.0, 0.5, 7.0]}
+    trainer = tiny_trainer(tmp_path, schedule=schedule, save_steps=1, eval_strategy="steps", eval_steps=1,
+                           save_total_limit=save_total_limit, load_best_model_at_end=True,
+                           metric_for_best_model="score", greater_is_better=False, per_device_eval_batch_size=2,
+                           trainer_kwargs={"eval_dataset": _eval_samples()})
+    trainer.compute_metrics = lambda _: {"score": scores[trainer.stage_index][trainer.state.global_step - 1]}
+    trainer.train()
+    for index, best, last in [(0, 2, 4), (1, 3, 4)]:
+        stage_dir = tmp_path / f"stage-{index}-{schedule.stages[index].name}"
+        kept = sorted(p.name for p in stage_dir.glob("checkpoint-*"))
+        assert kept == sorted({f"checkpoint-{best}", f"checkpoint-{last}"} if save_total_limit == 2
+                              else {f"checkpoint-{best}"}), kept
+        assert not (stage_dir / ".incomplete").exists()
+        best_weights = _weights(stage_dir / f"checkpoint-{best}")
+        stage_weights = _weights(stage_dir / "stage_model")
+        assert stage_weights.keys() == best_weights.keys()
+        assert all(torch.equal(stage_weights[k], best_weights[k]) for k in best_weights), "stage did not end on its best"
+        if save_total_limit == 2:
+            last_weights = _weights(stage_dir / f"checkpoint-{last}")
+            assert any(not torch.equal(stage_weights[k], last_weights[k]) for k in best_weights)
+        summary = json.loads((stage_dir / "stage_complete.json").read_text())
+        assert summary["best_model_checkpoint"] == str(stage_dir / f"checkpoint-{best}")
+        assert summary["best_metric"] == min(scores[index])
+        state = json.loads((stage_dir / f"checkpoint-{best}" / "trainer_state.json").read_text())
+        assert state["best_model_checkpoint"] == str(stage_dir / f"checkpoint-{best}")
+
+
+def test_a_stage_resumed_at_its_end_ends_on_its_best_checkpoint(tmp_path):
+    """A crash after a stage's last checkpoint but before the stage is marked complete: the resumed run does not
+    train on, and with `load_best_model_at_end` it finishes the stage from the best checkpoint, not the last."""
+    schedule = Schedule("best", [Stage("a", ["adapter"], {"asr": 1.0}, steps=4)])
+    scores = [3.0, 1.0, 2.0, 4.0]
+    settings = dict(schedule=schedule, save_steps=1, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+                    metric_for_best_model="score", greater_is_better=False, trainer_kwargs={"eval_dataset": _eval_samples()})
+    trainer = tiny_trainer(tmp_path, callbacks=[CrashAtStageEnd(0)], **settings)
+    trainer.compute_metrics = lambda _: {"score": scores[trainer.state.global_step - 1]}
+    with pytest.raises(RuntimeError, match="stage end"):
+        trainer.train()
+    stage_dir = tmp_path / "stage-0-a"
+    assert not (stage_dir / "stage_complete.json").exists()
+    tiny_trainer(tmp_path, **settings).train(resume_from_checkpoint=True)
+    assert not (stage_dir / "checkpoint-5").exists()
+    stage_weights, best_weights = _weights(stage_dir / "stage_model"), _weights(stage_dir / "checkpoint-2")
+    assert all(torch.equal(stage_weights[k], best_weights[k]) for k in best_weights), "resumed stage not on its best"
+    assert json.loads((stage_dir / "stage_complete.json").read_text())["best_model_checkpoint"] == str(
+        stage_dir / "checkpoint-2"
+    )
+
+
+def test_stages_train_with_copies_of_the_arguments_and_push_nothing(tmp_path, monkeypatch):
+    """Each stage trains with a copy of the run's arguments (its folder, length, learning rate; push_to_hub off, so
+    the Trainer pushes no stage checkpoint); the user's arguments object is never edited, and the final save pushes
+    nothing either (publishing is an explicit `push_to_hub()` after the model card is written)."""
+    from transformers import Trainer, TrainerCallback
+
+    from trainers import PartTrainer
+
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, *a, **k: None)  # no Hub repository at set-up
+    pushes = []
+    monkeypatch.setattr(PartTrainer, "push_to_hub", lambda self, *a, **k: pushes.append(a))
+    saves = []
+
+    class RecordArguments(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saves.append((args, args.output_dir, args.max_steps, args.learning_rate, args.push_to_hub))
+
+    schedule = Schedule("two", [Stage("a", ["adapter"], {"asr": 1.0}, steps=2),
+                                Stage("b", ["adapter"], {"asr": 1.0}, steps=2, lr_scale=0.5)])
+    trainer = tiny_trainer(tmp_path, schedule=schedule, callbacks=[RecordArguments()], learning_rate=1e-3,
+                           push_to_hub=True, hub_model_id="someone/part")
+    user_args = trainer.args
+    before = user_args.to_dict()
+    trainer.train()
+    assert trainer.args is user_args and user_args.to_dict() == before
+    assert [s[1:] for s in saves] == [(str(tmp_path / "stage-0-a"), 2, 1e-3, False),
+                                      (str(tmp_path / "stage-1-b"), 2, 5e-4, False)]
+    assert all(s[0] is not user_args for s in saves)
+    assert not pushes
+    assert torch.load(tmp_path / "training_args.bin", weights_only=False).to_dict() == before

@@ -3,13 +3,16 @@
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
 plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
-DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written.
+DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written. A stage
+trains with a copy of the run's arguments (its folder, length, learning rate); `load_best_model_at_end` applies per
+stage. The Trainer internals this relies on are listed in docs/design.md.
 `resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
 staging folder and renamed into place.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,6 +27,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
@@ -184,10 +188,8 @@ class PartTrainer(Trainer):
         )
         # A rank with a text-only batch still runs the audio path, so multi-rank collectives stay aligned.
         self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
+        self._run_args = self.args  # each stage trains with a copy (see `_arguments`); this one is never edited
         self._base_output_dir = self.args.output_dir
-        self._base_learning_rate = self.args.learning_rate
-        self._base_warmup_steps = self.args.warmup_steps
-        self._base_max_steps = self.args.max_steps
         self._check_schedule_against_data()
 
     # ------------------------------------------------------------------------------------------------- setup
@@ -297,19 +299,27 @@ class PartTrainer(Trainer):
 
     def _load_stage_model(self, index: int) -> None:
         """Loads the weights a finished stage left (when resuming into the stage after it)."""
-        path = os.path.join(self.stage_dir(index), STAGE_MODEL_DIR)
+        self._load_weights(os.path.join(self.stage_dir(index), STAGE_MODEL_DIR))
+        logger.info(f"Loaded the weights of finished stage {index}.")
+
+    def _load_weights(self, path: str) -> None:
+        """Loads the model weights this trainer saved in `path` (a stage model or a checkpoint: LoRA unmerged)."""
         state_dict = {}
         for name in sorted(os.listdir(path)):
             if name.endswith(".safetensors"):
                 state_dict.update(load_file(os.path.join(path, name)))
+        if not state_dict:
+            raise ValueError(
+                f"{path} holds no .safetensors weights (a ZeRO-3 checkpoint saved without "
+                "stage3_gather_16bit_weights_on_model_save?); set it to true in the DeepSpeed config to resume from here."
+            )
         if is_deepspeed_zero3_enabled() and any(hasattr(p, "ds_id") for p in self.model.parameters()):
             _load_state_dict_into_zero3_model(self.model, state_dict)  # partitioned already (by an earlier engine)
         else:  # not partitioned yet (the engine partitions it at the stage start): every rank loads it whole
             missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
             tied = {k for k in missing if k.endswith("lm_head.weight")}
             if set(missing) - tied or unexpected:
-                raise ValueError(f"Stage model {path} does not fit the model: missing {missing}, unexpected {unexpected}.")
-        logger.info(f"Loaded the weights of finished stage {index} from {path}.")
+                raise ValueError(f"Weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}.")
 
     # ------------------------------------------------------------------------------------------------ stages
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -325,23 +335,24 @@ class PartTrainer(Trainer):
         os.makedirs(self._base_output_dir, exist_ok=True)
         self.schedule.save(os.path.join(self._base_output_dir, "schedule.json"))
         output = None
-        for index in range(start_stage, len(self.schedule.stages)):
-            output = self._run_stage(index, checkpoint if index == start_stage else None)
-        self.args.output_dir = self._base_output_dir
+        try:
+            for index in range(start_stage, len(self.schedule.stages)):
+                output = self._run_stage(index, checkpoint if index == start_stage else None)
+        finally:
+            self.args = self._run_args
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, PartStageCallback):
                 callback.on_schedule_end(
                     self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
                 )
-        self.args.max_steps = self._base_max_steps
-        self.args.learning_rate = self._base_learning_rate
-        self.args.warmup_steps = self._base_warmup_steps
         self.stage_index = None
         self._saving_final = True
+        self.args = self._arguments(push_to_hub=False)  # pushing is an explicit push_to_hub()
         try:
-            self.save_model(self._base_output_dir, _internal_call=True)  # pushing is an explicit push_to_hub()
+            self.save_model(self._base_output_dir)
         finally:
             self._saving_final = False
+            self.args = self._run_args
         if self.args.should_save:
             self.processor.save_pretrained(self._base_output_dir)
             self._write_summary()
@@ -357,23 +368,25 @@ class PartTrainer(Trainer):
                 f"Stage {stage.name!r} is given in epochs, but token-budget batches hold a varying number of samples: "
                 "give the stage steps or a fraction of --max_steps."
             )
-        steps = stage.num_steps(self._base_max_steps, self._stage_size(stage), self._total_batch_size())
+        steps = stage.num_steps(self._run_args.max_steps, self._stage_size(stage), self._total_batch_size())
 
         if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
             self.model.set_lora_enabled(self._lora_active_from(index))
         counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
-        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._base_learning_rate)
-        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._base_warmup_steps)
+        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._run_args.learning_rate)
+        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._run_args.warmup_steps)
         self._banner(index, stage, steps, counts, [
             f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})"
         ])
 
         self.train_dataset = self._stage_dataset(index, stage)
-        self.args.output_dir = stage_dir
-        self.args.max_steps = steps
-        self.args.learning_rate = learning_rate
-        self.args.warmup_steps = warmup_steps
+        # Stage checkpoints are not pushed to the Hub (see `push_to_hub`); on resume the Trainer skips no batches:
+        # the mixture restores its own position.
+        self.args = self._arguments(
+            output_dir=stage_dir, max_steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
+            push_to_hub=False, ignore_data_skip=True,
+        )
         self._reset_optimization_state()
         if checkpoint is not None:
             self.train_dataset.resume_after_batches(
@@ -381,7 +394,6 @@ class PartTrainer(Trainer):
                 per_device_batch_size=1 if self.args.uses_token_budget else self.args.per_device_train_batch_size,
                 world_size=self.args.world_size,
             )
-            self.args.ignore_data_skip = True  # the mixture restores its own position
         self._call_stage_event("on_stage_begin", stage, index, stage_dir)
         try:
             if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
@@ -391,16 +403,28 @@ class PartTrainer(Trainer):
                 output = super().train(resume_from_checkpoint=checkpoint)
         finally:
             self._release_later_groups()
-            self.args.ignore_data_skip = False
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
         self._call_stage_event("on_stage_end", stage, index, stage_dir)
         return output
 
+    def _arguments(self, **changes: Any) -> PartTrainingArguments:
+        """A copy of the run's arguments with `changes`, for one stage or the final save. A shallow copy:
+        `dataclasses.replace` builds new `TrainingArguments`, whose device set-up resets accelerate's state under
+        the live accelerator (tests/test_trainer_internals.py)."""
+        arguments = copy.copy(self._run_args)
+        for name, value in changes.items():
+            setattr(arguments, name, value)
+        return arguments
+
     def _restore_finished_stage(self, checkpoint: str):
-        """A crash after a stage's last checkpoint but before its completion: restore, do not train on."""
-        self._load_from_checkpoint(checkpoint)
+        """A crash after a stage's last checkpoint but before its completion: restore, do not train on. With
+        `load_best_model_at_end` the stage ends on its best checkpoint, as the Trainer's loop would have."""
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-        logger.warning(f"{checkpoint} is at the stage's last step; finishing the stage from it.")
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best is not None and os.path.isdir(best):
+            checkpoint = best
+        self._load_weights(checkpoint)
+        logger.warning(f"The stage's last step is checkpointed; finishing the stage from {checkpoint}.")
         return None
 
     def _lora_active_from(self, index: int) -> bool:
@@ -411,9 +435,8 @@ class PartTrainer(Trainer):
         """A new trainable set needs a new optimizer, scheduler and model wrapper: DistributedDataParallel's reducer
         all-reduces only the parameters that required grad when it was built, and DeepSpeed builds its engine (and
         ZeRO optimizer) for a fixed trainable set."""
-        self.optimizer = None
+        self.optimizer = None  # `create_optimizer` and `create_scheduler` build them anew when None
         self.lr_scheduler = None
-        self._created_lr_scheduler = False
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
         if self.is_deepspeed_enabled:
             self._reset_deepspeed_state()
@@ -429,6 +452,7 @@ class PartTrainer(Trainer):
             return  # one process: nothing wraps the model (and accelerate does not prepare it twice)
         # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original as
         # `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
+        # (`accelerator.unwrap_model(..., keep_fp32_wrapper=False)` also strips the model's own forward decorators.)
         original_forward = self.model.__dict__.pop("_original_forward", None)
         if original_forward is not None:
             self.model.forward = original_forward
@@ -534,6 +558,8 @@ class PartTrainer(Trainer):
             "learning_rate": self.args.learning_rate,
             "warmup_steps": self.args.warmup_steps,
             "global_step": self.state.global_step,
+            "best_model_checkpoint": self.state.best_model_checkpoint,
+            "best_metric": self.state.best_metric,
             "trainable_parameters": counts["trainable"],
             "total_parameters": counts["total"],
             "first_loss": losses[0] if losses else None,
@@ -622,7 +648,7 @@ class PartTrainer(Trainer):
             output_dir, state_dict=state_dict, lora_save_mode=mode, is_main_process=True
         )
         self.processor.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        torch.save(self._run_args if self._saving_final else self.args, os.path.join(output_dir, "training_args.bin"))
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, private=None, **kwargs):
@@ -643,13 +669,10 @@ class PartTrainer(Trainer):
             revision=revision or self.args.hub_revision,
         )
 
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Stage checkpoints are not published (`hub_strategy` is ignored); see `push_to_hub`."""
-
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, written to a staging folder and renamed into place once complete, so a kill
         during a save never leaves a `checkpoint-N` that looks complete but is not."""
-        run_dir = self._get_output_dir(trial=trial)
+        run_dir = self.args.output_dir  # the stage folder (PartTrainer.train runs no hyperparameter-search trials)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, _STAGING_DIR)
         self.args.output_dir = staging_root
@@ -657,6 +680,13 @@ class PartTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = run_dir
+        # The Trainer recorded a new best checkpoint under the staging folder: record where it will live, also in
+        # the checkpoint's own state (read on resume), before the rename makes the checkpoint visible.
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging_root):
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging_root, name, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
