@@ -185,7 +185,7 @@ class PartTrainer(Trainer):
     def _refresh_fsdp2_mixed_precision(self) -> None:
         """FSDP2 works out each unit's mixed-precision dtypes (the dtype gradients are reduced in and cast back to)
         from the parameters that require grad at the unit's first forward, and never again (pytorch/pytorch#186998,
-        fixed after torch 2.13): a unit frozen then, as the encoder layers in the adapter stage, got bf16 gradients
+        as in torch 2.13): a unit frozen then, as the encoder layers in the adapter stage, got bf16 gradients
         for its fp32 parameters once a later stage trained it, a RuntimeError at that stage's first backward. So
         each time the trainable set changes, every unit works them out again (torch's own `_init_mp_dtypes`)."""
         if not self.is_fsdp_enabled or self.accelerator.state.fsdp_plugin.mixed_precision_policy is None:
