@@ -1,13 +1,15 @@
 """PartTrainer under FSDP2: two CPU ranks (gloo, `torch.distributed.run`) train the `part` preset on a tiny model
-through all four stages with the Trainer's `fsdp` + `fsdp_config={"version": 2}` (accelerate's `fully_shard` path;
-`tests/fsdp2_run.py`), and again under plain DDP as the unsharded reference (same seeds, same batches).
+through all four stages with the Trainer's `fsdp` + `fsdp_config` from `examples/configs/fsdp2.json` (version 2:
+accelerate's `fully_shard` path; `tests/fsdp2_run.py`), and again under plain DDP as the unsharded reference (same
+seeds, same batches).
 
 Checked: at every stage end the gathered parameters are identical on both ranks, every trained group moved and the
 frozen parameters did not, each rank holds half of every parameter (frozen ones included) and every encoder, adapter
 and LLM layer is an FSDP unit of its own; LoRA is switched on from the cross-language stage; the final save is a
 plain checkpoint (the model's own code and `auto_map`, the tied LM head stored once) that
 `PartForSpeechToText.from_pretrained` loads and that generates what the DDP run's final model generates; resuming
-mid-stage (the Trainer's FSDP checkpoint) reproduces the uninterrupted run. About 4 minutes on 2 CPU cores.
+mid-stage (the Trainer's FSDP checkpoint) reproduces the uninterrupted run; `baseline_2stage` trains in bf16 mixed
+precision; settings PartTrainer cannot honour are refused. Three launches, about 2 minutes of CPU time.
 """
 
 import json
