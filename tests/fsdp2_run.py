@@ -3,7 +3,7 @@ Trainer's `fsdp` + `fsdp_config` from `examples/configs/fsdp2.json` (version 2: 
 `--ddp` trains the same run under plain DistributedDataParallel (the unsharded reference: same seeds, same per-rank
 batches), after checking that `--fsdp` without the switch below is refused on CPU ranks. The FSDP2 run first
 checks that a sharded state dict type (no model weights in the Trainer's `save_model`) is refused, and afterwards
-trains `baseline_2stage` in bf16 mixed precision.
+trains a two-stage schedule in bf16 mixed precision (the encoder unfrozen inside stage 2).
 
 Launch: python -m torch.distributed.run --nproc_per_node 2 tests/fsdp2_run.py OUTPUT_DIR [--ddp] [--resume]
 (--resume: continue the run in OUTPUT_DIR from its last complete checkpoint.)
@@ -31,9 +31,14 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from part_fixtures import tiny_trainer  # noqa: E402
+from trainers import Schedule, Stage  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
 
 MAX_STEPS = 8  # the part preset: 2 + 2 + 2 + 3 steps
+BF16_SCHEDULE = Schedule("adapter_then_encoder", [  # the encoder: frozen at its first forward, trained in stage 2
+    Stage("1_adapter", ["adapter"], {"asr": 1.0, "s2tt": 1.0}, steps=2),
+    Stage("2_adapter_then_encoder", ["adapter"], {"asr": 1.0, "s2tt": 1.0}, steps=3, unfreeze_at={1: ["encoder"]}),
+])
 FSDP_CONFIG = os.path.join(os.path.dirname(HERE), "examples", "configs", "fsdp2.json")  # the examples' config
 
 
@@ -126,7 +131,7 @@ def refused(output_dir: str, **arguments) -> str | None:
     return None
 
 
-def train(output_dir: str, schedule: str, max_steps: int, resume: bool = False, **arguments) -> dict:
+def train(output_dir: str, schedule: str | Schedule, max_steps: int, resume: bool = False, **arguments) -> dict:
     """Trains `schedule`; returns the per-stage records, the batches this rank saw and the trained model."""
     recorder = Recorder()
     trainer = tiny_trainer(output_dir, schedule=schedule, max_steps=max_steps, callbacks=[recorder], ddp_backend="gloo",
@@ -170,9 +175,10 @@ def main():
         "units": {} if ddp else fsdp_units(run.pop("model")), **run,
     }
     if not ddp and not resume:
-        # bf16 mixed precision: the encoder layers, frozen at their first forward (adapter stage), train in stage 2
+        # bf16 mixed precision: the encoder layers, frozen at their first forward (adapter stage), train from the
+        # second step of stage 2 on (progressive unfreezing inside a stage)
         AcceleratorState._reset_state()
-        bf16 = train(os.path.join(output_dir, "bf16"), "baseline_2stage", 4, save_steps=100, bf16=True, **sharding)
+        bf16 = train(os.path.join(output_dir, "bf16"), BF16_SCHEDULE, 5, save_steps=100, bf16=True, **sharding)
         bf16["dtypes"] = sorted({str(p.dtype) for p in bf16.pop("model").parameters()})
         result["bf16"] = bf16
     result.pop("model", None)

@@ -8,8 +8,9 @@ frozen parameters did not, each rank holds half of every parameter (frozen ones 
 and LLM layer is an FSDP unit of its own; LoRA is switched on from the cross-language stage; the final save is a
 plain checkpoint (the model's own code and `auto_map`, the tied LM head stored once) that
 `PartForSpeechToText.from_pretrained` loads and that generates what the DDP run's final model generates; resuming
-mid-stage (the Trainer's FSDP checkpoint) reproduces the uninterrupted run; `baseline_2stage` trains in bf16 mixed
-precision; settings PartTrainer cannot honour are refused. Three launches, about 2 minutes of CPU time.
+mid-stage (the Trainer's FSDP checkpoint) reproduces the uninterrupted run; a schedule that unfreezes the encoder
+inside its second stage trains in bf16 mixed precision; settings PartTrainer cannot honour are refused. Three
+launches, about 2 minutes of CPU time.
 """
 
 import json
@@ -73,7 +74,7 @@ def _check_stages(first, second, label):
         assert not differing, f"{where}: parameters differ between the ranks: {differing[:3]}"
         trained = set(mine["trained"])
         assert trained == set(theirs["trained"])
-        for group in stage["trainable"]:
+        for group in [*stage["trainable"], *(g for gs in stage["unfreeze_at"].values() for g in gs)]:
             names = {n for n in trained if GROUP_PREFIXES[group] in n}
             assert names, f"{where}: nothing of {group} trained"
             still = sorted(n for n in names if mine["end"][n] == mine["start"][n])
@@ -86,10 +87,11 @@ def _check_stages(first, second, label):
 @pytest.mark.slow
 def test_bf16_mixed_precision_trains_units_that_were_frozen_at_their_first_forward(fsdp2_run):
     """The encoder layers are frozen at their first forward (adapter stage), when FSDP2 works out a unit's
-    mixed-precision dtypes; stage 2 trains them (before the fix: bf16 gradients for fp32 parameters, RuntimeError
-    at stage 2's first backward, and the launch failed)."""
+    mixed-precision dtypes; stage 2 unfreezes them at its second step (before the fix: bf16 gradients for fp32
+    parameters, a RuntimeError at that step's backward, and the launch failed)."""
     _, (first, second) = fsdp2_run
-    _check_stages(first["bf16"], second["bf16"], "baseline_2stage bf16")
+    _check_stages(first["bf16"], second["bf16"], "bf16")
+    assert first["bf16"]["batches"]["all"] == 2 + 3
     assert first["bf16"]["dtypes"] == ["torch.float32"]  # fp32 master weights, bf16 compute
 
 

@@ -186,8 +186,9 @@ class PartTrainer(Trainer):
         """FSDP2 works out each unit's mixed-precision dtypes (the dtype gradients are reduced in and cast back to)
         from the parameters that require grad at the unit's first forward, and never again (pytorch/pytorch#186998,
         as in torch 2.13): a unit frozen then, as the encoder layers in the adapter stage, got bf16 gradients
-        for its fp32 parameters once a later stage trained it, a RuntimeError at that stage's first backward. So
-        each time the trainable set changes, every unit works them out again (torch's own `_init_mp_dtypes`)."""
+        for its fp32 parameters once a later stage trained it, a RuntimeError at that stage's first backward. So at
+        each stage start, with the groups it unfreezes later held trainable, every unit works them out again (torch's
+        own `_init_mp_dtypes`)."""
         if not self.is_fsdp_enabled or self.accelerator.state.fsdp_plugin.mixed_precision_policy is None:
             return
         from torch.distributed.fsdp import FSDPModule
@@ -572,7 +573,6 @@ class PartTrainer(Trainer):
             for group in groups:
                 for p in available[group].values():
                     p.requires_grad_(True)
-            self._refresh_fsdp2_mixed_precision()
             logger.warning(f"  step {step_in_stage}: unfreezing {groups} inside stage {stage.name}")
         return super().training_step(model, inputs, num_items_in_batch)
 
