@@ -155,6 +155,28 @@ def _without_zero3_init():
     return set_zero3_state()
 
 
+@contextlib.contextmanager
+def _as_own_class(model: nn.Module):
+    """A context in which `model` has its own class again if FSDP2's `fully_shard` swapped it for the generated
+    `FSDP<Name>` subclass (defined in torch's `_fsdp_init` module). transformers' custom-code save reads the class
+    to write the config's `auto_map` and to copy the defining source files, so without this a model saved while
+    sharded pointed `auto_map` at torch's `_fsdp_init.FSDPPartForSpeechToText` and shipped torch's FSDP files
+    instead of `modeling_part.py`. Only the class changes (FSDP2's hooks and parameters stay as they are)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without torch.distributed
+        FSDPModule = None
+    sharded_class = type(model)
+    if FSDPModule is None or not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
+
+
 def mean_initialise_rows(weight: torch.Tensor, trained_ids: torch.Tensor, new_ids: torch.Tensor) -> None:
     """Sets `weight[new_ids]` as transformers' `mean_resizing` initialises added tokens, from the statistics of
     the trained rows `weight[trained_ids]` only (never padding rows): a sample of N(mean, 1e-9 * covariance), or
@@ -985,6 +1007,20 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         weights = {f"base_model.model.{k}": v.detach().contiguous() for k, v in weights.items()}
         save_file(weights, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
 
+    def _with_ties(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state_dict` with the names of each tied parameter (e.g. a tied LM head) holding one tensor. A full state
+        dict gathered from FSDP2 shards (`get_model_state_dict`, what the Trainer saves under FSDP) copies every name
+        on its own, and transformers finds ties by shared storage: the tied head would be written twice."""
+        names_of = {}
+        for name, parameter in self.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(parameter), []).append(name)
+        state_dict = dict(state_dict)
+        for names in names_of.values():
+            present = [name for name in names if name in state_dict]
+            for name in present[1:]:
+                state_dict[name] = state_dict[present[0]]
+        return state_dict
+
     def save_pretrained(self, save_directory, *args, lora_save_mode: str = "merged", state_dict=None, **kwargs):
         """Saves a self-contained checkpoint (safetensors + config + the code for `trust_remote_code`).
 
@@ -997,14 +1033,17 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             if not self.has_lora:
                 raise ValueError("lora_save_mode='adapter_only' needs LoRA on the LLM; add_lora() first.")
             return self._save_lora_adapter(save_directory, is_main_process=kwargs.get("is_main_process", True))
-        if not self.has_lora or lora_save_mode == "unmerged":
-            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        merged_state_dict = self.merged_lora_state_dict(state_dict)
-        lora_config, self.config.lora_config = self.config.lora_config, None
-        try:
-            return super().save_pretrained(save_directory, *args, state_dict=merged_state_dict, **kwargs)
-        finally:
-            self.config.lora_config = lora_config
+        if state_dict is not None:
+            state_dict = self._with_ties(state_dict)
+        with _as_own_class(self):
+            if not self.has_lora or lora_save_mode == "unmerged":
+                return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+            merged_state_dict = self.merged_lora_state_dict(state_dict)
+            lora_config, self.config.lora_config = self.config.lora_config, None
+            try:
+                return super().save_pretrained(save_directory, *args, state_dict=merged_state_dict, **kwargs)
+            finally:
+                self.config.lora_config = lora_config
 
 
 __all__ = [

@@ -3,9 +3,10 @@
 Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
 behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
 plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
-DeepSpeed engine) so they are rebuilt for the new trainable set; after it, a stage checkpoint is written. A stage
-trains with a copy of the run's arguments (its folder, length, learning rate); `load_best_model_at_end` applies per
-stage. The Trainer internals this relies on are listed in docs/design.md.
+DeepSpeed engine) so they are rebuilt for the new trainable set (FSDP2 shards the model once: see `_check_fsdp`);
+after it, a stage checkpoint is written. A stage trains with a copy of the run's arguments (its folder, length,
+learning rate); `load_best_model_at_end` applies per stage. The Trainer internals this relies on are listed in
+docs/design.md.
 `resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
 staging folder and renamed into place.
 """
@@ -190,12 +191,57 @@ class PartTrainer(Trainer):
         self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
         self._run_args = self.args  # each stage trains with a copy (see `_arguments`); this one is never edited
         self._base_output_dir = self.args.output_dir
+        self._check_fsdp()
         self._check_schedule_against_data()
 
     # ------------------------------------------------------------------------------------------------- setup
     def _check_schedule_against_data(self) -> None:
         if self.train_components:  # without data: evaluation only; train() refuses to run
             self.schedule.check_covers(self.train_components)
+
+    def _check_fsdp(self) -> None:
+        """FSDP runs as FSDP2 (`fully_shard`), which needs nothing per stage: it shards each parameter in place (a
+        DTensor per parameter, `requires_grad` kept per parameter and followed at every all-gather), so a stage's
+        freeze plan applies to the sharded parameters as they are, the model is sharded once (accelerate prepares
+        an FSDP module as it is) and each stage's new optimizer is built over the sharded parameters. Refused: FSDP1
+        (flat parameters built for the trainable set at wrapping), a sharded state dict type (the Trainer's
+        `save_model` then writes no weights: no stage models, no final model), and `--fsdp` that accelerate did not
+        turn on (it enables FSDP on accelerators only; several CPU processes would silently run DDP)."""
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            raise ValueError(
+                "--fsdp is set but accelerate did not turn FSDP on: it enables FSDP on GPUs/accelerators only "
+                f"(these processes run on {self.args.device.type}). Drop --fsdp to train with DDP here."
+            )
+        if not self.is_fsdp_enabled:
+            return
+        plugin = self.accelerator.state.fsdp_plugin
+        if plugin.fsdp_version != 2:
+            raise ValueError(
+                "PartTrainer supports FSDP2 only (fsdp_config version 2, the default); FSDP1's flat parameters are "
+                'built for one trainable set. Set "version": 2 in --fsdp_config (examples/configs/fsdp2.json).'
+            )
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            raise ValueError(
+                f"FSDP state_dict_type {plugin.state_dict_type} writes no model weights in save_model, so the stage "
+                'models and the final model would be missing: set "state_dict_type": "FULL_STATE_DICT" in '
+                "--fsdp_config (examples/configs/fsdp2.json)."
+            )
+
+    def _refresh_fsdp2_mixed_precision(self) -> None:
+        """FSDP2 works out each unit's mixed-precision dtypes (the dtype gradients are reduced in and cast back to)
+        from the parameters that require grad at the unit's first forward, and never again (pytorch/pytorch#186998,
+        as in torch 2.13): a unit frozen then, as the encoder layers in the adapter stage, got bf16 gradients
+        for its fp32 parameters once a later stage trained it, a RuntimeError at that stage's first backward. So at
+        each stage start, with the groups it unfreezes later held trainable, every unit works them out again (torch's
+        own `_init_mp_dtypes`)."""
+        if not self.is_fsdp_enabled or self.accelerator.state.fsdp_plugin.mixed_precision_policy is None:
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                for group in module._get_fsdp_state()._fsdp_param_groups:
+                    group._init_mp_dtypes()
 
     def _stage_components(self, stage: Stage) -> list[MixtureComponent]:
         components = []
@@ -400,6 +446,7 @@ class PartTrainer(Trainer):
                 output = self._restore_finished_stage(checkpoint)
             else:
                 self._hold_later_groups(stage)
+                self._refresh_fsdp2_mixed_precision()
                 output = super().train(resume_from_checkpoint=checkpoint)
         finally:
             self._release_later_groups()
