@@ -3,7 +3,7 @@ newest release on the package index, whether setup.py's range admits it, and whe
 
 "Installs here" is pip's own resolver in a dry run (`pip install --dry-run --ignore-installed --report`): the new
 release together with the pinned torch build and every other direct requirement, first within the lock's constraints,
-then, if that fails, with the lock left out (the release installs, but the lock must move). When it does not install,
+then, if a constraint took part in the failure, with the lock left out (the release installs, but the lock must move). When it does not install,
 the reason is read out of pip's error. Nothing is installed or changed. It always exits 0: it reports, and flags drift
 in its last lines. docs/maintaining.md says how to act on it.
 """
@@ -305,6 +305,8 @@ def build_rows(
         ok, output = try_install(lines, True)
         if ok:
             return InstallCheck(True)
+        if "(constraint)" not in output:  # no pin took part in the failure: without the lock it fails the same way
+            return InstallCheck(False, parse_install_failure(output))
         ok, output = try_install(lines, False)
         if not ok:
             return InstallCheck(False, parse_install_failure(output))

@@ -39,6 +39,18 @@ To fix this you could try to:
 
 ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/
 """
+# `pip install --dry-run --report -c constraints.txt transformers==5.24.0`, pinning huggingface-hub==1.30.0.
+PIN_CONFLICT = """\
+Collecting transformers==5.24.0
+ERROR: Cannot install transformers==5.24.0 because these package versions have conflicting dependencies.
+
+The conflict is caused by:
+    transformers 5.24.0 depends on huggingface-hub<3.0 and >=1.31.0
+    The user requested (constraint) huggingface-hub==1.30.0
+
+Additionally, some packages in these conflicts have no matching distributions available for your environment:
+    huggingface-hub
+"""
 # `pip install --dry-run --no-deps numpy==2.5.0` on Python 3.11 (pip 23.2.1, version lists cut).
 PYTHON_FAILURE = """\
 ERROR: Ignored the following versions that require a different python version: 1.21.6 Requires-Python >=3.7,<3.11; 2.5.0 Requires-Python >=3.12; 2.5.0rc1 Requires-Python >=3.12; 2.5.1 Requires-Python >=3.12
@@ -112,6 +124,14 @@ def test_conflict_reason_lists_its_causes():
     assert reason == "conflict: The user requested torch==2.15.0; The user requested (constraint) torch<=2.14.1"
 
 
+def test_conflict_with_a_pin_reads_both_sides():
+    reason = outdated.parse_install_failure(PIN_CONFLICT)
+    assert reason == (
+        "conflict: transformers 5.24.0 depends on huggingface-hub<3.0 and >=1.31.0; "
+        "The user requested (constraint) huggingface-hub==1.30.0"
+    )
+
+
 def test_python_version_reason_names_the_requires_python():
     reason = outdated.parse_install_failure(PYTHON_FAILURE)
     assert reason.startswith("numpy==2.5.0 is wanted; the matching releases need another Python")
@@ -168,7 +188,7 @@ def build(pip: FakePip, constraint_files=()):
     return {row.name: row for row in rows}, rows
 
 
-def test_rows_check_only_new_releases_with_the_lock_first_then_without(tmp_path):
+def test_rows_check_only_new_releases_with_the_lock_first_then_without_if_a_pin_conflicts(tmp_path):
     pip = FakePip(
         {
             "torch": ["2.15.0", "2.13.0+cpu", "2.13.0"],
@@ -179,9 +199,8 @@ def test_rows_check_only_new_releases_with_the_lock_first_then_without(tmp_path)
         },
         {
             ("transformers", True): (False, KERNELS_FAILURE),
-            ("transformers", False): (False, KERNELS_FAILURE),
             ("accelerate", True): (True, report(accelerate="1.16.0")),
-            ("peft", True): (False, CONFLICT_FAILURE),
+            ("peft", True): (False, PIN_CONFLICT),
             ("peft", False): (True, report(peft="0.22.0", **{"huggingface_hub": "2.5.0", "torch": "2.13.0+cpu"})),
         },
     )
@@ -195,7 +214,7 @@ def test_rows_check_only_new_releases_with_the_lock_first_then_without(tmp_path)
     assert checked == [
         ("accelerate==1.16.0", True),
         ("peft==0.22.0", False), ("peft==0.22.0", True),
-        ("transformers==5.25.0", False), ("transformers==5.25.0", True),
+        ("transformers==5.25.0", True),  # no constraint in pip's error: the lock is not to blame, no second run
     ]
     lines = next(lines for lines, _ in pip.calls if lines[1] == "accelerate==1.16.0")
     assert lines[0] == "torch==2.13.0+cpu"
