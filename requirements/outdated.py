@@ -290,7 +290,9 @@ def build_rows(
         if row.newest is None:
             continue
         if row.name == "torch":
-            if row.newest != torch_version:
+            if Version(row.newest) == Version(torch_version):
+                row.check = InstallCheck(True, "the pinned version")
+            else:
                 cap = configured_cap("torch", row.newest, constraint_files)
                 row.check = InstallCheck(False, cap) if cap else None  # never resolved: it would pull CUDA wheels
             row.notes.append(TORCH_NOTE)

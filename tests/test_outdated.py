@@ -261,8 +261,9 @@ def test_no_drift_and_torch_not_resolved_without_a_machine_cap():
     summary = "DRIFT: 1 newest release(s) outside setup.py's ranges, 0 of them installable here"
     assert outdated.drift_lines(ordered)[-1] == summary
 
-    pip.versions["torch"] = ["2.13.0"]
+    pip.versions["torch"] = ["2.13.0+cpu", "2.13.0"]
     rows, ordered = build(pip)
+    assert rows["torch"].check == outdated.InstallCheck(True, "the pinned version")
     assert outdated.drift_lines(ordered) == ["No drift: setup.py admits every newest release."]
 
 
