@@ -1,6 +1,7 @@
 # The two commands: `make demo` (the main job) and `make test` (the suite). Both create or reuse .venv, installed
 # from requirements/lock.txt (exact versions). `make lock` refreshes the lock; `make test-latest` runs the suite on
-# the newest releases setup.py allows, in .venv-latest, ignoring the lock.
+# the newest releases setup.py allows, in .venv-latest, ignoring the lock; `make outdated` reports the releases beyond
+# the lock and setup.py's caps (docs/maintaining.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 LATEST_VENV := .venv-latest
 
-.PHONY: venv test demo components augmentation paper bench real-dimensions lock test-latest clean
+.PHONY: venv test demo components augmentation paper bench real-dimensions lock outdated test-latest clean
 
 venv: $(STAMP)
 
@@ -46,10 +47,17 @@ bench: $(STAMP)
 lock:
 	$(PYTHON) requirements/lock.py --torch $(TORCH_VERSION) --output $(LOCK)
 
-# The drift check: newest releases within setup.py's ranges (torch stays at the CPU build), then the suite.
+# For each direct dependency: the locked version, the newest on the index, whether setup.py admits it and whether it
+# installs here (pip dry runs; changes nothing, always exits 0, flags drift in its last lines).
+outdated:
+	$(PYTHON) requirements/outdated.py --torch $(TORCH_VERSION)
+
+# The drift check: the drift report, then the suite on the newest releases within setup.py's ranges (torch stays at
+# the CPU build).
 test-latest:
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MAKE) --no-print-directory outdated PYTHON=$(LATEST_VENV)/bin/python
 	$(LATEST_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager torch==$(TORCH_VERSION) -e ".[all]"
 	$(LATEST_VENV)/bin/python -m pip list --format freeze | grep -iE "^(torch|transformers|peft|accelerate|deepspeed|datasets|huggingface.hub|tokenizers)=="
