@@ -6,6 +6,7 @@ positions only, with the LM head applied to those positions alone (no `[batch, s
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 from collections.abc import Iterable
@@ -1006,6 +1007,11 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         finally:
             self.config.lora_config = lora_config
 
+
+# transformers' generate asks for `inspect.signature(self.forward)` on every decode step of a model registered for an
+# Auto class (`is_remote_code()`, for its `cache_position` BC check); resolving it through forward's decorators took
+# 0.23 ms a step here. The same signature, computed once, makes that lookup free.
+PartForSpeechToText.forward.__signature__ = inspect.signature(PartForSpeechToText.forward)
 
 __all__ = [
     "PartAdapter",
