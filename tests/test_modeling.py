@@ -95,6 +95,70 @@ def test_target_only_head_matches_full_logits_loss_and_gradients(tiny_part):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+# Loss and gradient norms per parameter group recorded from the code before the memory changes (commit d79f95b), on
+# the fixture's model and `_training_batch`.
+_RECORDED_LOSS = 6.175004005432129
+_RECORDED_GRAD_NORMS = {"adapter": 0.651968176135642, "encoder": 0.7159716885576181, "llm": 2.3146361586182733}
+
+
+@pytest.mark.parametrize("llm_trains", [True, False], ids=["all-trainable", "llm-frozen"])
+@pytest.mark.parametrize("logits_per_chunk", [None, 3 * 512], ids=["one-chunk", "chunks-of-3-rows"])
+def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypatch, llm_trains, logits_per_chunk):
+    """The memory savings of the loss path (a sparse lookup gradient for the tied, trained embedding; the frozen
+    head's chunked cross-entropy) leave the loss and every gradient as the plain full-logits computation gives them,
+    and as the code before them gave (recorded)."""
+    import modeling_part.modeling_part as modeling
+
+    if logits_per_chunk is not None:
+        monkeypatch.setattr(modeling, "_LOGITS_PER_CHUNK", logits_per_chunk)
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    groups = ["adapter", "encoder"] + (["llm"] if llm_trains else [])
+    model.set_trainable(groups)
+    reference = copy.deepcopy(model)
+    loss = model(**batch).loss
+    loss.backward()
+
+    embeds = reference.get_input_embeddings()(batch["input_ids"])
+    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    reference_loss = reference.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
+    reference_loss.backward()
+
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-5)
+    assert abs(loss.item() - _RECORDED_LOSS) < 1e-5
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert (p.grad is None) == (q.grad is None) == (not p.requires_grad), name
+        if p.grad is not None:
+            assert p.grad.layout == torch.strided, name  # a sparse lookup gradient never reaches `.grad`
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+    norms = {
+        group: torch.stack([p.grad.double().norm() for p in parameters.values()]).norm().item()
+        for group, parameters in model.get_parameter_groups().items() if group in groups
+    }
+    assert norms == pytest.approx({g: _RECORDED_GRAD_NORMS[g] for g in groups}, rel=1e-5)
+
+
+def test_frozen_head_keeps_no_vocabulary_sized_tensor_for_backward(tiny_part):
+    """With the LLM frozen, the loss keeps neither logits nor log-probabilities of the target rows for backward."""
+    model, processor = tiny_part
+    model.set_trainable(["adapter"])
+    batch = _training_batch(processor)
+    vocab = model.get_output_embeddings().out_features
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    loss.backward()
+    assert model.adapter.projection.weight.grad is not None
+    assert not [shape for shape in saved if len(shape) == 2 and shape[-1] == vocab and shape[0] > 1], saved
+
+
 def test_num_items_in_batch_scales_the_summed_loss(tiny_part):
     model, processor = tiny_part
     batch = _training_batch(processor)
