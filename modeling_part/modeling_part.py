@@ -617,8 +617,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """The input embeddings of `input_ids`. With `sparse_gradient` (the loss path), a trainable input embedding
         tied to the LM head gets a sparse gradient from the lookup (`nn.Embedding.sparse`), which autograd adds into
         the head's dense gradient of the same weight: one dense vocab x width gradient in the step instead of two
-        (measured in docs/design.md). Same gradient. Left dense where the
-        embedding is untied (its `.grad` would stay sparse, which AdamW refuses) or partitioned (ZeRO-3, FSDP)."""
+        (measured in docs/design.md). Same gradient. Left dense where the embedding is untied (its `.grad` would
+        stay sparse, which AdamW refuses) or partitioned (ZeRO-3, FSDP)."""
         embeddings = self.get_input_embeddings()
         output_embeddings = self.get_output_embeddings()
         weight = getattr(embeddings, "weight", None)
@@ -738,28 +738,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
         _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
 
-    @staticmethod
-    def _scatter_audio_embeddings(
-        inputs_embeds: torch.FloatTensor,
-        placeholder_mask: torch.BoolTensor,
-        audio_embeddings: torch.FloatTensor,
-        audio_token_lengths: torch.LongTensor,
-    ) -> torch.FloatTensor:
-        """`inputs_embeds` with the placeholders replaced, in order, by the clips' valid audio positions.
-
-        The k-th placeholder (row-major) takes clip `c`, position `k - start(c)`, found from cumulative sums with
-        fixed-shape gathers: no host-device sync and no data-dependent shape.
-        """
-        audio_embeddings = audio_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)
-        lengths = audio_token_lengths.to(inputs_embeds.device)
-        flat_mask = placeholder_mask[..., 0].reshape(-1)
-        rank = flat_mask.cumsum(0) - 1  # the index of each placeholder among all placeholders
-        clip_ends = lengths.cumsum(0)
-        clip = torch.searchsorted(clip_ends, rank, right=True).clamp_(max=audio_embeddings.shape[0] - 1)
-        position = (rank - (clip_ends - lengths)[clip]).clamp_(0, audio_embeddings.shape[1] - 1)
-        gathered = audio_embeddings[clip, position].view_as(inputs_embeds)
-        return torch.where(placeholder_mask, gathered, inputs_embeds)
-
     def _merge_audio_embeddings(
         self,
         input_ids: torch.LongTensor | None,
@@ -767,10 +745,15 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         audio_embeddings: torch.FloatTensor,
         audio_token_lengths: torch.LongTensor,
     ) -> torch.FloatTensor:
-        """`get_placeholder_mask` (with its check) and `_scatter_audio_embeddings`: the text embeddings with the
-        audio placeholders replaced by the adapter outputs."""
+        """The text embeddings with the audio placeholders replaced, in order, by the clips' valid audio positions:
+        `get_placeholder_mask` (with its count check) and `masked_scatter`, as transformers' audio LLMs merge. The
+        valid positions are moved to the front by a stable sort instead of boolean indexing, so the forward makes no
+        host-device sync and no data-dependent shape."""
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_token_lengths)
-        return self._scatter_audio_embeddings(inputs_embeds, placeholder_mask, audio_embeddings, audio_token_lengths)
+        padding = ~_lengths_to_mask(audio_token_lengths.to(audio_embeddings.device), audio_embeddings.shape[1])
+        valid_first = torch.argsort(padding.flatten().to(torch.uint8), stable=True)
+        audio = audio_embeddings.flatten(0, 1)[valid_first].to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholder_mask, audio)
 
     def _check_no_placeholders(self, input_ids: torch.LongTensor) -> None:
         if self.config.audio_token_id is None:
