@@ -235,8 +235,8 @@ def _is_plain_tensor(parameter: torch.Tensor) -> bool:
     return parameter.is_leaf and not hasattr(parameter, "ds_id") and type(parameter.data) is torch.Tensor
 
 
-_LOGITS_PER_CHUNK = 2**22
-"""Logits (rows x vocabulary) a frozen LM head computes at once in the target-only loss: 16 MiB in float32."""
+_LOGITS_PER_CHUNK = 2**24
+"""Logits (rows x vocabulary) a frozen LM head computes at once in the target-only loss: 64 MiB in float32."""
 
 
 class _FrozenHeadCrossEntropy(torch.autograd.Function):
