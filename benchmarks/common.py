@@ -81,8 +81,16 @@ def hwm_bytes() -> int:
     return rss_bytes("VmHWM")
 
 
+_PEAK_BEFORE_RESETS = 0  # the process's high-water mark as it stood before the last `reset_peak()`
+
+
 def reset_peak() -> bool:
-    """Resets VmHWM to the current RSS (Linux `clear_refs` 5). Returns False where that is not allowed."""
+    """Resets VmHWM to the current RSS (Linux `clear_refs` 5). Returns False where that is not allowed.
+
+    On Linux the reset lowers `ru_maxrss` too (both read the same per-process mark), so the mark reached so far is
+    kept first, for `process_peak_bytes`."""
+    global _PEAK_BEFORE_RESETS
+    _PEAK_BEFORE_RESETS = process_peak_bytes()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -92,7 +100,9 @@ def reset_peak() -> bool:
 
 
 def process_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's RSS high-water mark over its whole life, also after `reset_peak()` calls."""
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(_PEAK_BEFORE_RESETS, lifetime, hwm_bytes())
 
 
 def release_memory() -> None:
@@ -115,7 +125,7 @@ def measure_peak(fn, model=None) -> dict:
     before = rss_bytes()
     reset_ok = reset_peak()
     out = fn()
-    peak = hwm_bytes() if reset_ok else process_peak_bytes()
+    peak = hwm_bytes() if reset_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"before": before, "peak": peak, "delta": peak - before, "reset_ok": reset_ok, "out": out}
 
 

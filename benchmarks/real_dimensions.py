@@ -274,21 +274,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-_PEAK_BEFORE_RESETS = 0
-
-
-def process_peak() -> int:
-    """The process's lifetime RSS high-water mark. Resetting `VmHWM` (`clear_refs`) resets `ru_maxrss` with it on
-    Linux, so the marks seen before each reset are kept here."""
-    return max(_PEAK_BEFORE_RESETS, hwm_bytes(), process_peak_bytes())
-
-
 def _measured(fn) -> tuple:
     """Runs `fn()`; returns (its value, {"seconds": wall time, "cpu_seconds": this process's CPU time (less
     sensitive than wall time to other processes on a shared machine), "peak_rss": RSS high-water mark while it ran,
     None where the mark cannot be reset}).`"""
-    global _PEAK_BEFORE_RESETS
-    _PEAK_BEFORE_RESETS = process_peak()
     release_memory()
     can_reset = reset_peak()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
@@ -392,7 +381,7 @@ def run_stage(options, phase: str) -> dict:
     state = optimizer.state.values() if optimizer is not None else []
     optimizer_state_bytes = sum(t.numel() * t.element_size() for s in state for t in s.values() if torch.is_tensor(t))
     result.update({"steps": steps, "optimizer_state_bytes": optimizer_state_bytes,
-                   "process_peak": process_peak()})
+                   "process_peak": process_peak_bytes()})
     # What AdamW would hold on top of the measured peak: its state (exact), and with SGD in backward all gradients
     # at once too (exact sizes; an upper bound, since activations are partly freed by the time gradients complete).
     if optimizer_name == "sgd":
@@ -458,7 +447,7 @@ def run_generate(options) -> dict:
         "decode_seconds_per_step": decode_seconds,
         "decode_tokens_per_second": batch / decode_seconds if decode_seconds else None,
         "peak_rss": max(peaks) if peaks else None,
-        "process_peak": process_peak(),
+        "process_peak": process_peak_bytes(),
     })
     log(f"generate: {output.shape[1]} tokens in {best['seconds']:.1f} s ({result['tokens_per_second']:.2f} tokens/s "
         f"over the batch), first token {best['first_token_seconds']:.1f} s")

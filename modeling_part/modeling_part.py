@@ -6,6 +6,7 @@ positions only, with the LM head applied to those positions alone (no `[batch, s
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 from collections.abc import Iterable
@@ -248,6 +249,61 @@ def _check_without_sync(condition: torch.Tensor, message) -> None:
         torch._assert_async(condition, "PART input check failed; run on CPU for the full message")
     except RuntimeError as error:  # CPU tensors are checked immediately: say what is wrong and what to do
         raise ValueError(message()) from error
+
+
+def _is_plain_tensor(parameter: torch.Tensor) -> bool:
+    """Whether `parameter` is a leaf holding its whole data in a plain tensor: not partitioned by ZeRO-3, not an
+    FSDP DTensor or a view into FSDP's flat parameter."""
+    return parameter.is_leaf and not hasattr(parameter, "ds_id") and type(parameter.data) is torch.Tensor
+
+
+_LOGITS_PER_CHUNK = 2**24
+"""Logits (rows x vocabulary) a frozen LM head computes at once in the target-only loss: 64 MiB in float32."""
+
+
+class _FrozenHeadCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `F.linear(hidden, weight, bias)` against `targets` for a head that trains nothing, in
+    chunks of rows: each chunk's logits live only while the chunk is computed, and the gradient of `hidden` is
+    computed from them right away (the head's parameters need none), so backward only scales it. The same loss and
+    gradient as `F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")`, without the
+    `[targets, vocab]` logits, log-probabilities and their gradient in memory (the LLM-frozen stages' peak; the
+    measurement is in docs/design.md)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows, chunk_targets = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
+            logits = F.linear(rows, weight, bias).float()
+            log_normaliser = logits.logsumexp(-1, keepdim=True)
+            total += (log_normaliser.squeeze(-1) - logits.gather(-1, chunk_targets[:, None]).squeeze(-1)).sum()
+            if grad is not None:  # d loss / d logits = softmax - one-hot
+                probabilities = logits.sub_(log_normaliser).exp_()
+                probabilities[torch.arange(len(rows), device=rows.device), chunk_targets] -= 1
+                grad[start : start + chunk_rows] = probabilities.to(hidden.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return None if grad is None else grad * grad_output.to(grad.dtype), None, None, None, None
+
+
+def _target_cross_entropy(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `lm_head` over the target rows `hidden` (float32 logits). A frozen plain linear head
+    (the LLM-frozen stages) takes `_FrozenHeadCrossEntropy`'s chunks; any other head runs once on all rows."""
+    parameters = list(lm_head.parameters())
+    if (
+        type(lm_head) is nn.Linear
+        and not any(p.requires_grad for p in parameters)
+        and all(_is_plain_tensor(p) for p in parameters)
+        and not (lm_head._forward_hooks or lm_head._forward_pre_hooks)
+    ):
+        chunk_rows = max(1, _LOGITS_PER_CHUNK // lm_head.out_features)
+        return _FrozenHeadCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_rows)
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
 def eager_attention_forward(
@@ -579,6 +635,31 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             self.audio_tower.register_forward_pre_hook(features_require_grad, with_kwargs=True)
         )
 
+    def _embed(self, input_ids: torch.LongTensor, sparse_gradient: bool = False) -> torch.FloatTensor:
+        """The input embeddings of `input_ids`. With `sparse_gradient` (the loss path), a trainable input embedding
+        tied to the LM head gets a sparse gradient from the lookup (`nn.Embedding.sparse`), which autograd adds into
+        the head's dense gradient of the same weight: one dense vocab x width gradient in the step instead of two
+        (measured in docs/design.md). Same gradient. Left dense where the embedding is untied (its `.grad` would
+        stay sparse, which AdamW refuses) or partitioned (ZeRO-3, FSDP)."""
+        embeddings = self.get_input_embeddings()
+        output_embeddings = self.get_output_embeddings()
+        weight = getattr(embeddings, "weight", None)
+        if not (
+            sparse_gradient
+            and isinstance(embeddings, nn.Embedding)
+            and torch.is_grad_enabled()
+            and weight.requires_grad
+            and output_embeddings is not None
+            and output_embeddings.weight is weight
+            and _is_plain_tensor(weight)
+        ):
+            return embeddings(input_ids)
+        dense, embeddings.sparse = embeddings.sparse, True
+        try:
+            return embeddings(input_ids)
+        finally:
+            embeddings.sparse = dense
+
     # ------------------------------------------------------------------------------------------------- audio
     def _get_feat_extract_output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Audio positions (adapter outputs) for clips of `feature_lengths` feature frames: the encoder's own
@@ -679,28 +760,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
 
         _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
 
-    @staticmethod
-    def _scatter_audio_embeddings(
-        inputs_embeds: torch.FloatTensor,
-        placeholder_mask: torch.BoolTensor,
-        audio_embeddings: torch.FloatTensor,
-        audio_token_lengths: torch.LongTensor,
-    ) -> torch.FloatTensor:
-        """`inputs_embeds` with the placeholders replaced, in order, by the clips' valid audio positions.
-
-        The k-th placeholder (row-major) takes clip `c`, position `k - start(c)`, found from cumulative sums with
-        fixed-shape gathers: no host-device sync and no data-dependent shape.
-        """
-        audio_embeddings = audio_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)
-        lengths = audio_token_lengths.to(inputs_embeds.device)
-        flat_mask = placeholder_mask[..., 0].reshape(-1)
-        rank = flat_mask.cumsum(0) - 1  # the index of each placeholder among all placeholders
-        clip_ends = lengths.cumsum(0)
-        clip = torch.searchsorted(clip_ends, rank, right=True).clamp_(max=audio_embeddings.shape[0] - 1)
-        position = (rank - (clip_ends - lengths)[clip]).clamp_(0, audio_embeddings.shape[1] - 1)
-        gathered = audio_embeddings[clip, position].view_as(inputs_embeds)
-        return torch.where(placeholder_mask, gathered, inputs_embeds)
-
     def _merge_audio_embeddings(
         self,
         input_ids: torch.LongTensor | None,
@@ -708,10 +767,15 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         audio_embeddings: torch.FloatTensor,
         audio_token_lengths: torch.LongTensor,
     ) -> torch.FloatTensor:
-        """`get_placeholder_mask` (with its check) and `_scatter_audio_embeddings`: the text embeddings with the
-        audio placeholders replaced by the adapter outputs."""
+        """The text embeddings with the audio placeholders replaced, in order, by the clips' valid audio positions:
+        `get_placeholder_mask` (with its count check) and `masked_scatter`, as transformers' audio LLMs merge. The
+        valid positions are moved to the front by a stable sort instead of boolean indexing, so the forward makes no
+        host-device sync and no data-dependent shape."""
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_token_lengths)
-        return self._scatter_audio_embeddings(inputs_embeds, placeholder_mask, audio_embeddings, audio_token_lengths)
+        padding = ~_lengths_to_mask(audio_token_lengths.to(audio_embeddings.device), audio_embeddings.shape[1])
+        valid_first = torch.argsort(padding.flatten().to(torch.uint8), stable=True)
+        audio = audio_embeddings.flatten(0, 1)[valid_first].to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholder_mask, audio)
 
     def _check_no_placeholders(self, input_ids: torch.LongTensor) -> None:
         if self.config.audio_token_id is None:
@@ -758,7 +822,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self._embed(input_ids, sparse_gradient=labels is not None)
         audio_token_lengths = None
         if input_features is not None:  # after the text embeddings, where rank alignment runs its silent clip
             audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
@@ -785,9 +849,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         if labels is not None:
             shifted_labels = labels[:, 1:].to(hidden_states.device)
             target_mask = shifted_labels != self.config.ignore_index
-            target_logits = lm_head(hidden_states[:, :-1][target_mask])
             num_targets = target_mask.sum()
-            summed = F.cross_entropy(target_logits.float(), shifted_labels[target_mask], reduction="sum")
+            summed = _target_cross_entropy(lm_head, hidden_states[:, :-1][target_mask], shifted_labels[target_mask])
             denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
             if isinstance(denominator, torch.Tensor):
                 denominator = denominator.to(summed.device)
@@ -1045,6 +1108,11 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             finally:
                 self.config.lora_config = lora_config
 
+
+# transformers' generate asks for `inspect.signature(self.forward)` on every decode step of a model registered for an
+# Auto class (`is_remote_code()`, for its `cache_position` BC check); resolving it through forward's decorators took
+# 0.23 ms a step here. The same signature, computed once, makes that lookup free.
+PartForSpeechToText.forward.__signature__ = inspect.signature(PartForSpeechToText.forward)
 
 __all__ = [
     "PartAdapter",

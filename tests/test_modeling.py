@@ -95,6 +95,70 @@ def test_target_only_head_matches_full_logits_loss_and_gradients(tiny_part):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+# Loss and gradient norms per parameter group recorded from the code before the memory changes (commit d79f95b), on
+# the fixture's model and `_training_batch`.
+_RECORDED_LOSS = 6.175004005432129
+_RECORDED_GRAD_NORMS = {"adapter": 0.651968176135642, "encoder": 0.7159716885576181, "llm": 2.3146361586182733}
+
+
+@pytest.mark.parametrize("llm_trains", [True, False], ids=["all-trainable", "llm-frozen"])
+@pytest.mark.parametrize("logits_per_chunk", [None, 3 * 512], ids=["one-chunk", "chunks-of-3-rows"])
+def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypatch, llm_trains, logits_per_chunk):
+    """The memory savings of the loss path (a sparse lookup gradient for the tied, trained embedding; the frozen
+    head's chunked cross-entropy) leave the loss and every gradient as the plain full-logits computation gives them,
+    and as the code before them gave (recorded)."""
+    import modeling_part.modeling_part as modeling
+
+    if logits_per_chunk is not None:
+        monkeypatch.setattr(modeling, "_LOGITS_PER_CHUNK", logits_per_chunk)
+    model, processor = tiny_part
+    batch = _training_batch(processor)
+    groups = ["adapter", "encoder"] + (["llm"] if llm_trains else [])
+    model.set_trainable(groups)
+    reference = copy.deepcopy(model)
+    loss = model(**batch).loss
+    loss.backward()
+
+    embeds = reference.get_input_embeddings()(batch["input_ids"])
+    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    reference_loss = reference.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
+    reference_loss.backward()
+
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-5)
+    assert abs(loss.item() - _RECORDED_LOSS) < 1e-5
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert (p.grad is None) == (q.grad is None) == (not p.requires_grad), name
+        if p.grad is not None:
+            assert p.grad.layout == torch.strided, name  # a sparse lookup gradient never reaches `.grad`
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+    norms = {
+        group: torch.stack([p.grad.double().norm() for p in parameters.values()]).norm().item()
+        for group, parameters in model.get_parameter_groups().items() if group in groups
+    }
+    assert norms == pytest.approx({g: _RECORDED_GRAD_NORMS[g] for g in groups}, rel=1e-5)
+
+
+def test_frozen_head_keeps_no_vocabulary_sized_tensor_for_backward(tiny_part):
+    """With the LLM frozen, the loss keeps neither logits nor log-probabilities of the target rows for backward."""
+    model, processor = tiny_part
+    model.set_trainable(["adapter"])
+    batch = _training_batch(processor)
+    vocab = model.get_output_embeddings().out_features
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    loss.backward()
+    assert model.adapter.projection.weight.grad is not None
+    assert not [shape for shape in saved if len(shape) == 2 and shape[-1] == vocab and shape[0] > 1], saved
+
+
 def test_num_items_in_batch_scales_the_summed_loss(tiny_part):
     model, processor = tiny_part
     batch = _training_batch(processor)
@@ -166,6 +230,63 @@ def test_generate_returns_only_new_tokens_and_is_bounded_by_duration(tiny_part):
     assert output.shape[1] == expected
     result = model.generate(**batch, max_new_tokens=3, return_dict_in_generate=True)
     assert result.sequences.shape[1] == 3
+
+
+# Recorded from the code before the decode-step changes (commit d79f95b), with the fixture's model made less uniform
+# below: the changes to generation must leave its tokens and scores as they were.
+_RECORDED_GREEDY = [[178, 48, 139, 66, 69, 216, 216, 159, 21, 66], [389, 69, 485, 389, 39, 66, 498, 51, 472, 94],
+                    [234, 176, 270, 389, 164, 164, 164, 318, 69, 216]]
+_RECORDED_BEAM = [[251, 94, 318, 69, 389, 354, 39, 389, 20, 389], [389, 69, 485, 389, 39, 66, 498, 51, 427, 42],
+                  [418, 153, 389, 164, 477, 389, 477, 66, 216, 164]]
+_RECORDED_SCORES = [  # the first 4 vocabulary entries of each sample's scores, for the first 4 greedy steps
+    [[2.1092, 2.1848, 0.4813, -5.745], [-4.4732, 3.2822, -0.736, 1.0113], [-0.4211, 2.6246, 2.3181, -2.9361]],
+    [[-2.9415, 3.894, -0.7718, -1.2087], [-5.8807, 0.7231, -1.4878, -2.065], [-0.2301, 3.0508, -2.2659, -3.7915]],
+    [[4.4569, -0.7186, 2.3003, 0.9788], [-0.5027, 0.4924, 1.5931, 4.9539], [7.3453, -5.7082, 1.4731, -2.1607]],
+    [[-1.386, -5.6716, -0.6662, -5.2687], [-2.5541, 3.5807, 2.0844, 5.7857], [-2.9123, 1.4198, 0.8905, 1.3126]],
+]
+
+
+def test_generation_output_equals_the_recorded_output(tiny_part):
+    model, processor = tiny_part
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # spread the random LLM's choices, so the tokens depend on every step's inputs
+        for parameter in model.language_model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    clips = [make_audio(s, seed=i) for i, s in enumerate((0.8, 1.7, 1.2))]
+    batch = processor(audio=clips, sampling_rate=16000, task="asr", source_language=["en", "de", "fr"])
+    assert model.generate(**batch, max_new_tokens=10, do_sample=False).tolist() == _RECORDED_GREEDY
+    assert model.generate(**batch, max_new_tokens=10, num_beams=3, do_sample=False).tolist() == _RECORDED_BEAM
+    scores = model.generate(**batch, max_new_tokens=4, do_sample=False, output_scores=True,
+                            return_dict_in_generate=True).scores
+    torch.testing.assert_close(torch.stack([s[:, :4] for s in scores]), torch.tensor(_RECORDED_SCORES),
+                               rtol=0, atol=2e-4)
+
+
+def test_decode_steps_run_only_the_llm(tiny_part, monkeypatch):
+    """A decode step is the LLM's step and nothing more: the audio tower and adapter run once (prefill), and no
+    per-step signature inspection (transformers asks for one on each step of an Auto-registered model)."""
+    import inspect
+
+    model, processor = tiny_part
+    batch = processor(audio=[make_audio(1.0), make_audio(1.4, 1)], sampling_rate=16000, task="asr", source_language="en")
+    calls = {"signatures": 0, "audio_tower": 0, "adapter": 0}
+    original = inspect._signature_from_function
+
+    def counting(*args, **kwargs):
+        calls["signatures"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inspect, "_signature_from_function", counting)
+    model.audio_tower.register_forward_hook(lambda *_: calls.__setitem__("audio_tower", calls["audio_tower"] + 1))
+    model.adapter.register_forward_hook(lambda *_: calls.__setitem__("adapter", calls["adapter"] + 1))
+    model.generation_config.eos_token_id = None  # every sample runs all steps (no length processors either)
+    counts = []
+    for new_tokens in (2, 10):
+        calls.update(signatures=0, audio_tower=0, adapter=0)
+        assert model.generate(**batch, max_new_tokens=new_tokens, do_sample=False).shape[1] == new_tokens
+        counts.append(dict(calls))
+    assert counts[0] == counts[1], counts  # nothing grows with the number of steps
+    assert counts[1]["audio_tower"] == counts[1]["adapter"] == 1
 
 
 def test_generation_with_beam_search_and_whisper_encoder(tiny_whisper_part):
