@@ -27,6 +27,7 @@ from model_cards import write_model_card
 from modeling_part import PartForSpeechToText, PartProcessor
 from trainers import MixtureComponent, PartTrainer, PartTrainingArguments, Schedule, Stage, load_schedule
 from trainers.part_trainer import STAGE_COMPLETE, last_complete_checkpoint
+from trainers.teardown import end_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -470,6 +471,7 @@ def run_speech_text(
             trainer.push_to_hub()
     elif training_args.push_to_hub:
         logger.warning("--push_to_hub uploads the model a run trains: nothing was pushed without --do_train.")
+    end_distributed(trainer)  # under torchrun: the process group goes now, not while the interpreter exits
     return results
 
 

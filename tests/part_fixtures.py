@@ -1,11 +1,15 @@
 """Tiny multi-task corpora and trainer set-up shared by the trainer tests (and the SIGKILL subprocess), and the
 two-rank launcher of the multi-process tests."""
 
+import glob
 import io
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import soundfile as sf
@@ -75,16 +79,22 @@ def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0,
 
 
 def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, str] | None = None) -> tuple[str, str]:
-    """Runs `script` on two CPU ranks (`python -m torch.distributed.run --standalone --nproc_per_node 2`, one OpenMP
-    thread each) from the repository root; returns (stdout, stderr). Fails the calling test when the launcher exits
-    with an error, or when it runs longer than `timeout` seconds (ranks out of step in a collective): then the
-    launcher is asked to stop its ranks (SIGTERM; they run in sessions of their own, so killing the launcher's
-    process group would orphan them, still holding the output pipes), and killed if it does not."""
+    """Runs `script` (a path, or a file name in tests/) on two CPU ranks (`python -m torch.distributed.run --standalone
+    --nproc_per_node 2`, one OpenMP thread each) from the repository root; returns the launcher's (stdout, stderr),
+    where every rank's lines appear with a `[default<rank>]:` prefix.
+
+    Each rank's stdout and stderr are also kept in files of their own (torchrun's `--log-dir` with `--tee 3`), and
+    when the run fails, every rank's output is shown, rank by rank, so the failure says which rank failed after
+    which line. Fails the calling test when the launcher exits with an error, or when it runs longer than `timeout`
+    seconds (ranks out of step in a collective): then the launcher is asked to stop its ranks (SIGTERM; they run in
+    sessions of their own, so killing the launcher's process group would orphan them, still holding the output
+    pipes), and killed if it does not."""
     import pytest
 
     here = os.path.dirname(os.path.abspath(__file__))
+    log_dir = tempfile.mkdtemp(prefix="torchrun_logs_")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(here, script), *arguments]
+               "--log-dir", log_dir, "--tee", "3", os.path.join(here, script), *arguments]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
     process = subprocess.Popen(command, cwd=os.path.dirname(here), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -97,8 +107,27 @@ def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, s
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = "", "(no output: the launcher did not stop)"
-        pytest.fail(f"{script} did not finish in {timeout}s (ranks out of step?); stderr tail:\n{stderr[-6000:]}")
-    assert process.returncode == 0, (
-        f"torchrun exited with {process.returncode}; stderr tail:\n{stderr[-6000:]}\nstdout tail:\n{stdout[-2000:]}"
-    )
+        logs = _launcher_and_rank_logs(stderr, log_dir)
+        pytest.fail(f"{script} did not finish in {timeout}s (ranks out of step?)\n{logs}")
+    if process.returncode != 0:
+        pytest.fail(f"torchrun exited with {process.returncode} ({script})\n{_launcher_and_rank_logs(stderr, log_dir)}")
+    shutil.rmtree(log_dir, ignore_errors=True)
     return stdout, stderr
+
+
+def _launcher_and_rank_logs(launcher_stderr: str, log_dir: str, tail: int = 6000) -> str:
+    """The launcher's own stderr lines (its failure summary names the failed rank and its exit code), then each
+    rank's stderr and stdout from torchrun's log directory, the last `tail` characters of each. The directory is
+    kept for a closer look."""
+    own = "\n".join(line for line in launcher_stderr.splitlines() if not re.match(r"\[default\d+\]:", line))
+    sections = [f"launcher stderr, without the ranks' lines (tail):\n{own[-tail:]}"]
+    logs = sorted(glob.glob(os.path.join(log_dir, "*", "attempt_*", "*", "std*.log")))
+    for path in logs:
+        rank = os.path.basename(os.path.dirname(path))
+        with open(path, errors="replace") as f:
+            text = f.read()
+        sections.append(f"rank {rank} {os.path.basename(path)} (tail):\n{text[-tail:] or '(empty)'}")
+    if not logs:
+        sections.append(f"(no rank logs under {log_dir})")
+    sections.append(f"(all logs: {log_dir})")
+    return "\n\n".join(sections)

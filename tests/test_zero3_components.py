@@ -9,9 +9,6 @@ of a single-process model; the audio tokens' rows (input and output) hold the pr
 
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 pytest.importorskip("deepspeed")
 
 from modeling_part import PartForSpeechToText  # noqa: E402
+from part_fixtures import run_two_ranks  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -32,24 +30,10 @@ AUDIO_TOKENS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 @pytest.fixture(scope="module")
 def zero3_components_run(hub_checkpoints, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("zero3_components")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        os.path.join(HERE, "zero3_components_run.py"), str(output_dir),
-        os.path.join(REPO, "examples/configs/ds_zero3.json"), str(hub_checkpoints[ENCODER]), str(hub_checkpoints[LLM]),
-    ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    run_two_ranks(
+        "zero3_components_run.py", str(output_dir), os.path.join(REPO, "examples/configs/ds_zero3.json"),
+        str(hub_checkpoints[ENCODER]), str(hub_checkpoints[LLM]), timeout=TIMEOUT, env={"DS_ACCELERATOR": "cpu"},
     )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"ZeRO-3 run did not finish in {TIMEOUT}s; stderr tail:\n{stderr[-6000:]}")
-    noise = ("FutureWarning", "return func(")  # torch's deprecation warnings, one per collective
-    stderr = "\n".join(line for line in stderr.splitlines() if not any(n in line for n in noise))
-    assert process.returncode == 0, f"torchrun exited with {process.returncode}; stderr tail:\n{stderr[-6000:]}"
     ranks = [json.loads((output_dir / f"components_rank{r}.json").read_text()) for r in range(2)]
     return output_dir, ranks
 

@@ -35,6 +35,7 @@ def main():
     from modeling_part import PartProcessor
     from part_fixtures import tiny_components
     from trainers import PartTrainer, PartTrainingArguments
+    from trainers.teardown import end_distributed
 
     output_dir, deepspeed_config, audio_encoder, llm = sys.argv[1:5]
     args = PartTrainingArguments(
@@ -70,8 +71,7 @@ def main():
     record["training_seconds"] = time.time() - started
     with open(os.path.join(output_dir, f"components_rank{record['rank']}.json"), "w") as f:
         json.dump(record, f, indent=2)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_distributed(trainer)  # the DeepSpeed engine holds the group; release it, then destroy the group
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch.distributed as dist  # noqa: E402
 from conftest import make_audio  # noqa: E402
 from part_fixtures import tiny_trainer  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
+from trainers.teardown import end_distributed  # noqa: E402
 
 MAX_STEPS = 8  # the part preset: 2 + 2 + 2 + 3 steps (fractions 0.25/0.2/0.2/0.35 of 8, rounded)
 
@@ -162,8 +163,7 @@ def main():
         torch.save(dict(batch), os.path.join(output_dir, "fixed_batch.pt"))
         with open(os.path.join(output_dir, "zero3_record.json"), "w") as f:
             json.dump({"trainable": recorder.trainable, "engine_loss": engine_loss}, f, indent=2)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_distributed(trainer)  # the DeepSpeed engine holds the group; release it, then destroy the group
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""`end_distributed` (trainers/teardown.py): at the end of a multi-rank run the process group, and with it gloo's
+threads, are gone before the interpreter exits. In-process, on a one-rank gloo group; the two-rank runs of
+test_rank_alignment.py, test_ddp.py and the ZeRO-3 tests check the same after their real teardown."""
+
+import gc
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainers.teardown import end_distributed, gloo_threads
+
+
+@pytest.fixture
+def ddp_on_one_rank(tmp_path):
+    """A trained step of a DistributedDataParallel wrapper on a one-rank gloo group; yields ([the wrapper], how many
+    gloo threads ran before the group). The test pops the wrapper: this fixture keeps no reference to it."""
+    gc.collect()
+    before = gloo_threads()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    holder = [DistributedDataParallel(torch.nn.Linear(4, 2))]
+    holder[0](torch.ones(3, 4)).sum().backward()
+    assert gloo_threads() > before
+    yield holder, before
+    holder.clear()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def test_without_a_process_group_it_does_nothing():
+    assert not dist.is_initialized()
+    end_distributed()
+    assert not dist.is_initialized()
+
+
+def test_destroy_process_group_leaves_gloo_threads_while_a_wrapper_holds_the_group(ddp_on_one_rank):
+    """The cause: the wrapper's reducer keeps the group, so its threads outlive `destroy_process_group()` and end
+    only when the interpreter's final garbage collection frees the wrapper."""
+    holder, before = ddp_on_one_rank
+    ddp = holder.pop()
+    dist.destroy_process_group()
+    assert gloo_threads() > before
+    del ddp
+    gc.collect()
+    assert gloo_threads() == before
+
+
+def test_end_distributed_joins_gloo_threads_once_the_wrapper_is_dropped(ddp_on_one_rank):
+    holder, before = ddp_on_one_rank
+    holder.clear()
+    end_distributed()
+    assert not dist.is_initialized()
+    assert gloo_threads() == before
