@@ -23,7 +23,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from part_fixtures import tiny_trainer  # noqa: E402
+from part_fixtures import count_batches, tiny_trainer  # noqa: E402
 from trainers import PRESETS, Schedule, Stage  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
 from trainers.teardown import end_distributed, gloo_threads  # noqa: E402
@@ -75,15 +75,7 @@ def run(output_dir: str, schedule, **arg_overrides) -> dict:
         output_dir, schedule=schedule, max_steps=MAX_STEPS, callbacks=[recorder], save_steps=100, mt_weight=2.0,
         ddp_backend="gloo", **arg_overrides,
     )
-    batches = {"all": 0, "text_only": 0}
-    original_compute_loss = trainer.compute_loss
-
-    def compute_loss(model, inputs, *args, **kwargs):
-        batches["all"] += 1
-        batches["text_only"] += int("input_features" not in inputs)
-        return original_compute_loss(model, inputs, *args, **kwargs)
-
-    trainer.compute_loss = compute_loss
+    batches = count_batches(trainer)
     trainer.train()
     return {"stages": recorder.stages, "batches": batches, "schedule": trainer.schedule.to_dict()}
 

@@ -30,8 +30,9 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from part_fixtures import tiny_trainer  # noqa: E402
+from part_fixtures import count_batches, tiny_trainer  # noqa: E402
 from trainers import Schedule, Stage  # noqa: E402
+from trainers.teardown import end_distributed  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
 
 MAX_STEPS = 8  # the part preset: 2 + 2 + 2 + 3 steps
@@ -137,15 +138,7 @@ def train(output_dir: str, schedule: str | Schedule, max_steps: int, resume: boo
     trainer = tiny_trainer(output_dir, schedule=schedule, max_steps=max_steps, callbacks=[recorder], ddp_backend="gloo",
                            **arguments)
     assert trainer.is_fsdp_enabled == bool(arguments.get("fsdp"))
-    batches = {"all": 0, "text_only": 0}
-    original_compute_loss = trainer.compute_loss
-
-    def compute_loss(model, inputs, *args, **kwargs):
-        batches["all"] += 1
-        batches["text_only"] += int("input_features" not in inputs)
-        return original_compute_loss(model, inputs, *args, **kwargs)
-
-    trainer.compute_loss = compute_loss
+    batches = count_batches(trainer)
     trainer.train(resume_from_checkpoint=True if resume else None)
     return {"stages": recorder.stages, "batches": batches, "schedule": trainer.schedule.to_dict(),
             "model": trainer.model}
@@ -184,8 +177,7 @@ def main():
     result.pop("model", None)
     with open(os.path.join(output_dir, f"fsdp2_rank{dist.get_rank()}.json"), "w") as f:
         json.dump(result, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,20 @@ def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0,
     )
 
 
+def count_batches(trainer) -> dict[str, int]:
+    """Counts the batches `trainer` trains on, and how many of them are text-only, in the returned (live) dict."""
+    batches = {"all": 0, "text_only": 0}
+    original_compute_loss = trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        batches["all"] += 1
+        batches["text_only"] += int("input_features" not in inputs)
+        return original_compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    return batches
+
+
 def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, str] | None = None) -> tuple[str, str]:
     """Runs `script` (a path, or a file name in tests/) on two CPU ranks (`python -m torch.distributed.run --standalone
     --nproc_per_node 2`, one OpenMP thread each) from the repository root; returns the launcher's (stdout, stderr),
