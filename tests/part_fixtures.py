@@ -78,6 +78,25 @@ def tiny_trainer(output_dir, schedule="part", max_steps=8, callbacks=(), seed=0,
     )
 
 
+GROUP_PREFIXES = {
+    "adapter": "adapter.", "encoder": "audio_tower.", "encoder_last_k": "audio_tower.", "llm_lora": ".lora_"
+}
+
+
+def assert_trained_groups_moved(record: dict, theirs: dict, stage: dict, where: str) -> None:
+    """A stage's record (parameter hashes at its start and end, the trained names), against the other rank's: the
+    same parameters trained, every trained group moved, and no frozen parameter did."""
+    trained = set(record["trained"])
+    assert trained == set(theirs["trained"])
+    for group in [*stage["trainable"], *(g for gs in stage["unfreeze_at"].values() for g in gs)]:
+        names = {n for n in trained if GROUP_PREFIXES[group] in n}
+        assert names, f"{where}: nothing of {group} trained"
+        still = sorted(n for n in names if record["end"][n] == record["start"][n])
+        assert not still, f"{where}: trained {group} parameters did not move: {still[:3]}"
+    moved_frozen = sorted(n for n in record["end"] if n not in trained and record["end"][n] != record["start"][n])
+    assert not moved_frozen, f"{where}: frozen parameters moved: {moved_frozen[:3]}"
+
+
 def count_batches(trainer) -> dict[str, int]:
     """Counts the batches `trainer` trains on, and how many of them are text-only, in the returned (live) dict."""
     batches = {"all": 0, "text_only": 0}

@@ -13,14 +13,11 @@ import json
 
 import pytest
 
-from part_fixtures import run_two_ranks
+from part_fixtures import assert_trained_groups_moved, run_two_ranks
 from trainers import PRESETS
 
 TIMEOUT = 300  # a hang (ranks out of step in a collective) must fail the test, not stall the suite
 SCHEDULES = [*PRESETS, "unfreeze_inside", "baseline_2stage_bf16"]  # as in ddp_run.py
-GROUP_PREFIXES = {
-    "adapter": "adapter.", "encoder": "audio_tower.", "encoder_last_k": "audio_tower.", "llm_lora": ".lora_"
-}
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +46,7 @@ def test_ranks_stay_identical_and_trained_groups_move_at_every_stage_end(ddp_ran
         )
         assert mine["wrapper"] == "DistributedDataParallel"
         assert mine["live_ddp_wrappers"] == theirs["live_ddp_wrappers"] == 1, "an earlier stage's wrapper is alive"
-        trained = set(mine["trained"])
-        assert trained == set(theirs["trained"])
-        groups = [*stage["trainable"], *(g for gs in stage["unfreeze_at"].values() for g in gs)]
-        for group in groups:
-            names = {n for n in trained if GROUP_PREFIXES[group] in n}
-            assert names, f"{schedule}/{stage['name']}: nothing of {group} trained"
-            still = sorted(n for n in names if mine["end"][n] == mine["start"][n])
-            assert not still, f"{schedule}/{stage['name']}: trained {group} parameters did not move: {still[:3]}"
-        moved_frozen = sorted(n for n in mine["end"] if n not in trained and mine["end"][n] != mine["start"][n])
-        assert not moved_frozen, f"{schedule}/{stage['name']}: frozen parameters moved: {moved_frozen[:3]}"
+        assert_trained_groups_moved(mine, theirs, stage, f"{schedule}/{stage['name']}")
 
 
 @pytest.mark.slow

@@ -22,13 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_audio
-from part_fixtures import run_two_ranks
+from part_fixtures import assert_trained_groups_moved, run_two_ranks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600  # a hang (ranks out of step in a collective) must fail the test, not stall the suite
-GROUP_PREFIXES = {
-    "adapter": "adapter.", "encoder": "audio_tower.", "encoder_last_k": "audio_tower.", "llm_lora": ".lora_"
-}
 UNIT_CLASSES = ("FunAsrNanoEncoderLayer", "PartAdapterLayer", "Qwen2DecoderLayer")  # the model's _no_split_modules
 
 
@@ -72,15 +69,7 @@ def _check_stages(first, second, label):
         assert mine["wrapper"] == "FSDPPartForSpeechToText"
         differing = sorted(n for n in mine["end"] if mine["end"][n] != theirs["end"][n])
         assert not differing, f"{where}: parameters differ between the ranks: {differing[:3]}"
-        trained = set(mine["trained"])
-        assert trained == set(theirs["trained"])
-        for group in [*stage["trainable"], *(g for gs in stage["unfreeze_at"].values() for g in gs)]:
-            names = {n for n in trained if GROUP_PREFIXES[group] in n}
-            assert names, f"{where}: nothing of {group} trained"
-            still = sorted(n for n in names if mine["end"][n] == mine["start"][n])
-            assert not still, f"{where}: trained {group} parameters did not move: {still[:3]}"
-        moved_frozen = sorted(n for n in mine["end"] if n not in trained and mine["end"][n] != mine["start"][n])
-        assert not moved_frozen, f"{where}: frozen parameters moved: {moved_frozen[:3]}"
+        assert_trained_groups_moved(mine, theirs, stage, where)
         assert mine["lora_on"] == theirs["lora_on"] == ("llm_lora" in stage["trainable"]), where
 
 
