@@ -67,6 +67,7 @@ def worker(args) -> None:
     from transformers.integrations import HfTrainerDeepSpeedConfig
 
     from common import Dims, batches, build_part, build_processors, build_tokenizer, log, process_peak_bytes
+    from trainers.teardown import end_distributed
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -148,8 +149,8 @@ def worker(args) -> None:
     }
     with open(os.path.join(args.output_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    del engine, steps, zero_step  # the engine holds the process group; then it goes while Python runs
+    end_distributed()
 
 
 def main() -> None:

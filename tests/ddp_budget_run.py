@@ -17,9 +17,9 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch.distributed as dist  # noqa: E402
 
 from ddp_run import parameter_hashes  # noqa: E402
-from part_fixtures import tiny_trainer  # noqa: E402
-from trainers import Schedule, Stage  # noqa: E402
+from part_fixtures import report_gloo_threads, tiny_trainer  # noqa: E402
 from trainers.teardown import end_distributed  # noqa: E402
+from trainers import Schedule, Stage  # noqa: E402
 
 SCHEDULE = Schedule("budget", [Stage("all_tasks", ["adapter", "llm"], {"asr": 1.0, "s2tt": 1.0, "mt": 1.0}, steps=5)])
 
@@ -44,8 +44,9 @@ def main():
               "batch_sizes": sizes, "end": parameter_hashes(trainer.model)}
     with open(os.path.join(output_dir, f"budget_rank{rank}.json"), "w") as f:
         json.dump(record, f)
-    end_distributed()
+    end_distributed(trainer)
 
 
 if __name__ == "__main__":
     main()
+    report_gloo_threads()  # the run's objects are gone: no gloo thread may be left

@@ -23,10 +23,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from part_fixtures import count_batches, tiny_trainer  # noqa: E402
+from part_fixtures import count_batches, report_gloo_threads, tiny_trainer  # noqa: E402
+from trainers.teardown import end_distributed  # noqa: E402
 from trainers import PRESETS, Schedule, Stage  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
-from trainers.teardown import end_distributed, gloo_threads  # noqa: E402
 
 MAX_STEPS = 8  # every preset stage gets 2-5 steps
 UNFREEZE_SCHEDULE = Schedule(
@@ -91,9 +91,8 @@ def main():
     with open(os.path.join(output_dir, f"ddp_rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world_size": dist.get_world_size(), "schedules": results}, f)
     end_distributed()
-    # not yet 0 here: something of the Trainer path still holds the group after its trainers are gone (open)
-    print(f"rank {rank}: gloo threads after teardown: {gloo_threads()}")
 
 
 if __name__ == "__main__":
     main()
+    report_gloo_threads()  # the run's objects are gone: no gloo thread may be left

@@ -30,9 +30,9 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from part_fixtures import count_batches, tiny_trainer  # noqa: E402
-from trainers import Schedule, Stage  # noqa: E402
+from part_fixtures import count_batches, report_gloo_threads, tiny_trainer  # noqa: E402
 from trainers.teardown import end_distributed  # noqa: E402
+from trainers import Schedule, Stage  # noqa: E402
 from trainers.callbacks import PartStageCallback  # noqa: E402
 
 MAX_STEPS = 8  # the part preset: 2 + 2 + 2 + 3 steps
@@ -182,3 +182,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    report_gloo_threads()  # the run's objects are gone: no gloo thread may be left

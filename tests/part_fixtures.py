@@ -111,6 +111,21 @@ def count_batches(trainer) -> dict[str, int]:
     return batches
 
 
+TEARDOWN_LINE = "gloo threads after teardown:"
+
+
+def report_gloo_threads() -> None:
+    """A multi-rank test script's last line, after its run ended with `end_distributed` and its objects went out of
+    scope: this rank's count of gloo threads still running (`TEARDOWN_LINE`), which `run_two_ranks` requires to be 0
+    on both ranks (one left when the interpreter exits can abort a finished run, trainers/teardown.py)."""
+    import gc
+
+    from trainers.teardown import gloo_threads
+
+    gc.collect()
+    print(f"{TEARDOWN_LINE} {gloo_threads()}", flush=True)
+
+
 def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, str] | None = None) -> tuple[str, str]:
     """Runs `script` (a path, or a file name in tests/) on two CPU ranks (`python -m torch.distributed.run --standalone
     --nproc_per_node 2`, one OpenMP thread each) from the repository root; returns the launcher's (stdout, stderr),
@@ -121,7 +136,8 @@ def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, s
     which line. Fails the calling test when the launcher exits with an error, or when it runs longer than `timeout`
     seconds (ranks out of step in a collective): then the launcher is asked to stop its ranks (SIGTERM; they run in
     sessions of their own, so killing the launcher's process group would orphan them, still holding the output
-    pipes), and killed if it does not."""
+    pipes), and killed if it does not. Fails it too unless both ranks end with `report_gloo_threads` and report no
+    gloo thread left."""
     import pytest
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -144,6 +160,9 @@ def run_two_ranks(script: str, *arguments: str, timeout: float, env: dict[str, s
         pytest.fail(f"{script} did not finish in {timeout}s (ranks out of step?)\n{logs}")
     if process.returncode != 0:
         pytest.fail(f"torchrun exited with {process.returncode} ({script})\n{_launcher_and_rank_logs(stderr, log_dir)}")
+    if stdout.count(f"{TEARDOWN_LINE} 0") != 2:
+        pytest.fail(f"{script}: not both ranks ended with no gloo thread left (part_fixtures.report_gloo_threads)\n"
+                    f"{_launcher_and_rank_logs(stderr, log_dir)}")
     shutil.rmtree(log_dir, ignore_errors=True)
     return stdout, stderr
 

@@ -3,6 +3,9 @@ threads, are gone before the interpreter exits. In-process, on a one-rank gloo g
 test_rank_alignment.py, test_ddp.py and the ZeRO-3 tests check the same after their real teardown."""
 
 import gc
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,3 +56,28 @@ def test_end_distributed_joins_gloo_threads_once_the_wrapper_is_dropped(ddp_on_o
     end_distributed()
     assert not dist.is_initialized()
     assert gloo_threads() == before
+
+
+_DEEPSPEED_IMPORTED_AFTER_THE_GROUP = """
+import sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+import deepspeed.comm.torch  # as transformers imports it in a DDP run: lazily, after the group exists
+from trainers.teardown import end_distributed, gloo_threads
+end_distributed()
+print("gloo threads:", gloo_threads())
+"""
+
+
+def test_end_distributed_releases_the_group_deepspeed_binds_as_a_default_argument(tmp_path):
+    """DeepSpeed's `TorchBackend.barrier(group=GroupMember.WORLD)` keeps the group from its import on: a trained DDP
+    run's three gloo threads outlived `end_distributed` until this was released. A fresh process: the default is
+    evaluated at import."""
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", _DEEPSPEED_IMPORTED_AFTER_THE_GROUP, str(tmp_path / "store")], cwd=repository,
+        env={**os.environ, "PYTHONPATH": repository, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "gloo threads: 0", result.stdout

@@ -76,3 +76,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    from part_fixtures import report_gloo_threads
+
+    report_gloo_threads()  # the run's objects are gone: no gloo thread may be left

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from conftest import make_audio  # noqa: E402
-from part_fixtures import tiny_trainer  # noqa: E402
-from trainers.callbacks import PartStageCallback  # noqa: E402
+from part_fixtures import report_gloo_threads, tiny_trainer  # noqa: E402
 from trainers.teardown import end_distributed  # noqa: E402
+from trainers.callbacks import PartStageCallback  # noqa: E402
 
 MAX_STEPS = 8  # the part preset: 2 + 2 + 2 + 3 steps (fractions 0.25/0.2/0.2/0.35 of 8, rounded)
 
@@ -168,3 +168,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    report_gloo_threads()  # the run's objects are gone: no gloo thread may be left
