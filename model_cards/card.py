@@ -28,10 +28,8 @@ RESULTS_NAMES = ("results.json", "test_results.json", "all_results.json", "metri
 
 DEFAULT_TAGS = ("speech-translation", "speech-llm", "part", "audio", "speech")
 TASKS = ("asr", "s2tt", "mt")
-EVAL_TASKS = {
-    "asr": ("automatic-speech-recognition", "Speech Recognition"),
-    "s2tt": ("translation", "Speech Translation"),
-}
+EVAL_TASKS = {"asr": ("automatic-speech-recognition", "Speech Recognition"),
+              "s2tt": ("translation", "Speech Translation")}
 """PART task -> (Hub task type, task name) of its `model-index` results (text-only `mt` stays in the body)."""
 
 # The keys of `trainers.metrics.compute_speech_metrics`: `<name>_<language or direction>` and a task's average.

@@ -66,9 +66,9 @@ class TextNormalizer:
         if isinstance(english_spelling_mapping, (str, os.PathLike)):
             with open(english_spelling_mapping, encoding="utf-8") as handle:
                 english_spelling_mapping = json.load(handle)
-        self._basic = BasicTextNormalizer()
-        mapping = english_spelling_mapping
-        self._english = None if mapping is None else EnglishTextNormalizer(dict(mapping))
+        self._basic, self._english = BasicTextNormalizer(), None
+        if english_spelling_mapping is not None:
+            self._english = EnglishTextNormalizer(dict(english_spelling_mapping))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TextNormalizer:
