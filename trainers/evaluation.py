@@ -70,8 +70,7 @@ def generate_predictions(
         if index < len(batches):
             for i, text in zip(batch_indices, processor.batch_decode(tokens)):
                 outputs[i] = text
-    if was_training:
-        model.train()
+    model.train(was_training)
     if world > 1:
         gathered: list[dict[int, str]] = [None] * world  # type: ignore[list-item]
         dist.all_gather_object(gathered, outputs)
