@@ -1,9 +1,6 @@
-"""Hub model cards for PART runs: a `huggingface_hub.ModelCard` filled from a run's training summary and test metrics.
-
-The front matter is a `ModelCardData` (languages, license, tags, datasets, base models, and the `model-index` of
-`EvalResult`s: WER/CER per ASR language, BLEU per speech translation direction). The body is `template.md`, rendered by
-`ModelCard.from_template`: all of the card's text is there; this module only reads and checks the inputs.
-"""
+"""Hub model cards for PART runs: a `huggingface_hub.ModelCard` whose `ModelCardData` (with the `model-index` of
+`EvalResult`s) and `template.md` body (`ModelCard.from_template`) are filled from a run's training summary and test
+metrics; this module only reads and checks the inputs."""
 
 from __future__ import annotations
 
@@ -20,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template.md"
-"""The Jinja template of the card (the format `huggingface_hub.ModelCard.from_template` renders)."""
+"""The card's Jinja template, rendered by `huggingface_hub.ModelCard.from_template`."""
 
 SUMMARY_NAME = "training_summary.json"
 SCHEDULE_NAME = "schedule.json"
@@ -31,10 +28,8 @@ RESULTS_NAMES = ("results.json", "test_results.json", "all_results.json", "metri
 
 DEFAULT_TAGS = ("speech-translation", "speech-llm", "part", "audio", "speech")
 TASKS = ("asr", "s2tt", "mt")
-EVAL_TASKS = {
-    "asr": ("automatic-speech-recognition", "Speech Recognition"),
-    "s2tt": ("translation", "Speech Translation"),
-}
+EVAL_TASKS = {"asr": ("automatic-speech-recognition", "Speech Recognition"),
+              "s2tt": ("translation", "Speech Translation")}
 """PART task -> (Hub task type, task name) of its `model-index` results (text-only `mt` stays in the body)."""
 
 # The keys of `trainers.metrics.compute_speech_metrics`: `<name>_<language or direction>` and a task's average.
@@ -44,20 +39,18 @@ _SCORE_KEY = re.compile(rf"({'|'.join(SCORE_NAMES)})_((?!capped_)[A-Za-z0-9][A-Z
 _CAPPED = ("wer_capped_", "cer_capped_", "asr_avg_error_capped")
 """Opt-in capped error rates (`compute_speech_metrics(hypothesis_cap=...)`): never reported as a WER/CER."""
 _METRICS_HELP = (
-    "Pass the flat dict of PartTrainer.evaluate_generation / trainers.metrics.compute_speech_metrics: "
-    "`test_wer_<lang>` or `test_cer_<lang>` per ASR language and `test_bleu_<src>-<tgt>` per translation "
-    "direction (the `test_` prefix is optional), e.g. "
-    "{'test_wer_de': 12.3, 'test_cer_zh': 8.1, 'test_bleu_de-en': 21.4}"
+    "Pass the flat dict of PartTrainer.evaluate_generation / trainers.metrics.compute_speech_metrics: `test_wer_<lang>`"
+    " or `test_cer_<lang>` per ASR language and `test_bleu_<src>-<tgt>` per translation direction (the `test_` prefix"
+    " is optional), e.g. {'test_wer_de': 12.3, 'test_cer_zh': 8.1, 'test_bleu_de-en': 21.4}"
 )
 _SUMMARY_HELP = (
-    "pass the trainer's training_summary.json (written by PartTrainer.train()) as a dict with "
-    "'schedule': {'name', 'stages': [{'name', 'trainable', 'tasks', 'steps' | 'fraction', ...}]} and/or "
-    "'stages': [{'name', 'steps', 'trainable_parameters', 'total_parameters', 'first_loss', 'last_loss', "
-    "'seconds'}]"
+    "pass the trainer's training_summary.json (written by PartTrainer.train()) as a dict with 'schedule': {'name', "
+    "'stages': [{'name', 'trainable', 'tasks', 'steps' | 'fraction', ...}]} and/or 'stages': [{'name', 'steps', "
+    "'trainable_parameters', 'total_parameters', 'first_loss', 'last_loss', 'seconds'}]"
 )
 _DATA_HELP = (
-    "data_summary must map task -> {language or direction: hours} (e.g. {'asr': {'de': 120.0}, "
-    "'s2tt': {'de-en': 40.0}}), language -> {task: hours}, or language -> hours"
+    "data_summary must map task -> {language or direction: hours} (e.g. {'asr': {'de': 120.0}, 's2tt': {'de-en': "
+    "40.0}}), language -> {task: hours}, or language -> hours"
 )
 
 
@@ -90,26 +83,20 @@ def _metric_value(key: str, value: Any) -> float:
 
 
 def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None = "test") -> list[Score]:
-    """The scores of a flat metrics dict: one `Score` per ASR language, S2TT and MT direction (in key order), then
-    each task's average (as given, else the unweighted mean of its scores).
+    """One `Score` per ASR language, S2TT and MT direction of a flat metrics dict (in key order), then each task's
+    average (as given, else the unweighted mean of its scores).
 
-    Keys are `<prefix>_wer_<lang>`, `<prefix>_cer_<lang>`, `<prefix>_bleu_<src>-<tgt>`, `<prefix>_mt_bleu_<src>-<tgt>`
-    and the averages `<prefix>_asr_avg_error`, `<prefix>_s2tt_avg_bleu`, `<prefix>_mt_avg_bleu`; the prefix is optional
-    (a prefixed key wins over the same key without it). Other keys (loss, runtime, sample counts, the capped
-    `wer_capped_<lang>`) are ignored.
+    Keys are those of `compute_speech_metrics` (`wer_<lang>`, `cer_<lang>`, `bleu_<src>-<tgt>`, `mt_bleu_<src>-<tgt>`,
+    `asr_avg_error`, `s2tt_avg_bleu`, `mt_avg_bleu`), optionally prefixed by `metric_key_prefix` (a prefixed key wins
+    over the same key without it). Other keys (loss, sample counts, the capped `wer_capped_<lang>`) are ignored.
     """
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}. {_METRICS_HELP}.")
     prefix = f"{metric_key_prefix}_" if metric_key_prefix else ""
     keys: dict[str, str] = {}  # metric name -> the key it is read from
-    other_prefixes = set()
     for key in metrics:
-        if prefix and key.startswith(prefix) and _is_part_metric(key[len(prefix):]):
-            keys[key[len(prefix):]] = key
-        elif _is_part_metric(key):
-            keys.setdefault(key, key)
-        elif _is_part_metric(key.partition("_")[2]):
-            other_prefixes.add(key.partition("_")[0])
+        if _is_part_metric(name := key.removeprefix(prefix)) and (name != key or name not in keys):
+            keys[name] = key
     values = {name: _metric_value(key, metrics[key]) for name, key in keys.items()}
 
     scores = []
@@ -121,8 +108,8 @@ def parse_part_metrics(metrics: Mapping[str, Any], metric_key_prefix: str | None
             scores.append(Score(task, metric, match[2], value))
     if not any(s.task in EVAL_TASKS for s in scores):
         hint = ""
-        if other_prefixes:
-            found = sorted(other_prefixes)
+        unread = [key for key in metrics if not _is_part_metric(key.removeprefix(prefix))]
+        if found := sorted({key.partition("_")[0] for key in unread if _is_part_metric(key.partition("_")[2])}):
             hint = f" Keys with the prefix {found} were found: pass metric_key_prefix={found[0]!r}."
         if capped := sorted(key for key in metrics if key.removeprefix(prefix).startswith(_CAPPED)):
             hint += (
@@ -251,35 +238,23 @@ def _split_base_models(base_models: Sequence[str] | Mapping[str, str] | None) ->
     roles = dict(base_models) if isinstance(base_models, Mapping) else {}
     if unknown_roles := set(roles) - {"encoder", "llm"}:
         raise ValueError(f"base_models keys must be 'encoder' and/or 'llm', got {sorted(unknown_roles)}.")
-    ids = list(roles.values()) if roles else list(base_models or [])
-    for model_id in ids:
+    for model_id in list(roles.values()) if roles else list(base_models or []):
         if not _is_hub_id(model_id):
             raise ValueError(
                 f"base_models entry {model_id!r} is not a Hub model id; the Hub's `base_model` needs ids such as "
                 "'Qwen/Qwen2.5-1.5B' (pass {'encoder': ..., 'llm': ...} to name their roles)."
             )
-    return roles, [m for m in ids if m not in roles.values()]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from error
+    return roles, [] if roles else list(dict.fromkeys(base_models or []))
 
 
 def _run_file(folder: Path, name: str) -> Any:
     """The JSON content of `folder/name`, or None when it does not exist."""
-    return _read_json(folder / name) if (folder / name).is_file() else None
-
-
-def _metrics_from_file(path: Path) -> Mapping[str, Any]:
-    data = _read_json(path)
-    if isinstance(data, Mapping) and isinstance(data.get("metrics"), Mapping):
-        data = data["metrics"]
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds {type(data).__name__}; expected a flat dict of metrics. {_METRICS_HELP}.")
-    return data
+    if not (folder / name).is_file():
+        return None
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{folder / name} is not valid JSON ({error}); fix or remove it.") from error
 
 
 # --------------------------------------------------------------------------------------------------- the card
@@ -309,39 +284,25 @@ def build_model_card(
     lora_config: Mapping[str, Any] | None = None,
     template_path: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """A Hub model card for a PART model.
-
-    Inputs not given are read from `output_dir` when it is: `training_summary.json` (and `schedule.json` if the summary
-    lacks the schedule), the metrics from the first of `results.json`, `test_results.json`, `all_results.json`,
-    `metrics.json`, the hours table from `data_summary.json`, and the base models from `config.json`.
+    """A Hub model card for a PART model. Inputs not given are read from the run folder `output_dir`, when given:
+    `training_summary.json` (and `schedule.json`), the metrics (the first of `RESULTS_NAMES`), `data_summary.json` and
+    the base models of `config.json`.
 
     Args:
-        output_dir: a finished run's folder (optional when everything else is passed).
-        metrics: flat test metrics: `test_wer_<lang>` / `test_cer_<lang>`, `test_bleu_<src>-<tgt>`, `test_mt_bleu_...`,
-            `test_asr_avg_error`, `test_s2tt_avg_bleu` (the prefix `metric_key_prefix` is optional).
-        training_summary: the trainer's `training_summary.json` as a dict.
-        languages: ISO 639 codes the model was trained on (default: those in the metrics, data summary and schedule).
-        dataset_name, dataset_id: the test set's pretty name and Hub id (or a local identifier); `dataset_id` also goes
-            into the front matter's `datasets` unless `datasets` is given.
-        dataset_description: Markdown describing the training data.
-        datasets: Hub ids of the training datasets (front matter `datasets`).
-        eval_datasets: per-task test sets overriding `dataset_name`/`dataset_id`: {"asr": "google/fleurs",
-            "s2tt": {"id": "facebook/covost2", "name": "CoVoST 2", "config": ...}}.
+        metrics: flat test metrics (see `parse_part_metrics`); training_summary: the trainer's training_summary.json.
+        languages: ISO 639 codes of the model (default: those of the metrics, data summary and schedule).
+        dataset_name, dataset_id: the test set's name and Hub id (`dataset_id` is also the front matter's `datasets`
+            unless `datasets`, the Hub ids of the training data, is given); dataset_description: Markdown.
+        eval_datasets: per-task test sets instead: {"asr": "google/fleurs", "s2tt": {"id", "name", "config"}}.
         base_models: Hub ids of the encoder and LLM, as a list or {"encoder": ..., "llm": ...}.
-        model_name: the name in the card and the model-index (default: the repo's or the folder's name).
-        repo_id: the Hub repository the card's code examples load from.
-        license: a Hub license id.
+        model_name: default the repo's or the folder's name; repo_id: what the card's code examples load.
         data_summary: hours per task and language/direction (see `_data_table` for the accepted shapes).
-        baseline_metrics, baseline_name: metrics of a comparison model (e.g. the Baseline-2stage run) for a "change"
-            column and the limitations (which languages did not improve).
-        synthetic_data: the training/test speech was synthesised (adds the corresponding limitation).
-        limitations: further limitation bullet points.
-        tags: further Hub tags.
-        metric_key_prefix: the metrics' key prefix (`"test"`; `None` for unprefixed keys only).
-        eval_split: the split name recorded in the model-index.
-        lora_config: the LoRA settings the run used, where they differ from the schedule's (`--lora_r`,
-            `--lora_alpha`, `--lora_dropout` override the schedule but are not written into `schedule.json`).
-        template_path: another Jinja template (default: `model_cards/template.md`).
+        baseline_metrics, baseline_name: a comparison model's metrics, for a "change" column and the limitations.
+        synthetic_data: the speech was synthesised (a limitation); limitations, tags: further ones.
+        license: a Hub license id; metric_key_prefix: the metrics' key prefix (None: unprefixed keys only).
+        eval_split: the split named in the model-index; lora_config: LoRA settings overriding the schedule's
+            (`--lora_r`, `--lora_alpha`, `--lora_dropout` are not written into `schedule.json`).
+        template_path: another Jinja template (default `TEMPLATE_PATH`).
     """
     folder = Path(output_dir) if output_dir is not None else None
     metrics_source = "metrics"
@@ -352,9 +313,10 @@ def build_model_card(
         if isinstance(training_summary, Mapping) and "schedule" not in training_summary:
             if (schedule_file := _run_file(folder, SCHEDULE_NAME)) is not None:
                 training_summary = {**training_summary, "schedule": schedule_file}
-        if metrics is None:
-            metrics_source = next((name for name in RESULTS_NAMES if (folder / name).is_file()), metrics_source)
-            metrics = _metrics_from_file(folder / metrics_source) if metrics_source in RESULTS_NAMES else None
+        if metrics is None and (found := next((n for n in RESULTS_NAMES if (folder / n).is_file()), None)):
+            metrics, metrics_source = _run_file(folder, found), str(folder / found)
+            if isinstance(metrics, Mapping) and isinstance(metrics.get("metrics"), Mapping):
+                metrics = metrics["metrics"]
         data_summary = data_summary if data_summary is not None else _run_file(folder, DATA_SUMMARY_NAME)
         if base_models is None and (config := _run_file(folder, "config.json")) is not None:
             base_models = base_models_from_config(config) or None
@@ -415,16 +377,14 @@ def build_model_card(
         for s in rows[task]
     ]
     roles, other_models = _split_base_models(base_models)
-    if datasets is None and dataset_id:
-        datasets = [dataset_id]
     card_data = ModelCardData(
         language=iso_codes,
         license=license,
         library_name="transformers",
         pipeline_tag="automatic-speech-recognition",
         tags=[*DEFAULT_TAGS, *(["multilingual"] if len(iso_codes) > 1 else []), *tags],
-        datasets=list(datasets) if datasets else None,
-        base_model=list(dict.fromkeys([*roles.values(), *other_models])) or None,
+        datasets=list(datasets) if datasets else ([dataset_id] if datasets is None and dataset_id else None),
+        base_model=list(dict.fromkeys(roles.values())) or other_models or None,
         metrics=[m for m in ("wer", "cer", "bleu") if any(r.metric_type == m for r in eval_results)],
         model_name=model_name,
         eval_results=eval_results,

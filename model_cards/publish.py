@@ -1,11 +1,6 @@
-"""Publishing a finished PART run to the Hugging Face Hub: the model with its remote code, the processor and the
-model card, checked for completeness (locally) and the card's metadata by the Hub (`ModelCard.validate`) first, then
-uploaded in one commit.
-
-The files are chosen with `huggingface_hub`'s own pattern filter (`filter_repo_objects`, as `upload_folder` does) and
-committed with one `HfApi.create_commit`. `upload_folder` is not used because with `hf_xet` installed it streams a
-large folder in several commits, and a model repository must never show a config without its weights.
-"""
+"""Publishing a finished PART run (model, remote code, processor, card) to the Hub: checked for completeness and by
+`ModelCard.validate`, filtered like `upload_folder` (`filter_repo_objects`) and uploaded in one `HfApi.create_commit`
+(`upload_folder` may split a large folder into several commits with `hf_xet`: a config without its weights)."""
 
 from __future__ import annotations
 
@@ -24,26 +19,11 @@ from .card import CARD_NAME
 logger = logging.getLogger(__name__)
 
 PUBLISH_IGNORE_PATTERNS = [
-    "stage-*",  # the trainer's stage folders: stage models, checkpoints, stage_complete.json
-    "checkpoint-*",
-    "*/checkpoint-*",
-    ".incomplete",  # checkpoints being written
-    ".incomplete/*",
-    "*/.incomplete/*",
-    "*.tmp",
-    "*.tmp/*",
-    "*.pt",  # optimizer, scheduler and RNG states
-    "*.pth",
-    "global_step*",  # DeepSpeed states
-    "*/global_step*",
-    "trainer_state.json",
-    "training_args.bin",
-    "runs/*",  # TensorBoard, W&B
-    "wandb/*",
-    "*.ipynb_checkpoints*",
-    "__pycache__/*",
-    "*/__pycache__/*",
-    "*.pyc",
+    "stage-*", "checkpoint-*", "*/checkpoint-*",  # the trainer's stage folders (stage models) and checkpoints
+    ".incomplete", ".incomplete/*", "*/.incomplete/*", "*.tmp", "*.tmp/*",  # checkpoints being written
+    "*.pt", "*.pth", "global_step*", "*/global_step*",  # optimizer, scheduler, RNG and DeepSpeed states
+    "trainer_state.json", "training_args.bin", "runs/*", "wandb/*",  # trainer state, TensorBoard, W&B
+    "*.ipynb_checkpoints*", "__pycache__/*", "*/__pycache__/*", "*.pyc",
 ]
 """What a run folder holds besides the model (`publish` adds `huggingface_hub`'s defaults: `.git`, `.cache`)."""
 
@@ -71,46 +51,34 @@ def _json(folder: Path, name: str, problems: list[str]) -> dict[str, Any] | None
     return data if isinstance(data, dict) else None
 
 
-def _auto_map_modules(data: dict[str, Any] | None) -> set[str]:
+def _auto_map_modules(data: Any) -> set[str]:
     """Modules named by an `auto_map` (also nested ones, e.g. the processor's feature extractor)."""
-    modules: set[str] = set()
     if not isinstance(data, dict):
-        return modules
-    references = []
-    for key, value in data.items():
-        if key == "auto_map" and isinstance(value, dict):
-            for reference in value.values():
-                references += reference if isinstance(reference, (list, tuple)) else [reference]
-        elif isinstance(value, dict):
-            modules |= _auto_map_modules(value)
-    for reference in references:
-        if isinstance(reference, str) and "--" not in reference and "." in reference:  # "repo--mod.Class": elsewhere
-            modules.add(reference.rsplit(".", 1)[0])
+        return set()
+    modules = set().union(*(_auto_map_modules(value) for key, value in data.items() if key != "auto_map"))
+    for reference in data["auto_map"].values() if isinstance(data.get("auto_map"), dict) else ():
+        for name in reference if isinstance(reference, (list, tuple)) else [reference]:
+            if isinstance(name, str) and "--" not in name and "." in name:  # "repo--mod.Class": another repository
+                modules.add(name.rsplit(".", 1)[0])
     return modules
 
 
 def missing_model_files(output_dir: str | os.PathLike, files: Iterable[str] | None = None) -> list[str]:
-    """What keeps `output_dir` from being a complete, loadable PART repository (empty: ready to publish).
-
-    Checks, among `files` (default: `publish_files(output_dir)`): `config.json` with an `auto_map`, the safetensors
-    weights (every shard of a sharded index), the processor config, the tokenizer files, the remote code (modules named
-    by the `auto_map`s, `modeling_part.py`, and the modules they import), and a `README.md` whose front matter parses.
-    """
+    """What keeps `output_dir` (its `files`, default `publish_files(output_dir)`) from being a loadable PART repository:
+    `config.json` with an `auto_map`, the safetensors weights (every shard), the processor and tokenizer files, the
+    remote code (the `auto_map`s' modules, `modeling_part.py` and what they import), a `README.md` that parses."""
     folder = Path(output_dir)
     present = set(publish_files(folder) if files is None else files)
     problems: list[str] = []
 
-    config = None
+    config = _json(folder, "config.json", problems) if "config.json" in present else None
     if "config.json" not in present:
         problems.append("config.json (save the model with model.save_pretrained(output_dir))")
-    else:
-        config = _json(folder, "config.json", problems)
-        auto_map = (config or {}).get("auto_map") or {}
-        if config is not None and not {"AutoConfig", "AutoModelForSpeechSeq2Seq"} <= set(auto_map):
-            problems.append(
-                "an auto_map with AutoConfig and AutoModelForSpeechSeq2Seq in config.json (import modeling_part "
-                "before save_pretrained: it registers the classes for trust_remote_code)"
-            )
+    elif config is not None and not {"AutoConfig", "AutoModelForSpeechSeq2Seq"} <= set(config.get("auto_map") or {}):
+        problems.append(
+            "an auto_map with AutoConfig and AutoModelForSpeechSeq2Seq in config.json (import modeling_part "
+            "before save_pretrained: it registers the classes for trust_remote_code)"
+        )
 
     if "model.safetensors.index.json" in present:
         index = _json(folder, "model.safetensors.index.json", problems) or {}
@@ -119,9 +87,8 @@ def missing_model_files(output_dir: str | os.PathLike, files: Iterable[str] | No
         if not shards or lost:
             problems.append(f"the weight shards of model.safetensors.index.json: {lost or 'the index lists none'}")
     elif "model.safetensors" not in present:
-        hint = " (this looks like a LoRA adapter folder: save with lora_save_mode='merged')" if (
-            "adapter_config.json" in present
-        ) else ""
+        lora = "adapter_config.json" in present
+        hint = " (this looks like a LoRA adapter folder: save with lora_save_mode='merged')" if lora else ""
         problems.append(f"model weights: model.safetensors or a sharded model.safetensors.index.json{hint}")
 
     processor_files = [name for name in ("processor_config.json", "preprocessor_config.json") if name in present]
@@ -134,7 +101,7 @@ def missing_model_files(output_dir: str | os.PathLike, files: Iterable[str] | No
         )
 
     modules = set(REMOTE_CODE_MODULES) | _auto_map_modules(config)
-    for name in processor_files + [n for n in ("tokenizer_config.json",) if n in present]:
+    for name in [*processor_files, *({"tokenizer_config.json"} & present)]:
         modules |= _auto_map_modules(_json(folder, name, problems))
     problems += _missing_code(folder, present, modules)
 
@@ -152,17 +119,13 @@ def _missing_code(folder: Path, present: set[str], modules: set[str]) -> list[st
     """The remote code modules (and the modules they import relatively) that are not among the files."""
     from transformers.dynamic_module_utils import get_relative_imports
 
-    missing, seen, queue = [], set(), sorted(modules)
-    while queue:
-        module = queue.pop(0)
-        if module in seen:
-            continue
-        seen.add(module)
+    missing, queue = [], sorted(modules)
+    for module in queue:  # grows by the relative imports of the modules present
         path = f"{module.replace('.', '/')}.py"
         if path not in present:
             missing.append(path)
-            continue
-        queue += sorted(get_relative_imports(str(folder / path)))
+        else:
+            queue += [name for name in sorted(get_relative_imports(str(folder / path))) if name not in queue]
     if not missing:
         return []
     return [
@@ -184,30 +147,14 @@ def publish(
     ignore_patterns: Sequence[str] | None = None,
     api: HfApi | None = None,
 ) -> CommitInfo:
-    """Uploads a finished PART run to the Hub model repository `repo_id` in one commit.
+    """Uploads the run folder `output_dir` (with the `README.md` of `write_model_card`) to the Hub model repository
+    `repo_id` in one commit and returns its `CommitInfo`.
 
-    The repository is created if needed (`create_repo(..., exist_ok=True)`). Uploaded: the model (safetensors,
-    `config.json` with its `auto_map`, the remote code `.py` files), the processor and tokenizer files, `README.md`
-    and the run's JSON summaries; not uploaded: stage folders, checkpoints, optimizer/scheduler/RNG states and logs
-    (`PUBLISH_IGNORE_PATTERNS`, plus `ignore_patterns`). Files already in the repository and absent here are kept.
-
-    Args:
-        output_dir: the run's folder (`PartTrainingArguments.output_dir`), with `README.md` from `write_model_card`.
-        repo_id: `"namespace/name"` of the model repository.
-        private: create the repository as private (an existing repository keeps its visibility).
-        token: a Hub token (default: the logged-in one).
-        commit_message, commit_description: of the commit.
-        revision: the branch to commit to (default: main).
-        create_pr: open a pull request instead of committing to the branch.
-        ignore_patterns: further files to leave out (`fnmatch` patterns on paths relative to `output_dir`).
-        api: the `HfApi` to use (e.g. with another `endpoint`).
-
-    Returns:
-        The `CommitInfo` of the commit.
-
-    Raises:
-        ValueError: `output_dir` lacks files a loadable PART repository needs (the message lists them), or the Hub
-            rejects the card's metadata (`ModelCard.validate`, on the `HF_ENDPOINT` Hub).
+    The repository is created if needed (`private` applies to a new one). Everything but `PUBLISH_IGNORE_PATTERNS` and
+    `ignore_patterns` (`fnmatch` patterns on relative paths) is uploaded; files only in the repository are kept.
+    `token`, `commit_message`, `commit_description`, `revision`, `create_pr` are those of `HfApi.create_commit`; `api`
+    is the `HfApi` to use. Raises ValueError, before anything is created, when `missing_model_files` finds something
+    missing (the message lists it) or the Hub rejects the card's metadata (`ModelCard.validate`).
     """
     folder = Path(output_dir)
     files = publish_files(folder, ignore_patterns)

@@ -157,6 +157,9 @@ def test_metrics_without_prefix_and_with_a_baseline():
         ("asr", "wer", "de", 10.0), ("asr", "cer", "zh", 20.0), ("s2tt", "bleu", "de-en", 30.0)]
     assert averages(scores) == {"asr": 15.0, "s2tt": 30.0}
     assert averages(parse_part_metrics(METRICS)) == {"asr": 13.6984263, "s2tt": 18.2625, "mt": 30.0}  # as given
+    # a prefixed key wins over the same key without it, wherever it comes
+    assert [(s.subject, s.value) for s in parse_part_metrics({"wer_de": 1.0, "test_wer_de": 2.0, "wer_fr": 3.0})
+            if s.subject] == [("de", 2.0), ("fr", 3.0)]
 
     baseline = {"test_wer_de": 13.0, "test_wer_fr": 19.0, "test_cer_zh": 9.0, "test_bleu_de-en": 20.0,
                 "test_bleu_zh-en": 16.0}

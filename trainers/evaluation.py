@@ -1,7 +1,5 @@
-"""Evaluation with generation: greedy (or beam) transcripts and translations of a mixed test set, scored with
-WER/CER per language and BLEU per direction. Works on one process and across ranks (DeepSpeed ZeRO-3 included:
-`generate` keeps the ranks in step when their outputs differ in length). With `chunk_length_s`, recordings longer
-than that are cut at pauses and their chunks' outputs joined, as the pipeline does (`modeling_part.long_form`)."""
+"""Evaluation with generation: transcripts and translations of a mixed test set, on one process or across ranks
+(ZeRO-3 included), scored by `trainers.metrics`; long recordings are cut at pauses as the pipeline does."""
 
 from __future__ import annotations
 
@@ -40,28 +38,23 @@ def generate_predictions(
 ) -> list[str]:
     """Decoded outputs for `samples` (rows with `task`, languages, and `audio` or `source_text`), in order.
 
-    Under several ranks each rank generates every `world`-th batch and the outputs are gathered on all ranks.
-    Samples are sorted by length within the pass to cut padding, then put back in order.
-    With `chunk_length_s` (at most the processor's `max_audio_seconds`), a speech sample longer than that is cut
-    into chunks with `plan_chunks(..., stride_length_s)` that are generated in the batches like samples of their
-    own, and its output is its chunks' outputs joined (`merge_chunk_texts`); shorter samples are unchanged.
+    Samples are batched by length; under several ranks each rank generates every `world`-th batch and all ranks get
+    all outputs. With `chunk_length_s` (at most the processor's `max_audio_seconds`), longer speech is cut into
+    chunks (`plan_chunks(..., stride_length_s)`) generated like samples of their own and joined (`merge_chunk_texts`).
     """
     if chunk_length_s is not None:
         pieces, plans = _split_long_samples(samples, processor, chunk_length_s, stride_length_s)
-        texts = generate_predictions(model, processor, pieces, batch_size, progress, **generate_kwargs)
-        outputs, position = [], 0
+        texts = iter(generate_predictions(model, processor, pieces, batch_size, progress, **generate_kwargs))
         rate = processor.feature_extractor.sampling_rate
-        for chunks in plans:
-            if chunks is None:
-                outputs.append(texts[position])
-                position += 1
-            else:
-                outputs.append(join_texts(merge_chunk_texts(texts[position : position + len(chunks)], chunks, rate)))
-                position += len(chunks)
-        return outputs
+        return [
+            next(texts) if chunks is None
+            else join_texts(merge_chunk_texts([next(texts) for _ in chunks], chunks, rate))
+            for chunks in plans
+        ]
     rank, world = _rank_and_world()
     collator = PartDataCollator(processor, with_targets=False)
-    order = sorted(range(len(samples)), key=lambda i: _length(samples[i]))
+    lengths = [float(sample.get("duration") or len(sample.get("source_text") or "")) for sample in samples]
+    order = sorted(range(len(samples)), key=lengths.__getitem__)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     # Every rank runs the same number of generate calls (collective under ZeRO-3): pad with a repeated batch.
     per_rank = -(-len(batches) // world)
@@ -77,8 +70,7 @@ def generate_predictions(
         if index < len(batches):
             for i, text in zip(batch_indices, processor.batch_decode(tokens)):
                 outputs[i] = text
-    if was_training:
-        model.train()
+    model.train(was_training)
     if world > 1:
         gathered: list[dict[int, str]] = [None] * world  # type: ignore[list-item]
         dist.all_gather_object(gathered, outputs)
@@ -98,25 +90,16 @@ def evaluate_speech_to_text(
     stride_length_s: float | Sequence[float] | None = None,
     **generate_kwargs,
 ) -> tuple[dict[str, float], list[str]]:
-    """Generates for every sample and scores against its `text`. Returns `(metrics, predictions)`; metric keys
-    are prefixed (`test_wer_de`, `test_bleu_de-en`, `test_asr_avg_error`, ...). WER/CER are uncapped; with
-    `hypothesis_cap` (opt-in, see `trainers.metrics.HypothesisCap`) capped rates are added as `test_wer_capped_de`,
-    `test_asr_avg_error_capped`, ... `chunk_length_s` scores recordings longer than the model takes (see
-    `generate_predictions`)."""
+    """`(metrics, predictions)`: `generate_predictions` scored against each sample's `text` by `compute_speech_metrics`
+    (with its `hypothesis_cap`), the keys prefixed by `metric_key_prefix` (`test_wer_de`, `test_bleu_de-en`, ...)."""
     missing = [c for c in META_COLUMNS if c not in samples[0]]
     if missing:
         raise ValueError(f"Evaluation samples lack the columns {missing}; each needs {META_COLUMNS}.")
     predictions = generate_predictions(
         model, processor, samples, batch_size, progress, chunk_length_s, stride_length_s, **generate_kwargs
     )
-    metrics = compute_speech_metrics(
-        predictions,
-        [s["text"] for s in samples],
-        [s["task"] for s in samples],
-        [s["source_language"] for s in samples],
-        [s["target_language"] for s in samples],
-        hypothesis_cap=hypothesis_cap,
-    )
+    tasks, sources, targets, texts = ([sample[column] for sample in samples] for column in META_COLUMNS)
+    metrics = compute_speech_metrics(predictions, texts, tasks, sources, targets, hypothesis_cap=hypothesis_cap)
     return {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}, predictions
 
 
@@ -138,14 +121,11 @@ def _split_long_samples(
     pieces: list[Mapping[str, Any]] = []
     plans: list[list[Chunk] | None] = []
     for index, sample in enumerate(samples):
-        duration = sample.get("duration")
-        if sample["task"] == "mt" or (duration is not None and duration <= chunk_length_s):
-            pieces.append(sample)
-            plans.append(None)
-            continue
-        waveform = load_audio(sample["audio"], sample.get("sampling_rate"), target_sampling_rate=rate,
-                              name=f"evaluation sample {index}")
-        if len(waveform) <= chunk_length_s * rate:
+        duration, waveform = sample.get("duration"), None
+        if sample["task"] != "mt" and (duration is None or duration > chunk_length_s):
+            waveform = load_audio(sample["audio"], sample.get("sampling_rate"), target_sampling_rate=rate,
+                                  name=f"evaluation sample {index}")
+        if waveform is None or len(waveform) <= chunk_length_s * rate:
             pieces.append(sample)
             plans.append(None)
             continue
@@ -155,10 +135,6 @@ def _split_long_samples(
             audio = {"array": waveform[chunk.start : chunk.end], "sampling_rate": rate}
             pieces.append({**sample, "audio": audio, "duration": (chunk.end - chunk.start) / rate})
     return pieces, plans
-
-
-def _length(sample: Mapping[str, Any]) -> float:
-    return float(sample.get("duration") or len(sample.get("source_text") or ""))
 
 
 __all__ = ["evaluate_speech_to_text", "generate_predictions"]

@@ -1,11 +1,6 @@
-"""Speech-to-text evaluation as in the PART paper: Whisper-style text normalisation, WER/CER per
-language (CER for zh, cmn, ja, ko, yue) and sacreBLEU per translation direction.
-
-All scores are percentages: WER/CER = 100 * (substitutions + deletions + insertions) / reference units,
-summed over the corpus of one language, exactly as `jiwer.wer` counts a list of sentences (on the normalised text;
-CER on characters without spaces), with no limit on insertions; BLEU is sacreBLEU's corpus score (0-100).
-Truncating long hypotheses before scoring (`HypothesisCap`) is an opt-in extra, reported under its own keys.
-"""
+"""Speech-to-text scores as in the PART paper, all in percent: WER per language (CER for zh, cmn, ja, ko, yue) on
+Whisper-normalised text, counted corpus-wide as `jiwer` counts a list of sentences, and sacreBLEU per direction.
+Truncating long hypotheses before WER/CER (`HypothesisCap`) is opt-in and reported under its own keys."""
 
 from __future__ import annotations
 
@@ -31,19 +26,10 @@ CER_LANGUAGES = frozenset({"zh", "cmn", "ja", "ko", "yue", "zho", "jpn", "kor"})
 
 ENGLISH_LANGUAGES = frozenset({"en", "eng"})
 
-BLEU_TOKENIZERS = {
-    "zh": "zh",
-    "cmn": "zh",
-    "yue": "zh",
-    "zho": "zh",
-    "ja": "char",
-    "jpn": "char",
-    "ko": "char",
-    "kor": "char",
-}
-"""sacreBLEU tokenizer per target language (base code); every other target uses "13a", as the paper does
-for xx->en. Japanese and Korean fall back to "char" because sacreBLEU's "ja-mecab"/"ko-mecab" need extra
-packages (`sacrebleu[ja]`, `sacrebleu[ko]`); pass `bleu_tokenizers={"ja": "ja-mecab"}` once installed."""
+BLEU_TOKENIZERS = {"zh": "zh", "cmn": "zh", "yue": "zh", "zho": "zh", "ja": "char", "jpn": "char", "ko": "char",
+                   "kor": "char"}
+"""sacreBLEU tokenizer per target base code; others use "13a" (the paper's xx->en). Japanese and Korean use "char"
+as "ja-mecab"/"ko-mecab" need `sacrebleu[ja]`/`sacrebleu[ko]`: pass `bleu_tokenizers={"ja": "ja-mecab"}` then."""
 
 EVALUATE_METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
 """Folder of the `evaluate` metric scripts ("part_wer", "part_bleu") wrapping this module."""
@@ -54,13 +40,10 @@ Normalizer = Callable[[str, str], str]
 
 def evaluate_metric_path(name: str) -> str:
     """Local path of a PART `evaluate` metric, for `evaluate.load(evaluate_metric_path("part_wer"))` (offline)."""
-    path = EVALUATE_METRICS_DIR / name
-    if not (path / f"{name}.py").is_file():
-        available = sorted(
-            entry.name for entry in EVALUATE_METRICS_DIR.iterdir() if (entry / f"{entry.name}.py").is_file()
-        )
+    if not (EVALUATE_METRICS_DIR / name / f"{name}.py").is_file():
+        available = sorted(p.parent.name for p in EVALUATE_METRICS_DIR.glob("*/*.py") if p.stem == p.parent.name)
         raise ValueError(f"No PART evaluate metric named {name!r}; available: {available}.")
-    return str(path)
+    return str(EVALUATE_METRICS_DIR / name)
 
 
 def base_language(language: str) -> str:
@@ -74,25 +57,18 @@ def uses_cer(language: str) -> bool:
 
 
 class TextNormalizer:
-    """Whisper's text normalisation, applied to references and hypotheses before WER/CER.
-
-    Every language gets Whisper's `BasicTextNormalizer`: lower-case, remove text in brackets/parentheses,
-    replace punctuation and symbols by spaces (diacritics kept), collapse whitespace. English additionally
-    gets Whisper's `EnglishTextNormalizer` (numbers, contractions, British -> American spelling) only when
-    its spelling map is available: transformers does not ship it (it comes with Whisper checkpoints as
-    `normalizer.json`), so pass it as a dict or a path to that file, or use `from_tokenizer` with a
-    Whisper tokenizer. Without it English is normalised like every other language. The English
-    normaliser is never applied to other languages.
-    """
+    """Whisper's text normalisation before WER/CER: `BasicTextNormalizer` for every language (lower-case, no
+    bracketed text, punctuation and symbols to spaces), and Whisper's `EnglishTextNormalizer` for English only when
+    given its spelling map (Whisper's `normalizer.json`, as a dict or path, or `from_tokenizer`), which transformers
+    does not ship."""
 
     def __init__(self, english_spelling_mapping: Mapping[str, str] | str | os.PathLike | None = None) -> None:
         if isinstance(english_spelling_mapping, (str, os.PathLike)):
             with open(english_spelling_mapping, encoding="utf-8") as handle:
                 english_spelling_mapping = json.load(handle)
-        self._basic = BasicTextNormalizer()
-        self._english = (
-            None if english_spelling_mapping is None else EnglishTextNormalizer(dict(english_spelling_mapping))
-        )
+        self._basic, self._english = BasicTextNormalizer(), None
+        if english_spelling_mapping is not None:
+            self._english = EnglishTextNormalizer(dict(english_spelling_mapping))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TextNormalizer:
@@ -105,27 +81,15 @@ class TextNormalizer:
         return self._english is not None
 
     def __call__(self, text: str, language: str) -> str:
-        if self._english is not None and base_language(language) in ENGLISH_LANGUAGES:
-            return self._english(text).strip()
-        return self._basic(text).strip()
-
-
-def error_units(text: str, language: str) -> list[str]:
-    """The units an error rate counts in normalised `text`: characters without spaces for CER
-    languages, whitespace-separated words otherwise."""
-    if uses_cer(language):
-        return [char for char in text if not char.isspace()]
-    return text.split()
+        english = self._english is not None and base_language(language) in ENGLISH_LANGUAGES
+        return (self._english if english else self._basic)(text).strip()
 
 
 @dataclass(frozen=True)
 class HypothesisCap:
-    """Opt-in truncation of each hypothesis to `max(ratio * reference units, reference units + margin)` units
-    before WER/CER, so one runaway (repeating) output cannot dominate a corpus error rate.
-
-    Insertions are how speech LLMs fail, and a capped rate hides them and is not comparable with `jiwer` or
-    published numbers: capped rates are reported under their own keys (`wer_capped_<lang>`), next to the plain ones.
-    """
+    """Opt-in truncation of each hypothesis to `max(ratio * reference units, reference units + margin)` units before
+    WER/CER, so one runaway output cannot dominate a corpus rate. Capped rates hide insertions and are not comparable
+    with `jiwer` or published numbers, so they are reported under their own keys (`wer_capped_<lang>`)."""
 
     ratio: float = 2.0
     margin: int = 10
@@ -146,16 +110,12 @@ class HypothesisCap:
 
     @classmethod
     def coerce(cls, value: HypothesisCap | Mapping[str, Any] | bool | None) -> HypothesisCap | None:
-        """A cap from `None`/`False` (no cap, the default), `True` (2 x reference, reference + 10), a
-        `HypothesisCap` or a mapping `{"ratio": ..., "margin": ...}`."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping) and set(value) <= {"ratio", "margin"}:
-            return cls(**value)
+        """A cap from `None`/`False` (no cap, the default), `True` (the defaults), a `HypothesisCap` or a mapping
+        `{"ratio": ..., "margin": ...}`."""
+        if value is None or value is False or isinstance(value, cls):
+            return value or None
+        if value is True or (isinstance(value, Mapping) and set(value) <= {"ratio", "margin"}):
+            return cls() if value is True else cls(**value)
         raise ValueError(
             f"hypothesis_cap={value!r}: pass None (no cap, the default), True (2 x reference, reference + 10 units), "
             "HypothesisCap(ratio=..., margin=...) or {'ratio': ..., 'margin': ...}."
@@ -175,7 +135,7 @@ class ErrorRate:
 
     @property
     def name(self) -> str:
-        """The metric's label: "wer"/"cer", or "wer_capped"/"cer_capped" when a `hypothesis_cap` was applied."""
+        """"wer"/"cer", or "wer_capped"/"cer_capped" when a `hypothesis_cap` was applied."""
         return f"{self.metric}_capped" if self.hypothesis_cap is not None else self.metric
 
     @property
@@ -184,11 +144,10 @@ class ErrorRate:
         return 100.0 * self.errors / self.reference_units if self.reference_units else math.nan
 
 
-def _check_lengths(**columns: Sequence[Any]) -> int:
+def _check_lengths(**columns: Sequence[Any]) -> None:
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"All inputs must have one entry per sample, got lengths {lengths}.")
-    return next(iter(lengths.values()))
 
 
 def word_error_rate(
@@ -199,19 +158,11 @@ def word_error_rate(
     normalizer: Normalizer | None = None,
     hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
 ) -> dict[str, ErrorRate]:
-    """Corpus WER (or CER for `CER_LANGUAGES`) per language after normalisation: all edits over all reference
-    units of the language, as `jiwer.wer(references, hypotheses)` computes it for lists, with every insertion counted.
+    """`{language: ErrorRate}`: corpus WER (CER for `CER_LANGUAGES`, on characters without spaces) per language of
+    the normalised text, all edits over all reference units as `jiwer.process_words` counts them.
 
-    Args:
-        predictions: hypotheses, one per sample.
-        references: reference transcripts, one per sample.
-        languages: the language of each sample, or one language for all.
-        normalizer: `(text, language) -> text`; default `TextNormalizer()`. Pass `lambda t, _: t` to score raw text.
-        hypothesis_cap: opt-in truncation of long hypotheses first (see `HypothesisCap.coerce`); default none.
-            The results then say so (`ErrorRate.name` is "wer_capped"/"cer_capped").
-
-    Returns:
-        `{language: ErrorRate}`; `ErrorRate.value` is the percentage.
+    `languages` is one per sample or one for all; `normalizer` defaults to `TextNormalizer()` (`lambda t, _: t`
+    scores raw text); `hypothesis_cap` (see `HypothesisCap.coerce`) truncates long hypotheses first.
     """
     if isinstance(languages, str):
         languages = [languages] * len(references)
@@ -221,11 +172,13 @@ def word_error_rate(
     pairs: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     capped: Counter[str] = Counter()
     for prediction, reference, language in zip(predictions, references, languages):
-        reference_units = error_units(normalizer(reference, language), language)
-        hypothesis_units = error_units(normalizer(prediction, language), language)
+        # CER: characters as space-separated units, so process_words counts them (and no spaces)
+        reference_units, hypothesis_units = (
+            list("".join(text.split())) if uses_cer(language) else text.split()
+            for text in (normalizer(reference, language), normalizer(prediction, language))
+        )
         kept_units = hypothesis_units if cap is None else cap.truncate(hypothesis_units, len(reference_units))
         capped[language] += len(kept_units) < len(hypothesis_units)
-        # jiwer splits on whitespace; units never contain whitespace, so joining them is lossless.
         pairs[language][0].append(" ".join(reference_units))
         pairs[language][1].append(" ".join(kept_units))
     results = {}
@@ -243,8 +196,8 @@ def word_error_rate(
 
 
 def bleu_tokenizer(target_language: str, overrides: Mapping[str, str] | None = None) -> str:
-    """The sacreBLEU tokenizer for a target language: `overrides` (keyed by code as given), then
-    `BLEU_TOKENIZERS` (keyed by base code), else "13a"."""
+    """The sacreBLEU tokenizer of a target language: `overrides[target_language]`, else `BLEU_TOKENIZERS` (by base
+    code), else "13a"."""
     if overrides and target_language in overrides:
         return overrides[target_language]
     return BLEU_TOKENIZERS.get(base_language(target_language), "13a")
@@ -258,10 +211,8 @@ def bleu_by_direction(
     *,
     tokenizers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """sacreBLEU corpus BLEU per direction, keyed "src-tgt", on the raw (unnormalised) text.
-
-    The tokenizer follows the target language (`bleu_tokenizer`); `tokenizers` overrides it per target.
-    """
+    """sacreBLEU corpus BLEU per "src-tgt" direction on the raw text, tokenized by `bleu_tokenizer(target,
+    tokenizers)`."""
     _check_lengths(
         predictions=predictions,
         references=references,
@@ -291,16 +242,13 @@ def compute_speech_metrics(
     hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
     bleu_tokenizers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """All PART metrics of a mixed evaluation set, as one flat dict.
+    """All PART metrics of a mixed evaluation set, as one flat dict (keys only for the tasks present).
 
-    Keys (only for tasks present): `wer_<lang>` / `cer_<lang>` per ASR language (uncapped, see `word_error_rate`)
-    and `asr_avg_error` (their unweighted mean, the paper's "average WER"); `bleu_<src>-<tgt>` per S2TT direction and
-    `s2tt_avg_bleu`; `mt_bleu_<src>-<tgt>` and `mt_avg_bleu` for text translation; counts `<task>_samples`.
-    ASR samples must have source language == target language.
-
-    With `hypothesis_cap` (opt-in, see `HypothesisCap.coerce`) the capped rates come in addition, under their own
-    keys: `wer_capped_<lang>` / `cer_capped_<lang>`, `asr_avg_error_capped`, `asr_capped_hypotheses` (how many were
-    truncated) and the cap's `asr_hypothesis_cap_ratio` / `asr_hypothesis_cap_margin`.
+    `wer_<lang>` / `cer_<lang>` per ASR language (ASR samples have source == target language) and `asr_avg_error`
+    (their unweighted mean, the paper's "average WER"); `bleu_<src>-<tgt>` and `s2tt_avg_bleu` for S2TT;
+    `mt_bleu_<src>-<tgt>` and `mt_avg_bleu` for text translation; sample counts `<task>_samples`. With
+    `hypothesis_cap` (see `HypothesisCap.coerce`) also `wer_capped_<lang>` / `cer_capped_<lang>`,
+    `asr_avg_error_capped`, `asr_capped_hypotheses` and the cap's `asr_hypothesis_cap_ratio` / `_margin`.
     """
     cap = HypothesisCap.coerce(hypothesis_cap)
     _check_lengths(
@@ -310,46 +258,34 @@ def compute_speech_metrics(
         source_languages=source_languages,
         target_languages=target_languages,
     )
-    by_task: dict[str, list[int]] = defaultdict(list)
-    for index, (task, source, target) in enumerate(zip(tasks, source_languages, target_languages)):
-        if task not in TASKS:
+    by_task: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
+    for index, row in enumerate(zip(predictions, references, source_languages, target_languages)):
+        if (task := tasks[index]) not in TASKS:
             raise ValueError(f"Sample {index} has task {task!r}; expected one of {TASKS}.")
-        if task == "asr" and source != target:
+        if task == "asr" and row[2] != row[3]:
             raise ValueError(
-                f"Sample {index} has task 'asr' but source_language {source!r} != target_language {target!r}; "
+                f"Sample {index} has task 'asr' but source_language {row[2]!r} != target_language {row[3]!r}; "
                 "ASR transcribes in the spoken language, so label it 's2tt' if it is a translation."
             )
-        by_task[task].append(index)
-
-    def pick(values: Sequence[Any], indices: list[int]) -> list[Any]:
-        return [values[index] for index in indices]
+        by_task[task].append(row)
 
     metrics: dict[str, float] = {}
     if asr := by_task.get("asr"):
-        asr_columns = (pick(predictions, asr), pick(references, asr), pick(target_languages, asr))
-        rates = word_error_rate(*asr_columns, normalizer=normalizer)
-        metrics.update({f"{rate.name}_{language}": rate.value for language, rate in rates.items()})
-        metrics["asr_avg_error"] = float(np.mean([rate.value for rate in rates.values()]))
+        hypotheses, texts, _, languages = zip(*asr)
+        for capping in (None, cap) if cap else (None,):
+            rates = word_error_rate(hypotheses, texts, languages, normalizer=normalizer, hypothesis_cap=capping)
+            metrics.update({f"{rate.name}_{language}": rate.value for language, rate in rates.items()})
+            average = float(np.mean([rate.value for rate in rates.values()]))
+            metrics["asr_avg_error_capped" if capping else "asr_avg_error"] = average
         metrics["asr_samples"] = len(asr)
         if cap is not None:
-            capped = word_error_rate(*asr_columns, normalizer=normalizer, hypothesis_cap=cap)
-            metrics.update({f"{rate.name}_{language}": rate.value for language, rate in capped.items()})
-            metrics["asr_avg_error_capped"] = float(np.mean([rate.value for rate in capped.values()]))
-            metrics["asr_capped_hypotheses"] = sum(rate.num_capped for rate in capped.values())
+            metrics["asr_capped_hypotheses"] = sum(rate.num_capped for rate in rates.values())
             metrics["asr_hypothesis_cap_ratio"] = float(cap.ratio)
             metrics["asr_hypothesis_cap_margin"] = cap.margin
     for task, prefix in (("s2tt", "bleu"), ("mt", "mt_bleu")):
-        if indices := by_task.get(task):
-            scores = bleu_by_direction(
-                pick(predictions, indices),
-                pick(references, indices),
-                pick(source_languages, indices),
-                pick(target_languages, indices),
-                tokenizers=bleu_tokenizers,
-            )
+        if rows := by_task.get(task):
+            scores = bleu_by_direction(*zip(*rows), tokenizers=bleu_tokenizers)
             metrics.update({f"{prefix}_{direction}": score for direction, score in scores.items()})
             metrics[f"{task}_avg_bleu"] = float(np.mean(list(scores.values())))
-            metrics[f"{task}_samples"] = len(indices)
+            metrics[f"{task}_samples"] = len(rows)
     return metrics
-
-

@@ -1,8 +1,6 @@
-"""`evaluate` metric for PART's speech-translation scores: sacreBLEU per direction and their mean.
-
-Load it offline with `evaluate.load("<path to trainers/evaluate_metrics/part_bleu>")`. `evaluate` copies this
-script to its module cache, so it imports the installed `trainers.metrics` instead of a relative module.
-"""
+"""`evaluate` metric for PART's speech translation scores (`trainers.metrics.compute_speech_metrics` on S2TT samples).
+Load it offline with `evaluate.load(trainers.metrics.evaluate_metric_path("part_bleu"))`; `evaluate` runs a copy of
+this script, so it imports the installed `trainers.metrics`."""
 
 import datasets
 import evaluate
@@ -18,15 +16,12 @@ tokenizers need extra packages). Also returns the unweighted mean over direction
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions: list of translations (str).
-    references: list of reference translations (str), one per sample.
-    source_languages: list of source language codes (str).
-    target_languages: list of target language codes (str).
+    predictions, references: lists of translations and reference translations (str), one per sample.
+    source_languages, target_languages: lists of language codes (str).
     bleu_tokenizers: optional dict target language -> sacreBLEU tokenizer name, overriding the defaults.
 Returns:
     `bleu_<src>-<tgt>` per direction, `s2tt_avg_bleu`, `s2tt_samples`.
 Example:
-    >>> part_bleu = evaluate.load("trainers/evaluate_metrics/part_bleu")
     >>> part_bleu.compute(predictions=["the cat sat on the mat"], references=["the cat sat on the mat"],
     ...                   source_languages=["de"], target_languages=["en"])
     {'bleu_de-en': 100.00000000000004, 's2tt_avg_bleu': 100.00000000000004, 's2tt_samples': 1}
@@ -46,26 +41,16 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PartBleu(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
+        columns = ("predictions", "references", "source_languages", "target_languages")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                    "source_languages": datasets.Value("string"),
-                    "target_languages": datasets.Value("string"),
-                }
-            ),
+            features=datasets.Features(dict.fromkeys(columns, datasets.Value("string"))),
         )
 
     def _compute(self, predictions, references, source_languages, target_languages, bleu_tokenizers=None):
+        tasks = ["s2tt"] * len(predictions)
         return compute_speech_metrics(
-            predictions,
-            references,
-            ["s2tt"] * len(predictions),
-            source_languages,
-            target_languages,
-            bleu_tokenizers=bleu_tokenizers,
+            predictions, references, tasks, source_languages, target_languages, bleu_tokenizers=bleu_tokenizers
         )
