@@ -330,8 +330,8 @@ class MixtureComponent:
 
     @property
     def is_map_style(self) -> bool:
-        dataset = self.dataset
-        return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+        data = self.dataset
+        return not isinstance(data, IterableDataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__")
 
     @property
     def size(self) -> int | None:
@@ -401,7 +401,8 @@ class _MixtureCursor:
                 probabilities = self.mixture._probabilities[active]
                 self._cumulative = active, np.cumsum(probabilities) / probabilities.sum()
             active, cumulative = self._cumulative
-            component_index = int(active[min(np.searchsorted(cumulative, self.rng.random(), side="right"), len(active) - 1)])
+            choice = min(np.searchsorted(cumulative, self.rng.random(), side="right"), len(active) - 1)
+            component_index = int(active[choice])
             taken = self._take(component_index)
             if taken is not None:
                 self.position += 1
@@ -425,8 +426,9 @@ class _MixtureCursor:
             if offset == len(component.dataset) and not self._next_pass(component_index):
                 return None
             if self._orders[component_index] is None:
-                seed = [self.mixture.seed, self.mixture.epoch, _ORDER_STREAM, component_index, self.passes[component_index]]
-                self._orders[component_index] = np.random.default_rng(seed).permutation(len(component.dataset))
+                seed = [self.mixture.seed, self.mixture.epoch, _ORDER_STREAM, component_index]
+                rng = np.random.default_rng([*seed, self.passes[component_index]])
+                self._orders[component_index] = rng.permutation(len(component.dataset))
             self.offsets[component_index] += 1
             return int(self._orders[component_index][self.offsets[component_index] - 1]), _NOT_READ
         if self._iterators[component_index] is None:
@@ -653,7 +655,9 @@ class MixtureDataset(IterableDataset):
                 for key in ("task", "source_language", "target_language"):
                     declared = getattr(component, key)
                     if sample.setdefault(key, declared) != declared:
-                        raise ValueError(f"the sample has {key}={sample[key]!r} but its component declares {declared!r}")
+                        raise ValueError(
+                            f"the sample has {key}={sample[key]!r} but its component declares {declared!r}"
+                        )
                 self.validate(sample)
             except Exception as error:
                 if not (self.skip_invalid or isinstance(error, DroppedSample)):
@@ -677,7 +681,8 @@ class MixtureDataset(IterableDataset):
             if not buffer:
                 return
             seed = [self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.shard[0], progress.buffer_index]
-            for batch in sort_into_batches(buffer, grouping.batch_size, np.random.default_rng(seed), grouping.length_fn):
+            rng = np.random.default_rng(seed)
+            for batch in sort_into_batches(buffer, grouping.batch_size, rng, grouping.length_fn):
                 for sample in batch:
                     progress.buffer_offset += 1
                     yield sample
