@@ -5,6 +5,7 @@ probes at each stage's end, with heatmaps); `StageEvaluationCallback` scores hel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -77,13 +78,8 @@ class GradientSimilarity:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; NaN entries become None."""
-        return {
-            "stage": self.stage,
-            "labels": list(self.labels),
-            "matrix": [[None if math.isnan(value) else float(value) for value in row] for row in self.matrix],
-            "trainable_parameters": self.trainable_parameters,
-            "compared_parameters": self.compared_parameters,
-        }
+        matrix = [[None if math.isnan(value) else float(value) for value in row] for row in self.matrix]
+        return {**dataclasses.asdict(self), "labels": list(self.labels), "matrix": matrix}
 
 
 def build_probe_batches(

@@ -670,42 +670,43 @@ class MixtureDataset(IterableDataset):
                 continue
             yield sample
 
-    def _buffer_start(self, cursor: _MixtureCursor) -> dict[str, Any]:
-        return {"cursor": cursor.snapshot(), "skipped": dict(self.skipped)}
+    def _buffers(self, progress: _Progress, samples: Iterator[Any], size: int) -> Iterator[tuple[list[Any], bool]]:
+        """Consecutive buffers of `size` samples, each with whether it is the last; `progress.buffer_start` holds
+        where the current buffer began (cursor and skip counts), so a resumed iteration refills it."""
+        def snapshot() -> dict[str, Any]:
+            return {"cursor": progress.cursor.snapshot(), "skipped": dict(self.skipped)}
+
+        start, peeked = snapshot(), []
+        while True:
+            progress.buffer_start, progress.buffer_offset = start, 0
+            buffer = peeked + list(islice(samples, size - len(peeked)))
+            if not buffer:
+                return
+            start = snapshot()  # where the next buffer begins
+            peeked = list(islice(samples, 1))
+            yield buffer, not peeked
+            progress.buffer_index += 1
 
     def _grouped_samples(self, progress: _Progress, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         grouping = self.length_grouping
-        while True:
-            progress.buffer_start, progress.buffer_offset = self._buffer_start(progress.cursor), 0
-            buffer = list(islice(samples, grouping.buffer_size))
-            if not buffer:
-                return
+        for buffer, _ in self._buffers(progress, samples, grouping.buffer_size):
             seed = [self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.shard[0], progress.buffer_index]
-            rng = np.random.default_rng(seed)
-            for batch in sort_into_batches(buffer, grouping.batch_size, rng, grouping.length_fn):
+            batches = sort_into_batches(buffer, grouping.batch_size, np.random.default_rng(seed), grouping.length_fn)
+            for batch in batches:
                 for sample in batch:
                     progress.buffer_offset += 1
                     yield sample
-            progress.buffer_index += 1
 
     def _budget_batches(self, progress: _Progress, resume_offset: int) -> Iterator[list[dict[str, Any]]]:
         """Every process forms the same global batches from all samples and keeps batch `b` when
         `b % processes == its index`; the last `total % world_size` batches of the stream are dropped (logged)."""
         budget, (instance, num_instances), world_size = self.token_budget, progress.shard, self._process()[1]
-        samples = self._own_samples(progress.cursor, (0, 1))
-        start, peeked = self._buffer_start(progress.cursor), []
-        while True:
-            progress.buffer_start, progress.buffer_offset = start, 0
-            buffer = peeked + list(islice(samples, budget.buffer_size - len(peeked)))
-            if not buffer:
-                return
-            start = self._buffer_start(progress.cursor)  # where the next buffer begins
-            peeked = list(islice(samples, 1))  # nothing left: this is the last buffer
+        for buffer, last in self._buffers(progress, self._own_samples(progress.cursor, (0, 1)), budget.buffer_size):
             costs = [budget.costs(sample) for sample in buffer]
             rng = np.random.default_rng([self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.buffer_index])
             batches = budget.make_batches(costs, rng)
             extra = (progress.batch_position + len(batches)) % world_size
-            if not peeked and extra:
+            if last and extra:
                 dropped, batches = batches[len(batches) - extra :], batches[: len(batches) - extra]
                 if instance == 0:
                     logger.warning(
@@ -720,7 +721,6 @@ class MixtureDataset(IterableDataset):
                     yield [buffer[index] for index in batch]
             resume_offset = 0
             progress.batch_position += len(batches)
-            progress.buffer_index += 1
 
     def _record_oversized(self, sample: Mapping[str, Any], cost: tuple[int, float]) -> None:
         name = f"{sample['task']}_{sample['source_language']}_{sample['target_language']}"
