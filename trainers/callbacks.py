@@ -110,23 +110,15 @@ def build_probe_batches(
 
 
 class GradientSimilarityCallback(PartStageCallback):
-    """The paper's Fig. 3 analysis: at the end of each stage, the cosine similarity between the gradients of the
-    trainable parameters for each pair of probe batches, one per (task, language) label.
+    """The paper's Fig. 3 analysis: at each stage's end, the cosine similarity between the trainable parameters'
+    gradients of each pair of `probe_batches` (one batch with `labels` per (task, language) label, e.g. from
+    `build_probe_batches`), in eval mode, each probe's loss alone; a plain model's modes and `.grad` are restored.
+    Under DeepSpeed ZeRO-3 (the engine as `model_wrapped`) the engine's gradients are left zeroed, as after a step.
 
-    Each stage writes `gradient_similarity.json` and `.png` into its stage folder and keeps a `GradientSimilarity`
-    in `results[stage.name]`; the schedule's end writes `gradient_similarity_stages.png`, all stages side by side.
-    Only the main process writes; every process runs the backward passes (collective under DeepSpeed ZeRO-3).
-
-    Gradients are taken in eval mode from each probe's loss alone; a plain model's train/eval modes and `.grad` are
-    restored afterwards. Under DeepSpeed ZeRO-3 (the engine passed as `model_wrapped`) gradients are gathered with
-    `safe_get_full_grad` and the engine's are left zeroed, as after an optimizer step (measure at a step boundary).
-
-    Args:
-        probe_batches: one model-input batch with `labels` per label, e.g. from `build_probe_batches`.
-        max_parameters: compare at most this many gradient elements (a random subset drawn with `seed`, repeats
-            dropped) to bound memory; None compares all.
-        output_name: file stem of the per-stage files and of the combined figure.
-        plot: write the PNG heatmaps (the JSON files are always written).
+    Each stage's `GradientSimilarity` goes to `results[stage.name]` and, on the main process, to
+    `<output_name>.json` (and `.png` if `plot`) in the stage folder; the schedule's end plots all stages side by
+    side (`<output_name>_stages.png`). `max_parameters` compares a random subset (drawn with `seed`) of at most
+    that many gradient elements to bound memory; None compares all.
     """
 
     def __init__(
@@ -331,18 +323,10 @@ def plot_gradient_similarity(
 
 
 class StageEvaluationCallback(PartStageCallback):
-    """What each stage adds: at the end of the chosen stages, generates for held-out `samples` with
-    `trainer.evaluate_generation` and writes the metrics (WER/CER per language, BLEU per direction) to
-    `<stage folder>/generation_metrics.json`; `read_stage_metrics` collects them in stage order. A stage whose file
-    exists (a resumed run) is not evaluated again. Runs on every process (generation is collective under ZeRO-3);
-    the main process writes.
-
-    Args:
-        samples: rows with `task`, `source_language`, `target_language`, `text` and `audio` or `source_text`.
-        stages: names of the stages to evaluate; None evaluates all (the last is the final model, scored anyway).
-        metric_key_prefix: prefix of the metric keys.
-        generate_kwargs: passed on to `generate`.
-    """
+    """What each stage adds: at the end of the named `stages` (None: all), scores held-out `samples` (collator rows)
+    with `trainer.evaluate_generation` (`metric_key_prefix`, `generate_kwargs`) on every process and writes the
+    metrics to `<stage folder>/generation_metrics.json` from the main one; `read_stage_metrics` collects them. A
+    stage whose file exists (a resumed run) is not evaluated again."""
 
     def __init__(
         self,

@@ -175,20 +175,11 @@ class LengthGrouping:
 
 @dataclass
 class TokenBudget:
-    """Batches filled up to a budget instead of a fixed size (FunASR `batch_type="token"`, Lhotse buckets).
-
-    Each buffer of `buffer_size` mixture samples is sorted by length (LLM positions with `max_tokens`, else audio
-    seconds), optionally split into `num_buckets` buckets of equal counts (samples in draw order inside one), and
-    cut so that `batch size x longest sample` stays within every budget given. A sample over a budget on its own
-    gets a batch of its own and a logged warning. See docs/batching.md.
-
-    Args:
-        max_tokens: padded LLM positions per batch, from `positions_fn` (e.g. `processor_positions(processor)`).
-        max_audio_seconds: padded audio seconds per batch, from `seconds_fn` (default `sample_seconds`).
-        max_batch_size: optional cap on samples per batch.
-        num_buckets: 0 for batches of neighbours in the sorted buffer (least padding), else that many buckets.
-        buffer_size: samples per buffer; larger buffers pad less.
-    """
+    """Batches filled up to a budget instead of a fixed size (docs/batching.md): each buffer of `buffer_size`
+    samples is sorted by length (`positions_fn` with `max_tokens`, else `seconds_fn`), split into `num_buckets`
+    buckets of equal counts if > 0 (draw order inside one), and cut so that `batch size x longest sample` stays
+    within `max_tokens` LLM positions, `max_audio_seconds` and `max_batch_size` samples, each when given. A sample
+    over the budget on its own gets a batch of its own and a logged warning."""
 
     max_tokens: int | None = None
     max_audio_seconds: float | None = None
@@ -284,17 +275,10 @@ _NOT_READ = object()  # a map-style element that has not been fetched yet
 
 @dataclass
 class MixtureComponent:
-    """One corpus of a mixture, with the task and languages of all its samples.
-
-    Args:
-        name: unique name, used in errors, skip counts and states.
-        dataset: map-style (`datasets.Dataset`, anything with `__len__` and `__getitem__`) or iterable (read in
-            full by every process: do not pre-split it by node or worker). Keep audio undecoded
-            (`datasets.Audio(decode=False)`): the collator decodes what a batch needs.
-        task, source_language, target_language: set on every sample.
-        weight: relative sampling weight (> 0), see `mixture_probabilities`.
-        num_samples: size of an iterable dataset, if known (map-style sizes are read from `len`).
-    """
+    """One corpus of a mixture (`name` unique), with the task and languages set on all its samples, a relative
+    sampling `weight` and, for an iterable dataset, its size `num_samples` if known. `dataset` is map-style
+    (`__len__` and `__getitem__`) or iterable, read in full by every process (do not pre-split it); keep its audio
+    undecoded (`datasets.Audio(decode=False)`): the collator decodes what a batch needs."""
 
     name: str
     dataset: Any
@@ -472,29 +456,19 @@ class _Progress:
 
 
 class MixtureDataset(IterableDataset):
-    """A task/language mixture as a torch `IterableDataset`, deterministic for `seed` and `epoch`.
+    """A task/language mixture as a torch `IterableDataset`, deterministic for `seed` and `epoch` (docs/batching.md).
 
     Each epoch is one global sequence: at each position a component is drawn with `mixture_probabilities` and its
-    next sample taken; map-style components in a fresh permutation per pass, iterable ones in their own order.
-    `stopping_strategy` "cycle" restarts an exhausted component (endless: set `max_steps`); "exhaust" retires it
-    and renormalises the others, so the epoch yields every sample once (less skipped ones).
+    next sample taken (map-style components in a fresh permutation per pass). `stopping_strategy` "cycle" restarts
+    an exhausted component (endless: set `max_steps`); "exhaust" retires it, so the epoch yields every sample once.
+    Position k goes to rank `k % world_size` (from `torch.distributed` unless given; `rank=0, world_size=1` when the
+    Trainer shards) and to its DataLoader worker `(k // world_size) % workers`. With `token_budget` it yields
+    batches, global ones dealt to processes in turn (in "exhaust" mode the last `total % world_size` are dropped).
 
-    Sharding: position k goes to rank `k % world_size`, and to DataLoader worker `(k // world_size) % workers`
-    of it (rank and world size from `torch.distributed`, or `rank=0, world_size=1` when the Trainer's
-    `IterableDatasetShard` shards). Every process walks the whole sequence, reading only its own map-style samples.
-
-    `token_budget`: the dataset yields batches (lists of samples); every process forms the same global batches
-    and batch b goes to process `b % (world_size x workers)`; in "exhaust" mode the last `total % world_size`
-    batches are dropped so every rank ends after as many batches. `length_grouping`: per-process length-sorted
-    buffers. Counts of `resume_from_consumed` and `samples_yielded` are then in items (batches).
-
-    Invalid samples: each sample is labelled and passed to `validate` (default `validate_sample`); errors raise
-    `InvalidSampleError` naming component and index, or with `skip_invalid=True` are counted in `skipped` and
-    logged. A `DroppedSample` is skipped in any case, counted as `"<component> (<reason>)"`.
-
-    Resuming: `state_dict()` / `load_state_dict()` (torchdata's `Stateful` protocol) restore this process's exact
-    position; `resume_from_consumed` / `resume_after_batches` replay the sequence from a count of consumed items.
-    Resume with the same components, seed, world size, number of workers and batch size.
+    Samples failing `validate` raise `InvalidSampleError`, or with `skip_invalid=True` are counted in `skipped`;
+    a `DroppedSample` is always skipped and counted. `state_dict()` / `load_state_dict()` (torchdata's `Stateful`)
+    restore this process's exact position; `resume_from_consumed` / `resume_after_batches` replay the sequence from
+    a count of consumed items. Resume with the same components, seed, world size, workers and batch size.
     """
 
     def __init__(

@@ -214,22 +214,13 @@ def _part_stages(staged_tasks: bool, lora: bool, progressive: bool, mt_weight: f
     early = ASR if staged_tasks else ASR_S2TT
     stages = [Stage("1_adapter", ["adapter"], dict(early), fraction=0.25)]
     if progressive:
-        stages += [
-            Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, lr_scale=0.3),
-            Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, lr_scale=0.2),
-        ]
+        stages += [Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, lr_scale=0.3),
+                   Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, lr_scale=0.2)]
     else:
         stages += [Stage("2_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.4, lr_scale=0.2)]
-    stages.append(
-        Stage(
-            "3_cross_language" if lora else "3_cross_language_no_lora",
-            ["adapter", "encoder", "llm_lora"] if lora else ["adapter", "encoder"],
-            cross,
-            fraction=0.35,
-            lr_scale=0.2,
-        )
-    )
-    return stages
+    name, trainable = ("3_cross_language", ["adapter", "encoder", "llm_lora"]) if lora else (
+        "3_cross_language_no_lora", ["adapter", "encoder"])
+    return [*stages, Stage(name, trainable, cross, fraction=0.35, lr_scale=0.2)]
 
 
 _PRESETS = {  # (staged tasks, LoRA, progressive encoder) of `_part_stages`, or the baseline's own stages
