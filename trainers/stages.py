@@ -1,10 +1,5 @@
-"""Declarative PART stage schedules: which parameter groups train, on which task mixture, for how long.
-
-A `Schedule` is a list of `Stage`s, loadable from and saved to JSON or YAML. Presets reproduce the paper's
-schedule (`part`), the conventional `baseline_2stage` and the paper's three cumulative ablations. A stage's peak
-learning rate is a multiple (`lr_scale`) of the run's `--learning_rate` unless it sets its own `learning_rate`; its
-warm-up comes from the run's `--warmup_steps` unless it sets `warmup_steps` or `warmup_ratio`.
-"""
+"""Declarative PART stage schedules (which parameter groups train, on which task mixture, for how long), saved as
+JSON or YAML; presets reproduce the paper's schedule (`part`), `baseline_2stage` and the paper's three ablations."""
 
 from __future__ import annotations
 
