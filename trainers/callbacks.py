@@ -1,11 +1,11 @@
-"""Callbacks for staged PART training: `PartStageCallback` adds stage begin/end events to the Trainer's callbacks, and
-`GradientSimilarityCallback` measures the paper's Fig. 3 analysis, the cosine similarity of the gradients of
-(task, language) pairs at the end of each stage, and plots one heatmap per stage; `StageEvaluationCallback` scores
-the model on held-out samples at the end of each stage.
+"""Callbacks for staged PART training: `PartStageCallback` adds stage events to the Trainer's callbacks;
+`GradientSimilarityCallback` measures the paper's Fig. 3 analysis (gradient cosine similarity of (task, language)
+probes at each stage's end, with heatmaps); `StageEvaluationCallback` scores held-out samples after each stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,77 +22,53 @@ from transformers.utils import logging
 
 from modeling_part.modeling_part import parameter_numel
 
+from .collator import PartDataCollator
+
 
 logger = logging.get_logger(__name__)
 
 SIMILARITY_FILE = "gradient_similarity"
 """File stem of each stage's matrix (`.json`) and heatmap (`.png`), written into the stage folder."""
+STAGE_METRICS_FILE = "generation_metrics.json"
+"""File name of a stage's held-out generation metrics (`StageEvaluationCallback`), in the stage folder."""
 
 
 class PartStageCallback(TrainerCallback):
     """A `TrainerCallback` that also hears about the stages of a PART schedule; the stage events do nothing by default.
 
-    `PartTrainer` calls them on the `PartStageCallback`s among its callbacks, on every rank, with the usual callback
-    keywords (`model` is the unwrapped model) plus:
-        stage: the stage being run (at least `.name`).
-        stage_index: its position in the schedule, from 0.
-        stage_dir: the folder for the stage's artefacts.
-        model_wrapped: optional, the DeepSpeed engine when training under DeepSpeed.
+    `PartTrainer` calls them on every rank with the usual callback keywords (`model` is the unwrapped model) plus
+    `stage` (at least `.name`), `stage_index` (from 0), `stage_dir` (the stage's artefact folder) and, under
+    DeepSpeed, `model_wrapped` (the engine); `on_schedule_end` gets `output_dir`, the run's folder.
     """
 
     def on_stage_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        *,
-        model: nn.Module,
-        stage: Any,
-        stage_index: int,
-        stage_dir: str,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl | None:
         """Called before a stage trains, after its parameter groups have been made trainable."""
 
     def on_stage_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        *,
-        model: nn.Module,
-        stage: Any,
-        stage_index: int,
-        stage_dir: str,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl | None:
         """Called after a stage has trained, with its parameter groups still trainable."""
 
     def on_schedule_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        *,
-        model: nn.Module,
-        output_dir: str,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl | None:
-        """Called once after the last stage, before the final model is saved; `output_dir` is the run's folder."""
+        """Called once after the last stage, before the final model is saved."""
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON atomically (a crash leaves no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    temporary.replace(path)
 
 
 @dataclass(frozen=True)
 class GradientSimilarity:
-    """The gradient cosine similarities of one stage.
-
-    Attributes:
-        stage: the stage name.
-        labels: the probe labels, in matrix order.
-        matrix: `[len(labels), len(labels)]` cosine similarities; NaN in the rows and columns of a probe whose gradient
-            is zero (it uses none of the trainable parameters, e.g. text-only "mt" while only the adapter trains).
-        trainable_parameters: number of trainable parameter elements.
-        compared_parameters: number of gradient elements compared (less with `max_parameters`).
-    """
+    """The gradient cosine similarities of one stage: `matrix[i, j]` for `labels` i and j (NaN in the rows and
+    columns of a probe whose gradient is zero), over `compared_parameters` of `trainable_parameters` elements."""
 
     stage: str
     labels: list[str]
@@ -102,29 +78,19 @@ class GradientSimilarity:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; NaN entries become None."""
-        return {
-            "stage": self.stage,
-            "labels": list(self.labels),
-            "matrix": [[None if math.isnan(value) else float(value) for value in row] for row in self.matrix],
-            "trainable_parameters": self.trainable_parameters,
-            "compared_parameters": self.compared_parameters,
-        }
+        matrix = [[None if math.isnan(value) else float(value) for value in row] for row in self.matrix]
+        return {**dataclasses.asdict(self), "labels": list(self.labels), "matrix": matrix}
 
 
 def build_probe_batches(
     processor: Any, samples_by_label: Mapping[str, Sequence[Mapping[str, Any]]], *, sampling_rate: int | None = None
 ) -> dict[str, BatchFeature]:
-    """One training batch (with labels) per probe label, for `GradientSimilarityCallback`.
-
-    Args:
-        processor: a `PartProcessor`.
-        samples_by_label: a few samples per label such as "asr/de" or "s2tt/de-en"; each sample is a dict with `task`,
-            `source_language`, `target_language`, `text` (the target) and `audio` (a path, an array or a `datasets`
-            Audio dict) for speech tasks or `source_text` for "mt".
-        sampling_rate: the sampling rate of array audio (paths and Audio dicts carry their own).
-    """
+    """One training batch (with labels) per probe label such as "asr/de" or "s2tt/de-en", for
+    `GradientSimilarityCallback`, from a few samples per label as `PartDataCollator` takes them; `sampling_rate`
+    is that of array audio."""
     if not samples_by_label:
         raise ValueError("samples_by_label is empty; give at least one label, e.g. {'asr/en': [sample, ...]}.")
+    collate = PartDataCollator(processor, sampling_rate=sampling_rate)
     batches = {}
     for label, samples in samples_by_label.items():
         if not samples:
@@ -137,43 +103,22 @@ def build_probe_batches(
                 "'text' and 'audio' (speech tasks) or 'source_text' ('mt')."
             )
         try:
-            batches[label] = processor(
-                text=[sample.get("source_text") if sample["task"] == "mt" else None for sample in samples],
-                audio=[sample.get("audio") for sample in samples],
-                task=[sample["task"] for sample in samples],
-                source_language=[sample["source_language"] for sample in samples],
-                target_language=[sample.get("target_language") for sample in samples],
-                target_text=[sample["text"] for sample in samples],
-                output_labels=True,
-                sampling_rate=sampling_rate,
-            )
+            batches[label] = collate(samples)
         except ValueError as error:
             raise ValueError(f"Probe samples of {label!r}: {error}") from error
     return batches
 
 
 class GradientSimilarityCallback(PartStageCallback):
-    """The paper's Fig. 3 analysis: at the end of each stage, the cosine similarity between the gradients of the
-    trainable parameters for each pair of probe batches, one batch per (task, language) label.
+    """The paper's Fig. 3 analysis: at each stage's end, the cosine similarity between the trainable parameters'
+    gradients of each pair of `probe_batches` (one batch with `labels` per (task, language) label, e.g. from
+    `build_probe_batches`), in eval mode, each probe's loss alone; a plain model's modes and `.grad` are restored.
+    Under DeepSpeed ZeRO-3 (the engine as `model_wrapped`) the engine's gradients are left zeroed, as after a step.
 
-    Each stage writes `gradient_similarity.json` and `gradient_similarity.png` into its stage folder and keeps a
-    `GradientSimilarity` in `results[stage.name]`; the end of training writes `gradient_similarity_stages.png`, all
-    stages side by side, into `args.output_dir`. Only the main process writes files; every process runs the backward
-    passes (they are collective under DeepSpeed ZeRO-3).
-
-    Gradients are taken in eval mode (no dropout) from the loss of each probe batch alone. With a plain model the
-    modules' train/eval modes and the parameters' `.grad` are restored afterwards. Under DeepSpeed (pass the engine as
-    `model_wrapped`, see `PartStageCallback`; ZeRO stage 3 only) the forward and backward run through the engine,
-    gradients are gathered with `deepspeed.utils.safe_get_full_grad`, and the engine's gradients are left zeroed, as
-    after an optimizer step: measure at a step boundary, as `on_stage_end` does.
-
-    Args:
-        probe_batches: one model-input batch with `labels` per label, e.g. from `build_probe_batches`.
-        max_parameters: compare at most this many gradient elements (drawn at random with `seed`, repeats dropped, so
-            slightly fewer) to bound the memory of one float32 vector per label; None compares all.
-        seed: the seed of that subset.
-        output_name: file stem of the per-stage files and of the combined figure.
-        plot: write the PNG heatmaps (the JSON files are always written).
+    Each stage's `GradientSimilarity` goes to `results[stage.name]` and, on the main process, to
+    `<output_name>.json` (and `.png` if `plot`) in the stage folder; the schedule's end plots all stages side by
+    side (`<output_name>_stages.png`). `max_parameters` compares a random subset (drawn with `seed`) of at most
+    that many gradient elements to bound memory; None compares all.
     """
 
     def __init__(
@@ -198,16 +143,11 @@ class GradientSimilarityCallback(PartStageCallback):
                     "processor(..., target_text=[...], output_labels=True) or build_probe_batches."
                 )
             if not bool((labels != -100).any()):
-                raise ValueError(
-                    f"Probe batch {label!r} has only -100 labels; give its samples non-empty target texts."
-                )
+                raise ValueError(f"Probe batch {label!r} has only -100 labels; give its samples non-empty targets.")
         if max_parameters is not None and max_parameters < 1:
             raise ValueError(f"max_parameters={max_parameters} must be a positive integer, or None to compare all.")
         self.probe_batches = dict(probe_batches)
-        self.max_parameters = max_parameters
-        self.seed = seed
-        self.output_name = output_name
-        self.plot = plot
+        self.max_parameters, self.seed, self.output_name, self.plot = max_parameters, seed, output_name, plot
         self.results: dict[str, GradientSimilarity] = {}
 
     def compute(self, model: nn.Module) -> tuple[list[str], np.ndarray]:
@@ -219,7 +159,9 @@ class GradientSimilarityCallback(PartStageCallback):
     def measure(self, model: nn.Module, stage: str = "") -> GradientSimilarity:
         """`compute` with the parameter counts, as a `GradientSimilarity` named `stage`."""
         engine, module = _split_engine(model)
-        parameters = _trainable_parameters(module)
+        parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
+        if not parameters:
+            raise ValueError("The model has no trainable parameters; make the stage's groups trainable (set_trainable)")
         if engine is not None and (zero_stage := engine.zero_optimization_stage()) != 3:
             raise ValueError(
                 f"Gradient similarity under DeepSpeed needs ZeRO stage 3, got stage {zero_stage}; run the analysis "
@@ -259,25 +201,12 @@ class GradientSimilarityCallback(PartStageCallback):
             for submodule, training in modes.items():
                 submodule.training = training
         labels = list(self.probe_batches)
-        return GradientSimilarity(
-            stage=stage,
-            labels=labels,
-            matrix=_cosine_similarity(torch.stack(vectors), labels),
-            trainable_parameters=sum(sizes),
-            compared_parameters=len(vectors[0]),
-        )
+        return GradientSimilarity(stage, labels, _cosine_similarity(torch.stack(vectors), labels), sum(sizes),
+                                  len(vectors[0]))
 
     def on_stage_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        *,
-        model: nn.Module,
-        stage: Any,
-        stage_index: int,
-        stage_dir: str,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, *, model: nn.Module, stage: Any,
+        stage_dir: str, **kwargs: Any,
     ) -> None:
         """Compute the stage's matrix on every process; the main process writes its JSON and heatmap."""
         wrapped = kwargs.get("model_wrapped")
@@ -286,8 +215,7 @@ class GradientSimilarityCallback(PartStageCallback):
         if not state.is_world_process_zero:
             return
         folder = Path(stage_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{self.output_name}.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        _write_json(folder / f"{self.output_name}.json", result.to_dict())
         if self.plot:
             plot_gradient_similarity(result, folder / f"{self.output_name}.png")
         logger.info(f"Stage {stage.name!r}: gradient similarity of {len(result.labels)} probes written to {folder}.")
@@ -297,7 +225,7 @@ class GradientSimilarityCallback(PartStageCallback):
     ) -> None:
         """The main process writes the combined figure of all stages (the paper's Fig. 3 shape) into `output_dir`."""
         if self.plot and self.results and state.is_world_process_zero:
-            plot_all(output_dir, self.results, file_name=f"{self.output_name}_stages.png")
+            plot_gradient_similarity(self.results, Path(output_dir) / f"{self.output_name}_stages.png")
 
     def _selections(self, sizes: list[int]) -> list[torch.Tensor | None]:
         """Per parameter, the flat indices of its compared elements (None: all of them)."""
@@ -315,13 +243,6 @@ def _split_engine(model: nn.Module) -> tuple[Any | None, nn.Module]:
     """(DeepSpeed engine or None, the module it wraps or the model itself)."""
     is_engine = callable(getattr(model, "backward", None)) and isinstance(getattr(model, "module", None), nn.Module)
     return (model, model.module) if is_engine else (None, model)
-
-
-def _trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
-    if not parameters:
-        raise ValueError("The model has no trainable parameters; make the stage's groups trainable (set_trainable).")
-    return parameters
 
 
 def _zero_gradients(parameters: Sequence[nn.Parameter], engine: Any | None) -> None:
@@ -348,9 +269,8 @@ def _flat_gradient(
     pieces = []
     for parameter, selection in zip(parameters, selections):
         grad = safe_get_full_grad(parameter) if deepspeed else parameter.grad
-        size = parameter_numel(parameter) if selection is None else len(selection)
         if grad is None:
-            pieces.append(torch.zeros(size))
+            pieces.append(torch.zeros(parameter_numel(parameter) if selection is None else len(selection)))
             continue
         grad = grad.detach().reshape(-1)
         if selection is not None:
@@ -371,90 +291,42 @@ def _cosine_similarity(vectors: torch.Tensor, labels: Sequence[str]) -> np.ndarr
     return (units @ units.T).clamp(-1.0, 1.0).double().numpy()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _draw_heatmap(axes: Any, result: GradientSimilarity, title: str) -> Any:
-    """One annotated heatmap on `axes`, colours from -1 (blue) through 0 (white) to 1 (red); returns the image."""
-    image = axes.imshow(np.ma.masked_invalid(result.matrix), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    ticks = range(len(result.labels))
-    axes.set_xticks(ticks, result.labels, rotation=45, ha="right", rotation_mode="anchor")
-    axes.set_yticks(ticks, result.labels)
-    font_size = max(5, 10 - len(result.labels) // 3)
-    for row, column in np.ndindex(result.matrix.shape):
-        value = result.matrix[row, column]
-        text = "n/a" if math.isnan(value) else f"{value:.2f}"
-        colour = "white" if abs(value) > 0.6 else "black"
-        axes.text(column, row, text, ha="center", va="center", color=colour, fontsize=font_size)
-    axes.set_title(title)
-    return image
-
-
-def plot_gradient_similarity(result: GradientSimilarity, path: str | Path) -> Path:
-    """Write one stage's heatmap as a PNG; returns the path."""
-    side = 2.0 + 0.6 * len(result.labels)
-    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
-    axes = figure.add_subplot()
-    image = _draw_heatmap(axes, result, f"Gradient cosine similarity: {result.stage}")
-    figure.colorbar(image, ax=axes, shrink=0.8)
+def plot_gradient_similarity(
+    results: GradientSimilarity | Mapping[str, GradientSimilarity], path: str | Path
+) -> Path:
+    """Write one stage's heatmap, or one per stage side by side in `results` order (the paper's Fig. 3), as a PNG;
+    colours from -1 (blue) through 0 (white) to 1 (red). Returns the path."""
+    single = isinstance(results, GradientSimilarity)
+    results = [results] if single else list(results.values())
+    if not results:
+        raise ValueError("results is empty; compute at least one stage's GradientSimilarity before plotting.")
+    side = 2.0 + 0.6 * max(len(result.labels) for result in results)
+    figure = Figure(figsize=(side * len(results) + 1.0, side + (0.0 if single else 0.5)), layout="constrained")
+    axes = figure.subplots(1, len(results), squeeze=False)[0]
+    for stage_axes, result in zip(axes, results):
+        image = stage_axes.imshow(np.ma.masked_invalid(result.matrix), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        ticks = range(len(result.labels))
+        stage_axes.set_xticks(ticks, result.labels, rotation=45, ha="right", rotation_mode="anchor")
+        stage_axes.set_yticks(ticks, result.labels)
+        font_size = max(5, 10 - len(result.labels) // 3)
+        for row, column in np.ndindex(result.matrix.shape):
+            value = result.matrix[row, column]
+            stage_axes.text(column, row, "n/a" if math.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                            color="white" if abs(value) > 0.6 else "black", fontsize=font_size)
+        stage_axes.set_title(f"Gradient cosine similarity: {result.stage}" if single else result.stage)
+    figure.colorbar(image, ax=list(axes), shrink=0.8)
+    if not single:
+        figure.suptitle("Gradient cosine similarity by stage")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
     return Path(path)
 
 
-def plot_all(
-    output_dir: str | Path,
-    results: Mapping[str, GradientSimilarity],
-    *,
-    file_name: str = f"{SIMILARITY_FILE}_stages.png",
-) -> Path:
-    """Write one figure with a heatmap per stage side by side, in `results` order (the paper's Fig. 3); returns the
-    path."""
-    if not results:
-        raise ValueError("results is empty; compute at least one stage's GradientSimilarity before plotting.")
-    side = 2.0 + 0.6 * max(len(result.labels) for result in results.values())
-    figure = Figure(figsize=(side * len(results) + 1.0, side + 0.5), layout="constrained")
-    axes = figure.subplots(1, len(results), squeeze=False)[0]
-    for stage_axes, result in zip(axes, results.values()):
-        image = _draw_heatmap(stage_axes, result, result.stage)
-    figure.colorbar(image, ax=list(axes), shrink=0.8)
-    figure.suptitle("Gradient cosine similarity by stage")
-    path = Path(output_dir) / file_name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
-    return path
-
-
-__all__ = [
-    "GradientSimilarity",
-    "GradientSimilarityCallback",
-    "PartStageCallback",
-    "build_probe_batches",
-    "plot_all",
-    "plot_gradient_similarity",
-]
-
-
-STAGE_METRICS_FILE = "generation_metrics.json"
-"""File name of a stage's held-out generation metrics (`StageEvaluationCallback`), in the stage folder."""
-
-
 class StageEvaluationCallback(PartStageCallback):
-    """What each stage adds: at the end of the chosen stages, generates for held-out `samples` with
-    `trainer.evaluate_generation` and writes the metrics (WER/CER per language, BLEU per direction) to
-    `<stage folder>/generation_metrics.json`; `read_stage_metrics` collects them in stage order.
-
-    A stage whose file is already there (a resumed run) is not evaluated again. Runs on every process (generation is
-    collective under DeepSpeed ZeRO-3); the main process writes.
-
-    Args:
-        samples: rows with `task`, `source_language`, `target_language`, `text` and `audio` or `source_text`.
-        stages: names of the stages to evaluate; None evaluates all (skip the last when the final model is scored
-            anyway: it is the same model).
-        metric_key_prefix: prefix of the metric keys.
-        generate_kwargs: passed on to `generate`.
-    """
+    """What each stage adds: at the end of the named `stages` (None: all), scores held-out `samples` (collator rows)
+    with `trainer.evaluate_generation` (`metric_key_prefix`, `generate_kwargs`) on every process and writes the
+    metrics to `<stage folder>/generation_metrics.json` from the main one; `read_stage_metrics` collects them. A
+    stage whose file exists (a resumed run) is not evaluated again."""
 
     def __init__(
         self,
@@ -471,34 +343,32 @@ class StageEvaluationCallback(PartStageCallback):
         self.generate_kwargs = generate_kwargs
 
     def on_stage_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        *,
-        stage: Any,
-        stage_dir: str,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, *, stage: Any, stage_dir: str,
         **kwargs: Any,
     ) -> None:
         path = Path(stage_dir) / STAGE_METRICS_FILE
         if (self.stages is not None and stage.name not in self.stages) or path.exists():
             return
-        trainer = kwargs["trainer"]
-        metrics, _ = trainer.evaluate_generation(
+        metrics, _ = kwargs["trainer"].evaluate_generation(
             self.samples, metric_key_prefix=self.metric_key_prefix, **self.generate_kwargs
         )
         if state.is_world_process_zero:
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"stage": stage.name, "metrics": metrics}, indent=2), encoding="utf-8")
-            temporary.replace(path)
+            _write_json(path, {"stage": stage.name, "metrics": metrics})
 
 
 def read_stage_metrics(output_dir: str | Path) -> dict[str, dict[str, float]]:
     """`{stage name: metrics}` from the `generation_metrics.json` files of a run's stage folders, in stage order."""
     folders = sorted(Path(output_dir).glob("stage-*-*"), key=lambda folder: int(folder.name.split("-")[1]))
-    results = {}
-    for folder in folders:
-        if (path := folder / STAGE_METRICS_FILE).exists():
-            record = json.loads(path.read_text(encoding="utf-8"))
-            results[record["stage"]] = record["metrics"]
-    return results
+    records = [json.loads(path.read_text("utf-8")) for f in folders if (path := f / STAGE_METRICS_FILE).exists()]
+    return {record["stage"]: record["metrics"] for record in records}
+
+
+__all__ = [
+    "GradientSimilarity",
+    "GradientSimilarityCallback",
+    "PartStageCallback",
+    "StageEvaluationCallback",
+    "build_probe_batches",
+    "plot_gradient_similarity",
+    "read_stage_metrics",
+]

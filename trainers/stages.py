@@ -1,10 +1,5 @@
-"""Declarative PART stage schedules: which parameter groups train, on which task mixture, for how long.
-
-A `Schedule` is a list of `Stage`s, loadable from and saved to JSON or YAML. Presets reproduce the paper's
-schedule (`part`), the conventional `baseline_2stage` and the paper's three cumulative ablations. A stage's peak
-learning rate is a multiple (`lr_scale`) of the run's `--learning_rate` unless it sets its own `learning_rate`; its
-warm-up comes from the run's `--warmup_steps` unless it sets `warmup_steps` or `warmup_ratio`.
-"""
+"""Declarative PART stage schedules (which parameter groups train, on which task mixture, for how long), saved as
+JSON or YAML; presets reproduce the paper's schedule (`part`), `baseline_2stage` and the paper's three ablations."""
 
 from __future__ import annotations
 
@@ -32,20 +27,17 @@ class Stage:
         trainable: the parameter groups that train (see `PartForSpeechToText.get_parameter_groups`).
         tasks: task -> sampling weight in this stage (`asr`, `s2tt`, `mt`); components of other tasks are unused.
         languages: if set, only components whose source language is listed are used.
-        steps / fraction / epochs: the stage's length; exactly one. `fraction` is a share of the run's
-            `max_steps`; `epochs` counts passes over the stage's (map-style) data.
-        learning_rate: an absolute peak learning rate for this stage, overriding the run's `--learning_rate`
-            (then `lr_scale` must stay 1). `None` (default): `lr_scale` x `--learning_rate`.
-        lr_scale: the stage's peak learning rate as a multiple of the run's `--learning_rate` (default 1).
-        warmup_steps / warmup_ratio: the stage's own warm-up, in steps or as a share of its steps (rounded down);
-            at most one. `None` (default): the run's `--warmup_steps` (an integer >= 1: that many steps in every
-            stage; a number in [0, 1): that share of each stage's steps, rounded down).
+        steps / fraction / epochs: the stage's length, exactly one: optimizer steps, a share of the run's
+            `max_steps`, or passes over the stage's (map-style) data.
+        learning_rate / lr_scale: the stage's peak learning rate, absolute (overriding `--learning_rate`; then
+            `lr_scale` stays 1) or, by default, `lr_scale` (default 1) x `--learning_rate`.
+        warmup_steps / warmup_ratio: the stage's own warm-up, in steps or as a share of its steps (rounded down), at
+            most one; by default the run's `--warmup_steps` (>= 1: steps per stage; in [0, 1): a share of each stage).
         encoder_last_k: how many top encoder layers `encoder_last_k` means.
         lora: LoRA settings (rank, alpha, dropout, targets) when the stage trains `llm_lora`.
         unfreeze_at: progressive unfreezing inside the stage: step (within the stage) -> groups that start training
-            then. The optimizer (and, under DistributedDataParallel, the gradient reducer, which needs
-            `find_unused_parameters`) holds them from the start of the stage, so nothing is rebuilt mid-stage.
-            Not supported with DeepSpeed.
+            then. The optimizer (and a DDP reducer, with `find_unused_parameters`) holds them from the stage's start,
+            so nothing is rebuilt mid-stage. Not supported with DeepSpeed.
     """
 
     name: str
@@ -67,7 +59,9 @@ class Stage:
         self.unfreeze_at = {int(step): list(groups) for step, groups in self.unfreeze_at.items()}
         for group in [*self.trainable, *(g for groups in self.unfreeze_at.values() for g in groups)]:
             if group not in PARAMETER_GROUPS:
-                raise ValueError(f"Stage {self.name!r}: unknown parameter group {group!r}; choose from {PARAMETER_GROUPS}.")
+                raise ValueError(
+                    f"Stage {self.name!r}: unknown parameter group {group!r}; choose from {PARAMETER_GROUPS}."
+                )
         if not self.trainable:
             raise ValueError(f"Stage {self.name!r}: trainable is empty; name at least one parameter group.")
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -83,17 +77,14 @@ class Stage:
         text_only = sorted(set(self.tasks) - set(SPEECH_TASKS))
         if text_only and not set(LLM_GROUPS) & set(self.trainable):
             raise ValueError(
-                f"Stage {self.name!r}: text-only tasks {text_only} need a trainable LLM group ({' or '.join(LLM_GROUPS)}):"
-                f" a batch of them never reaches {self.trainable}, so it has no gradient. Add 'llm_lora' to trainable"
-                " or drop the text-only tasks from this stage."
+                f"Stage {self.name!r}: text-only tasks {text_only} need a trainable LLM group "
+                f"({' or '.join(LLM_GROUPS)}): a batch of them never reaches {self.trainable}, so it has no gradient. "
+                "Add 'llm_lora' to trainable or drop the text-only tasks from this stage."
             )
-        self._check_learning_rate_and_warmup()
         if "llm_lora" in self.trainable and self.lora is None:
             self.lora = dict(DEFAULT_LORA_CONFIG)
         if self.encoder_last_k < 1:
             raise ValueError(f"Stage {self.name!r}: encoder_last_k must be at least 1, got {self.encoder_last_k}.")
-
-    def _check_learning_rate_and_warmup(self) -> None:
         if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
             raise ValueError(f"Stage {self.name!r}: lr_scale must be a positive number, got {self.lr_scale}.")
         if self.learning_rate is not None:
@@ -218,29 +209,29 @@ def _part_stages(staged_tasks: bool, lora: bool, progressive: bool, mt_weight: f
     early = ASR if staged_tasks else ASR_S2TT
     stages = [Stage("1_adapter", ["adapter"], dict(early), fraction=0.25)]
     if progressive:
-        stages += [
-            Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, lr_scale=0.3),
-            Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, lr_scale=0.2),
-        ]
+        stages += [Stage("2a_encoder_top", ["adapter", "encoder_last_k"], dict(early), fraction=0.2, lr_scale=0.3),
+                   Stage("2b_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.2, lr_scale=0.2)]
     else:
         stages += [Stage("2_encoder_full", ["adapter", "encoder"], dict(early), fraction=0.4, lr_scale=0.2)]
-    stages.append(
-        Stage(
-            "3_cross_language" if lora else "3_cross_language_no_lora",
-            ["adapter", "encoder", "llm_lora"] if lora else ["adapter", "encoder"],
-            cross,
-            fraction=0.35,
-            lr_scale=0.2,
-        )
-    )
-    return stages
+    name, trainable = ("3_cross_language", ["adapter", "encoder", "llm_lora"]) if lora else (
+        "3_cross_language_no_lora", ["adapter", "encoder"])
+    return [*stages, Stage(name, trainable, cross, fraction=0.35, lr_scale=0.2)]
+
+
+_PRESETS = {  # (staged tasks, LoRA, progressive encoder) of `_part_stages`, or the baseline's own stages
+    "part": (True, True, True),
+    "baseline_2stage": None,
+    "no_task_staging": (False, True, True),
+    "no_task_staging_no_lora": (False, False, True),
+    "no_task_staging_no_lora_no_progressive": (False, False, False),
+}
+PRESETS = tuple(_PRESETS)
 
 
 def preset(name: str, mt_weight: float = 0.25) -> Schedule:
     """A named schedule. Stage lengths are fractions of the run's `max_steps`; peak learning rates are multiples of
-    the run's `--learning_rate` (`PartTrainingArguments` default 1e-3, the paper's): 1 for the adapter stage, 0.3
-    when the top encoder layers join, 0.2 for the whole encoder and the cross-language stage. Warm-up: the run's
-    `--warmup_steps` (default 0.05 of each stage).
+    the run's `--learning_rate` (default 1e-3, the paper's): 1 for the adapter stage, 0.3 when the top encoder
+    layers join, 0.2 for the whole encoder and the cross-language stage; warm-up is the run's `--warmup_steps`.
 
     - `part`: 1 adapter on ASR; 2a + last 8 encoder layers on ASR; 2b + whole encoder on ASR; 3 encoder + adapter +
       LLM LoRA on ASR + S2TT (+ text-only `mt` at `mt_weight`).
@@ -249,22 +240,14 @@ def preset(name: str, mt_weight: float = 0.25) -> Schedule:
     - `no_task_staging_no_lora`: ... and no LLM LoRA in stage 3 (so no text-only `mt` either: nothing it could train).
     - `no_task_staging_no_lora_no_progressive`: ... and the whole encoder unfrozen at once after the adapter stage.
     """
-    presets = {
-        "part": lambda: _part_stages(True, True, True, mt_weight),
-        "no_task_staging": lambda: _part_stages(False, True, True, mt_weight),
-        "no_task_staging_no_lora": lambda: _part_stages(False, False, True, mt_weight),
-        "no_task_staging_no_lora_no_progressive": lambda: _part_stages(False, False, False, mt_weight),
-        "baseline_2stage": lambda: [
-            Stage("1_adapter", ["adapter"], dict(ASR_S2TT), fraction=0.4),
-            Stage("2_encoder_adapter", ["adapter", "encoder"], dict(ASR_S2TT), fraction=0.6, lr_scale=0.2),
-        ],
-    }
-    if name not in presets:
-        raise ValueError(f"Unknown schedule preset {name!r}; choose from {sorted(presets)} or pass a JSON/YAML file.")
-    return Schedule(name=name, stages=presets[name]())
-
-
-PRESETS = ("part", "baseline_2stage", "no_task_staging", "no_task_staging_no_lora", "no_task_staging_no_lora_no_progressive")
+    if name not in _PRESETS:
+        raise ValueError(f"Unknown schedule preset {name!r}; choose from {sorted(_PRESETS)} or pass a JSON/YAML file.")
+    if _PRESETS[name] is not None:
+        return Schedule(name=name, stages=_part_stages(*_PRESETS[name], mt_weight))
+    return Schedule(name=name, stages=[
+        Stage("1_adapter", ["adapter"], dict(ASR_S2TT), fraction=0.4),
+        Stage("2_encoder_adapter", ["adapter", "encoder"], dict(ASR_S2TT), fraction=0.6, lr_scale=0.2),
+    ])
 
 
 def load_schedule(name_or_path: str | os.PathLike | Schedule, mt_weight: float = 0.25) -> Schedule:
