@@ -1,13 +1,7 @@
-"""Long recordings for PART: cut a waveform into chunks the model takes, and join the chunks' texts back.
-
-`plan_chunks` finds the pauses of a recording with an energy-based voice-activity detector (numpy, nothing to
-download) and cuts there, so that no word is split; where a stretch of speech has no pause within a chunk's
-length it falls back to overlapping windows, and `merge_chunk_texts` removes what two windows both transcribed by
-aligning their words in the overlap (the text-level counterpart of transformers' `_find_longest_common_sequence`).
-The pipeline (`PartSpeechRecognitionPipeline(..., chunk_length_s=...)`) and the evaluation helpers
-(`trainers.evaluation.generate_predictions(..., chunk_length_s=...)`) both use these, so a long test file is scored
-the way a user transcribes it. Work and memory are linear in the recording's length.
-"""
+"""Long recordings for PART: cut a recording into chunks the model takes, at pauses found by an energy-based
+voice-activity detector (overlapping windows where speech has no pause), and join the chunks' texts back, merging
+what two windows both transcribed at word level. Used by the pipeline and by `trainers.evaluation`, so a long test file
+is scored the way a user transcribes it. Work and memory are linear in the recording's length."""
 
 from __future__ import annotations
 
@@ -15,21 +9,17 @@ import bisect
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile
 
-FRAME_SECONDS = 0.02
-"""Length of the voice-activity detector's analysis frames."""
-MIN_PAUSE_SECONDS = 0.3
-"""The shortest run of non-speech frames counted as a pause (shorter gaps are within or between words)."""
-PAUSE_PADDING_SECONDS = 0.1
-"""Silence kept on each side of the speech in a chunk."""
-SILENCE_DB = -70.0
-"""Frames quieter than this (mean power in dB of full scale) are never speech, whatever the recording's levels."""
-_ENERGY_BLOCK_FRAMES = 4096
-"""Frames per block when computing energies (bounds the temporary memory, whatever the recording's length)."""
+FRAME_SECONDS = 0.02  # the voice-activity detector's analysis frames
+MIN_PAUSE_SECONDS = 0.3  # the shortest run of non-speech frames that is a pause (shorter gaps are within words)
+PAUSE_PADDING_SECONDS = 0.1  # silence kept on each side of the speech in a chunk
+SILENCE_DB = -70.0  # frames quieter than this (mean power, dB of full scale) are never speech
+_ENERGY_BLOCK_FRAMES = 4096  # frames per block when computing energies: bounds the temporary memory
 
 
 @dataclass(frozen=True)
@@ -42,22 +32,17 @@ class Chunk:
     overlap: int = 0
 
 
-# ------------------------------------------------------------------------------------------ voice activity
-def frame_energies_db(waveform: np.ndarray, frame_length: int) -> np.ndarray:
-    """Mean power in dB of consecutive non-overlapping frames of `frame_length` samples (the last may be shorter),
-    computed block by block so the temporary memory does not grow with the recording."""
-    num_frames = -(-len(waveform) // frame_length)
-    energies = np.empty(num_frames, dtype=np.float64)
-    block = _ENERGY_BLOCK_FRAMES * frame_length
-    for first in range(0, len(waveform), block):
-        piece = np.asarray(waveform[first : first + block], dtype=np.float64)
-        full = len(piece) // frame_length
-        index = first // frame_length
-        if full:
-            energies[index : index + full] = np.square(piece[: full * frame_length]).reshape(full, frame_length).mean(1)
-        if len(piece) > full * frame_length:
-            energies[index + full] = np.square(piece[full * frame_length :]).mean()
-    return 10.0 * np.log10(np.maximum(energies, 1e-10))
+def frame_energies_db(blocks: Iterable[np.ndarray], frame_length: int) -> np.ndarray:
+    """Mean power in dB of consecutive frames of `frame_length` samples (the last may be shorter) of a recording
+    given as blocks of whole frames (but the last), so the temporary memory does not grow with the recording."""
+    energies = []
+    for block in blocks:
+        full = len(block) // frame_length * frame_length
+        power = np.square(np.asarray(block, dtype=np.float64))
+        energies.append(power[:full].reshape(-1, frame_length).mean(1))
+        if len(block) > full:
+            energies.append(power[full:].mean(keepdims=True))
+    return 10.0 * np.log10(np.maximum(np.concatenate(energies or [np.zeros(0)]), 1e-10))
 
 
 def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_threshold: float = 0.25) -> np.ndarray:
@@ -74,15 +59,6 @@ def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_
     return audible & (energies_db > floor + max(min_margin_db, relative_threshold * (peak - floor)))
 
 
-def file_frame_energies_db(audio_file, frame_length: int) -> np.ndarray:
-    """`frame_energies_db` of an open `soundfile.SoundFile` (channels averaged), read block by block from its
-    current position: the recording is never in memory at once."""
-    energies = []
-    for block in audio_file.blocks(blocksize=_ENERGY_BLOCK_FRAMES * frame_length, dtype="float32", always_2d=True):
-        energies.append(frame_energies_db(block.mean(axis=1), frame_length))
-    return np.concatenate(energies) if energies else np.zeros(0)
-
-
 def find_pauses(speech: np.ndarray, frame_length: int, total: int, min_pause_s: float = MIN_PAUSE_SECONDS):
     """Pauses as `(start, end)` sample spans: runs of at least `min_pause_s` of non-speech frames."""
     edges = np.flatnonzero(np.diff(np.concatenate(([1], speech.astype(np.int8), [1]))))
@@ -94,7 +70,6 @@ def find_pauses(speech: np.ndarray, frame_length: int, total: int, min_pause_s: 
     ]
 
 
-# ------------------------------------------------------------------------------------------ chunk planning
 def stride_samples(
     chunk_length_s: float, stride_length_s: float | Sequence[float] | None, sampling_rate: int
 ) -> tuple[int, int]:
@@ -112,13 +87,14 @@ def stride_samples(
 
 
 def plan_chunks(
-    waveform: np.ndarray,
+    audio: np.ndarray | soundfile.SoundFile,
     chunk_length_s: float,
     stride_length_s: float | Sequence[float] | None = None,
     sampling_rate: int = 16000,
     min_pause_s: float = MIN_PAUSE_SECONDS,
 ) -> list[Chunk]:
-    """Cuts a recording into chunks of at most `chunk_length_s`, at pauses where possible.
+    """Cuts a recording (a waveform, or an open `soundfile.SoundFile`: read block by block from its current position,
+    never whole, at its own rate) into chunks of at most `chunk_length_s`, at pauses where possible.
 
     A recording no longer than `chunk_length_s` is one chunk, as it is. Otherwise each chunk ends in the last pause
     that starts within its `chunk_length_s` (keeping `PAUSE_PADDING_SECONDS` of the pause on each side and skipping
@@ -128,33 +104,21 @@ def plan_chunks(
     """
     if not chunk_length_s or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
-    if len(waveform) <= round(chunk_length_s * sampling_rate):
-        return [Chunk(0, len(waveform))]
-    frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
-    energies = frame_energies_db(waveform, frame_length)
-    return plan_chunks_from_energies(
-        energies, len(waveform), chunk_length_s, stride_length_s, sampling_rate, min_pause_s
-    )
-
-
-def plan_chunks_from_energies(
-    energies_db: np.ndarray,
-    total: int,
-    chunk_length_s: float,
-    stride_length_s: float | Sequence[float] | None = None,
-    sampling_rate: int = 16000,
-    min_pause_s: float = MIN_PAUSE_SECONDS,
-) -> list[Chunk]:
-    """`plan_chunks` of a recording of `total` samples given its `frame_energies_db` (frames of `FRAME_SECONDS`),
-    e.g. from `file_frame_energies_db`, so that a file need not be read whole."""
-    if not chunk_length_s or chunk_length_s <= 0:
-        raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
+    if isinstance(audio, soundfile.SoundFile):
+        total, sampling_rate = audio.frames, audio.samplerate
+    else:
+        total = len(audio)
     window = round(chunk_length_s * sampling_rate)
     if total <= window:
         return [Chunk(0, total)]
     left, right = stride_samples(chunk_length_s, stride_length_s, sampling_rate)
     frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
-    speech = speech_frames(energies_db)
+    block = _ENERGY_BLOCK_FRAMES * frame_length
+    if isinstance(audio, soundfile.SoundFile):
+        blocks = (b.mean(axis=1) for b in audio.blocks(blocksize=block, dtype="float32", always_2d=True))
+    else:
+        blocks = (audio[first : first + block] for first in range(0, total, block))
+    speech = speech_frames(frame_energies_db(blocks, frame_length))
     pauses = find_pauses(speech, frame_length, total, min_pause_s)
     speech_index = np.flatnonzero(speech)
     if speech_index.size == 0:
@@ -313,13 +277,11 @@ def chunk_timestamps(chunks: Sequence[Chunk], sampling_rate: int = 16000) -> lis
 __all__ = [
     "Chunk",
     "chunk_timestamps",
-    "file_frame_energies_db",
     "find_pauses",
     "frame_energies_db",
     "join_texts",
     "merge_chunk_texts",
     "plan_chunks",
-    "plan_chunks_from_energies",
     "speech_frames",
     "stride_samples",
 ]
