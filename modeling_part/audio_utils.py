@@ -45,12 +45,20 @@ def load_audio(
     A float32 mono input already at the target rate is returned without a copy. Bad input (unsupported type, no
     `sampling_rate` for an array, undecodable or missing file, empty audio, NaN / inf) raises an error naming `name`.
     """
-    if isinstance(audio, (str, os.PathLike)):
-        waveform, rate = _decode_path(audio, name)
-    elif isinstance(audio, (bytes, bytearray, memoryview)):
-        waveform, rate = _decode_bytes(bytes(audio), name)
-    elif isinstance(audio, dict):
-        waveform, rate = _decode_dict(audio, name)
+    if isinstance(audio, dict):  # a datasets Audio value
+        if audio.get("array") is not None:
+            if "sampling_rate" not in audio:
+                raise ValueError(f"{name}: audio dict has 'array' but no 'sampling_rate'; add it")
+            audio, sampling_rate = _as_numpy(audio["array"]), audio["sampling_rate"]
+        elif audio.get("bytes") is not None or audio.get("path") is not None:
+            audio = audio["bytes"] if audio.get("bytes") is not None else audio["path"]
+        else:
+            raise ValueError(
+                f"{name}: audio dict with keys {sorted(audio)} has no audio; expected {{'array', 'sampling_rate'}} "
+                "or {'path', 'bytes'} with a path or bytes that is not None"
+            )
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+        waveform, rate = _decode(audio, name)
     elif callable(getattr(audio, "get_all_samples", None)):
         samples = audio.get_all_samples()  # torchcodec AudioDecoder: data is (channels, frames)
         waveform, rate = _to_mono_float32(_as_numpy(samples.data), name, channel_axis=0), samples.sample_rate
@@ -83,14 +91,24 @@ def load_audio(
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
-def _decode_path(path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, int]:
-    """soundfile; what it cannot open: the optional `asrfront` decoder, else headerless `.pcm` / `.raw`."""
-    path = os.fspath(path)
+def _decode(source: str | os.PathLike[str] | bytes, name: str) -> tuple[np.ndarray, int]:
+    """Decode a file or its bytes with soundfile; a file it cannot open with the optional `asrfront` decoder, else
+    as headerless `.pcm` / `.raw`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            samples, rate = soundfile.read(io.BytesIO(source), dtype="float32")
+        except soundfile.LibsndfileError as error:
+            raise ValueError(
+                f"{name}: cannot decode {len(source)} bytes of audio with soundfile ({error}); store the audio as "
+                "WAV, FLAC, OGG or MP3, or pass a file path"
+            ) from error
+        return _to_mono_float32(samples, name), rate
+    path = os.fspath(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: audio file {path!r} does not exist")
     try:
-        data, rate = soundfile.read(path, dtype="float32")
-        return _to_mono_float32(data, name), rate
+        samples, rate = soundfile.read(path, dtype="float32")
+        return _to_mono_float32(samples, name), rate
     except soundfile.LibsndfileError as sf_error:
         error = sf_error
     try:
@@ -103,43 +121,17 @@ def _decode_path(path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, i
         except ValueError as af_error:
             detail = f"soundfile: {error}; asrfront: {af_error}"
     elif path.lower().endswith(RAW_PCM_EXTENSIONS):
-        data, rate = soundfile.read(
+        samples, rate = soundfile.read(
             path, dtype="float32", format="RAW", subtype="PCM_16", samplerate=SAMPLING_RATE, channels=1,
             endian="LITTLE",
         )
-        return _to_mono_float32(data, name), rate
+        return _to_mono_float32(samples, name), rate
     else:
         detail = f"soundfile: {error}; the optional asrfront decoder is not installed"
     raise ValueError(
         f"{name}: cannot decode audio file {path!r} ({detail}); convert it to WAV or FLAC, e.g. "
         "`ffmpeg -i in -ar 16000 -ac 1 out.wav`"
     ) from error
-
-
-def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
-    except soundfile.LibsndfileError as error:
-        raise ValueError(
-            f"{name}: cannot decode {len(data)} bytes of audio with soundfile ({error}); store the audio as "
-            "WAV, FLAC, OGG or MP3, or pass a file path"
-        ) from error
-    return _to_mono_float32(samples, name), rate
-
-
-def _decode_dict(audio: dict, name: str) -> tuple[np.ndarray, int]:
-    if audio.get("array") is not None:
-        if "sampling_rate" not in audio:
-            raise ValueError(f"{name}: audio dict has 'array' but no 'sampling_rate'; add it")
-        return _to_mono_float32(_as_numpy(audio["array"]), name), audio["sampling_rate"]
-    if audio.get("bytes") is not None:
-        return _decode_bytes(audio["bytes"], name)
-    if audio.get("path") is not None:
-        return _decode_path(audio["path"], name)
-    raise ValueError(
-        f"{name}: audio dict with keys {sorted(audio)} has no audio; expected {{'array', 'sampling_rate'}} "
-        "or {'path', 'bytes'} with a path or bytes that is not None"
-    )
 
 
 def _is_torch_tensor(value: Any) -> bool:

@@ -180,55 +180,32 @@ class PartProcessor(ProcessorMixin):
         language: str | Sequence[str],
         sampling_rate: int | None = None,
         target_language: str | Sequence[str | None] | None = None,
-        target_text: str | Sequence[str] | None = None,
-        output_labels: bool | None = None,
-        padding_side: str | None = None,
-        return_tensors: str = "pt",
+        **kwargs: Any,
     ) -> BatchFeature:
         """Inputs for transcribing (`asr`) or translating (`s2tt`) speech, as in Voxtral and Fun-ASR-Nano: a sample
         whose `target_language` differs from `language` (ISO 639 codes, per batch or per sample) is translated.
-        `audio` is one clip or a list (see `__call__`); the other arguments are as in `__call__`. Without targets the
-        output goes straight into `model.generate(**inputs)`."""
+        `audio` is one clip or a list; `kwargs` (`target_text`, `output_labels`, `padding_side`, `return_tensors`) are
+        as in `__call__`. Without targets the output goes straight into `model.generate(**inputs)`."""
         if audio is None or any(clip is None for clip in (audio if _is_batch(audio) else [audio])):
             raise ValueError(
                 "apply_transcription_request needs a clip for every sample; for text-only translation use "
                 "apply_text_translation_request."
             )
-        return self(
-            audio=audio,
-            source_language=language,
-            target_language=target_language,
-            target_text=target_text,
-            output_labels=output_labels,
-            sampling_rate=sampling_rate,
-            padding_side=padding_side,
-            return_tensors=return_tensors,
-        )
+        kwargs.update(source_language=language, target_language=target_language, sampling_rate=sampling_rate)
+        return self(audio=audio, **kwargs)
 
     def apply_text_translation_request(
         self,
         text: str | Sequence[str],
         source_language: str | Sequence[str],
         target_language: str | Sequence[str],
-        target_text: str | Sequence[str] | None = None,
-        output_labels: bool | None = None,
-        padding_side: str | None = None,
-        return_tensors: str = "pt",
+        **kwargs: Any,
     ) -> BatchFeature:
         """Inputs for translating text (the `mt` task): `text` in `source_language` into `target_language`, one string
-        or a list. Same conventions as `apply_transcription_request`."""
+        or a list; `kwargs` as in `apply_transcription_request`."""
         if text is None:
             raise ValueError("apply_text_translation_request needs text= (the text to translate).")
-        return self(
-            text=text,
-            task="mt",
-            source_language=source_language,
-            target_language=target_language,
-            target_text=target_text,
-            output_labels=output_labels,
-            padding_side=padding_side,
-            return_tensors=return_tensors,
-        )
+        return self(text=text, task="mt", source_language=source_language, target_language=target_language, **kwargs)
 
     def __call__(
         self,
@@ -273,7 +250,7 @@ class PartProcessor(ProcessorMixin):
         if kwargs:
             raise TypeError(f"PartProcessor.__call__ got unexpected arguments {sorted(kwargs)}.")
         if return_tensors != "pt":
-            raise ValueError(f"PartProcessor returns PyTorch tensors only (return_tensors='pt'); got {return_tensors!r}.")
+            raise ValueError(f"PartProcessor returns PyTorch tensors (return_tensors='pt'), not {return_tensors!r}.")
         if output_labels is None:
             output_labels = target_text is not None
         if output_labels and target_text is None:
@@ -339,9 +316,7 @@ class PartProcessor(ProcessorMixin):
         if output_labels:
             data["labels"] = _pad(label_sequences, -100, side)
         if waveforms:
-            features = self.feature_extractor(waveforms, sampling_rate=self.feature_extractor.sampling_rate)
-            data["input_features"] = features["input_features"]
-            data["feature_attention_mask"] = features["feature_attention_mask"]
+            data.update(self.feature_extractor(waveforms, sampling_rate=self.feature_extractor.sampling_rate))
         return BatchFeature(data=data)
 
     def _load_and_check(self, audio: Any, sampling_rate: int | None, index: int) -> np.ndarray:
