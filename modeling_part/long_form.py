@@ -167,10 +167,6 @@ _UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 
 
-def _units(text: str) -> list[re.Match]:
-    return list(_UNIT.finditer(text))
-
-
 def _key(unit: str) -> str | None:
     """A unit as compared across chunks: case-folded, punctuation removed; None for punctuation alone."""
     key = "".join(ch for ch in unit.casefold() if not unicodedata.category(ch).startswith("P"))
@@ -192,13 +188,10 @@ def join_texts(texts: Sequence[str]) -> str:
 
 
 def _align(left: list[str | None], right: list[str | None]) -> tuple[int, int] | None:
-    """Where `left`'s end and `right`'s start say the same: `(keep, skip)` such that `left[:keep] + right[skip:]` has
-    the shared part once, or None when they share fewer than two units (one when either has a single unit).
-
-    Every offset of `right` against `left` is scored by its share of equal units (ties go to the longer overlap),
-    as transformers' `_find_longest_common_sequence` does for tokens; the cut falls in the middle of the overlap,
-    so a word garbled at either window's edge is dropped.
-    """
+    """`(keep, skip)` such that `left[:keep] + right[skip:]` says once what `left`'s end and `right`'s start share, or
+    None when they share fewer than two units (one if either has one). As transformers' `_find_longest_common_sequence`
+    for tokens, every offset is scored by its share of equal units (ties: the longer overlap); the cut falls in the
+    middle of the overlap, so a word garbled at either window's edge is dropped."""
     left_length, right_length = len(left), len(right)
     needed = min(2, left_length, right_length)
     best, best_score = None, 0.0
@@ -219,40 +212,32 @@ def _align(left: list[str | None], right: list[str | None]) -> tuple[int, int] |
 
 
 def merge_chunk_texts(texts: Sequence[str], chunks: Sequence[Chunk], sampling_rate: int = 16000) -> list[str]:
-    """Each chunk's part of the transcript: its text less what it shares with the previous chunk's.
-
-    Chunks cut at a pause (`overlap == 0`) keep their texts. Where two windows overlap, the words of the previous
-    text's end and the next one's start that fall in the overlap (estimated from each chunk's words per second,
-    with a margin) are aligned with `_align` and the shared words kept once; where they share too little to align,
-    each keeps the words of its half of the overlap (by its words per second).
-    `join_texts(merge_chunk_texts(texts, chunks))` is the transcript.
-    """
+    """Each chunk's part of the transcript (`join_texts` of them is the transcript): its text less what it shares
+    with the previous chunk's. Where two windows overlap, the words of each text in the overlap (estimated from the
+    chunk's words per second, with a margin) are aligned with `_align` and kept once; where they share too little to
+    align, each keeps the words of its half of the overlap. Chunks cut at a pause keep their texts."""
     if len(texts) != len(chunks):
         raise ValueError(f"merge_chunk_texts got {len(texts)} texts for {len(chunks)} chunks; give one per chunk.")
-    units = [_units(text) for text in texts]
+    units = [list(_UNIT.finditer(text)) for text in texts]
     keep = [[0, len(u)] for u in units]  # the unit range [first, stop) each chunk keeps
     for index in range(1, len(chunks)):
-        overlap = chunks[index].overlap
-        if not overlap:
+        if not chunks[index].overlap:
             continue
-        previous, current = index - 1, index
-        seconds = [(chunks[i].end - chunks[i].start) / sampling_rate for i in (previous, current)]
-        rates = [len(units[i]) / max(s, 1e-9) for i, s in zip((previous, current), seconds)]
-        overlap_s = overlap / sampling_rate
-        spans = [
-            min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip((previous, current), rates)
-        ]
-        left_first = max(keep[previous][0], keep[previous][1] - spans[0])
-        left = [_key(u.group()) for u in units[previous][left_first : keep[previous][1]]]
-        right = [_key(u.group()) for u in units[current][: spans[1]]]
+        pair, previous = (index - 1, index), keep[index - 1]
+        overlap_s = chunks[index].overlap / sampling_rate
+        rates = [len(units[i]) / max((chunks[i].end - chunks[i].start) / sampling_rate, 1e-9) for i in pair]
+        spans = [min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip(pair, rates)]
+        left_first = max(previous[0], previous[1] - spans[0])
+        left = [_key(u.group()) for u in units[index - 1][left_first : previous[1]]]
+        right = [_key(u.group()) for u in units[index][: spans[1]]]
         cut = _align(left, right)
         if cut is None:
             dropped = [round(rate * overlap_s / 2) for rate in rates]
-            keep[previous][1] = max(keep[previous][0], keep[previous][1] - dropped[0])
-            keep[current][0] = min(len(units[current]), dropped[1])
+            previous[1] = max(previous[0], previous[1] - dropped[0])
+            keep[index][0] = min(len(units[index]), dropped[1])
         else:
-            keep[previous][1] = left_first + cut[0]
-            keep[current][0] = cut[1]
+            previous[1] = left_first + cut[0]
+            keep[index][0] = cut[1]
     parts = []
     for text, chunk_units, (first, stop) in zip(texts, units, keep):
         if (first, stop) == (0, len(chunk_units)):

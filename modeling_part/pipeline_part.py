@@ -63,20 +63,14 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         self.part_processor = processor or AutoProcessor.from_pretrained(self.model.name_or_path)
 
     def __call__(self, inputs: Any, batch_size: int | None = None, **kwargs: Any) -> dict[str, Any] | list:
-        """Transcribes (`task="asr"`) or translates (`task="s2tt"`) one recording or a list of them.
+        """Transcribes (`task="asr"`) or translates (`task="s2tt"`, with `target_language`) one recording or a list.
 
-        Args:
-            inputs: a file path, bytes, an array with `sampling_rate=`, `{"raw"/"array", "sampling_rate"}`, or a list.
-            language: ISO 639 code of the speech (required); `task="s2tt"` with `target_language` translates.
-            chunk_length_s: cut a longer recording into chunks of at most this many seconds, at pauses (at most the
-                processor's `effective_max_audio_seconds`); without it, a recording must fit in one chunk.
-            stride_length_s: seconds that consecutive windows share on each side where speech has no pause (one
-                number or `(left, right)`; default `chunk_length_s / 6`).
-            batch_size: chunks per `generate` call (default: the pipeline's `batch_size`, else 1).
-            return_timestamps: `True` adds `chunks`, `[{"text", "timestamp": (start, end)}]` in seconds.
-            max_new_tokens, num_beams, generate_kwargs: passed to `generate` (per chunk).
-
-        Returns `{"text": ...}` (and `"chunks"`), or a list of them for a list of inputs.
+        `inputs`: a file path, bytes, an array with `sampling_rate=`, or `{"raw"/"array", "sampling_rate"}`.
+        `language` (ISO 639 code of the speech) is required. `chunk_length_s`: cut a longer recording into chunks of
+        at most this many seconds at pauses; where speech has no pause, windows share `stride_length_s` on each side
+        (one number or `(left, right)`; default `chunk_length_s / 6`). `batch_size`: chunks per `generate` call.
+        `return_timestamps=True` adds `chunks`, `[{"text", "timestamp": (start, end)}]`. `max_new_tokens`,
+        `num_beams` and `generate_kwargs` go to `generate`. Returns `{"text": ...}` (and `"chunks"`) per input.
         """
         chunk_batch_size = batch_size if batch_size is not None else (self._batch_size or 1)
         if not isinstance(chunk_batch_size, int) or chunk_batch_size < 1:
