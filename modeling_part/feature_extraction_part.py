@@ -55,9 +55,7 @@ SpeechInput = Union[np.ndarray, "torch.Tensor", Sequence[float], Sequence[Union[
 
 def kaldi_num_frames(num_samples: int) -> int:
     """Number of kaldi fbank frames (25 ms every 10 ms, `snip_edges=True`) of a 16 kHz clip."""
-    if num_samples < FBANK_FRAME_LENGTH:
-        return 0
-    return 1 + (num_samples - FBANK_FRAME_LENGTH) // FBANK_FRAME_SHIFT
+    return max(0, 1 + (num_samples - FBANK_FRAME_LENGTH) // FBANK_FRAME_SHIFT)
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,17 +137,12 @@ def read_am_mvn(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PartFeatureExtractor(SequenceFeatureExtractor):
-    r"""Feature extractor for PART's audio encoders.
-
-    - `front_end="sensevoice"` (FunASR `WavFrontend`, for SenseVoice / Fun-ASR encoders): kaldi fbank with
-      `feature_size` mel bins, low-frame-rate stacking (`lfr_m`, `lfr_n`), then `(x - cmvn_mean) * cmvn_istd` when
-      CMVN is set (`load_cmvn`, `fit_cmvn`). `input_features` `[B, T, feature_size * lfr_m]`, padded by `pad`.
-    - `front_end="whisper"`: Whisper's log-mel, every clip padded or trimmed to 30 s: `[B, feature_size, 3000]`.
-
-    `feature_attention_mask` `[B, T]` marks valid frames; its row sums equal `num_frames(len(clip))`.
-    `backend`: `"auto"` (asrfront's C kernels when installed and they support the settings), `"asrfront"` or
-    `"numpy"`; both compute the same features (max abs difference below 1e-3). `sampling_rate` must be 16000.
-    """
+    r"""Feature extractor for PART's audio encoders: `front_end="sensevoice"` (FunASR `WavFrontend`: kaldi fbank of
+    `feature_size` mel bins, low-frame-rate stacking `lfr_m` / `lfr_n`, then `(x - cmvn_mean) * cmvn_istd` when CMVN
+    is set by `load_cmvn` or `fit_cmvn`; `[B, T, feature_size * lfr_m]`) or `front_end="whisper"` (Whisper's log-mel
+    of clips padded or trimmed to 30 s; `[B, feature_size, 3000]`). `feature_attention_mask` `[B, T]` marks the
+    `num_frames(len(clip))` valid frames. `backend`: `"auto"` (asrfront's C kernels when installed and they support
+    the settings), `"asrfront"` or `"numpy"`; both compute the same features (max abs difference below 1e-3)."""
 
     model_input_names = ["input_features", "feature_attention_mask"]
 
@@ -271,19 +264,17 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         (16 kHz float clips), for a model trained from scratch; returns self."""
         if self.front_end != "sensevoice":
             raise ValueError("CMVN applies to front_end='sensevoice' only; Whisper's log-mel is already scaled")
-        total = np.zeros(self.feature_dim, dtype=np.float64)
-        total_sq = np.zeros(self.feature_dim, dtype=np.float64)
+        sums = np.zeros((2, self.feature_dim), dtype=np.float64)  # of the features and of their squares
         count = 0
         clips = iter(waveforms)
         while batch := list(itertools.islice(clips, batch_size)):
             valid = np.concatenate(self._sensevoice_features(_as_waveform_list(batch), cmvn=None)).astype(np.float64)
-            total += valid.sum(axis=0)
-            total_sq += np.square(valid).sum(axis=0)
+            sums += [valid.sum(axis=0), np.square(valid).sum(axis=0)]
             count += valid.shape[0]
         if count == 0:
             raise ValueError(f"fit_cmvn needs at least one clip of {self.min_num_samples} samples or more")
-        mean = total / count
-        variance = np.maximum(total_sq / count - np.square(mean), CMVN_VARIANCE_FLOOR)
+        mean = sums[0] / count
+        variance = np.maximum(sums[1] / count - np.square(mean), CMVN_VARIANCE_FLOOR)
         self.cmvn_mean = mean.astype(np.float32).tolist()
         self.cmvn_istd = (1.0 / np.sqrt(variance)).astype(np.float32).tolist()
         return self
@@ -296,17 +287,11 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         padding: bool | str = True,
         pad_to_multiple_of: int | None = None,
     ) -> BatchFeature:
-        """`input_features` and `feature_attention_mask` (int32, 1 = valid frame) of one clip or a batch.
-
-        Args:
-            raw_speech: 16 kHz mono float waveforms in [-1, 1] (see `load_audio`): one 1-D array, tensor or list of
-                floats, a list of them, or a 2-D `(batch, samples)` array.
-            sampling_rate: if given, must be 16000.
-            return_tensors: `"pt"`, `"np"` or None (numpy arrays).
-            padding, pad_to_multiple_of: as `SequenceFeatureExtractor.pad`, for sensevoice features: `True` /
-                `"longest"`, or `False` / `"do_not_pad"` (lists of per-clip arrays, with `return_tensors=None`).
-                Whisper features always have 3000 frames.
-        """
+        """`input_features` and `feature_attention_mask` (int32, 1 = valid frame) of 16 kHz mono float waveforms in
+        [-1, 1] (see `load_audio`): one 1-D array, tensor or list of floats, a list of them, or a 2-D `(batch,
+        samples)` array. `return_tensors`: `"pt"`, `"np"` or None (numpy). `padding` and `pad_to_multiple_of` are
+        `SequenceFeatureExtractor.pad`'s, for sensevoice features: `True` / `"longest"`, or `False` / `"do_not_pad"`
+        (per-clip arrays, with `return_tensors=None`); Whisper features always have 3000 frames."""
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"audio must be sampled at {self.sampling_rate} Hz, got sampling_rate={sampling_rate}; resample "

@@ -37,19 +37,14 @@ class PartProcessor(ProcessorMixin):
 
     Args:
         feature_extractor ([`PartFeatureExtractor`]): the front end of the model's encoder.
-        tokenizer: the LLM's tokenizer, holding the audio tokens.
-        prompt_templates (`dict`, *optional*): instruction per task, with `{source_language}`, `{target_language}`
-            (language names) and, for `mt`, `{source_text}`.
-        language_names (`dict`, *optional*): ISO 639 code -> name used in prompts; the accepted languages.
-        use_chat_template (`bool`, *optional*): wrap the instruction in the tokenizer's chat template (instruct LLMs);
-            defaults to whether the tokenizer has one.
+        tokenizer: the LLM's tokenizer, holding the audio tokens `audio_token`, `audio_bos_token`, `audio_eos_token`.
+        prompt_templates: instruction per task, with `{source_language}`, `{target_language}` and `{source_text}`.
+        language_names: ISO 639 code -> name used in prompts; the accepted languages.
+        use_chat_template: wrap the instruction in the tokenizer's chat template; defaults to whether it has one.
         encoder_stride, adapter_kernel_size, adapter_stride, audio_config: how the model turns feature frames into
-            audio positions (from `PartConfig`, see `for_model`). With `audio_config` (the model's, as
-            `to_diff_dict()`) the encoder's own `_get_feat_extract_output_lengths` counts them, else
-            `ceil(frames / encoder_stride)` (processors saved before it was recorded).
-        max_audio_seconds (`float`, defaults to 30.0): longer clips are rejected, never truncated (a Whisper front end
-            takes at most 30 s, see `effective_max_audio_seconds`).
-        audio_token, audio_bos_token, audio_eos_token (`str`): the audio placeholder and its delimiters.
+            audio positions (see `for_model`): with `audio_config` through the encoder's own
+            `_get_feat_extract_output_lengths`, else (processors saved before it) `ceil(frames / encoder_stride)`.
+        max_audio_seconds: longer clips are rejected, never truncated (see `effective_max_audio_seconds`).
     """
 
     model_input_names = ["input_ids", "attention_mask", "input_features", "feature_attention_mask", "labels"]
@@ -97,8 +92,7 @@ class PartProcessor(ProcessorMixin):
     @classmethod
     def for_model(cls, config, tokenizer, feature_extractor=None, **kwargs) -> PartProcessor:
         """The processor of a `PartConfig`: its placeholder counts and, unless `feature_extractor` is given, the front
-        end of its encoder (Whisper log-mel, or SenseVoice fbank + LFR) with its mel bins. `tokenizer` holds the audio
-        tokens (`PartForSpeechToText.from_pretrained_components(..., return_tokenizer=True)`)."""
+        end of its encoder with its mel bins; `tokenizer` holds the audio tokens (see `from_pretrained_components`)."""
         if feature_extractor is None:
             front_end = "whisper" if config.audio_config.model_type == "whisper" else "sensevoice"
             feature_extractor = PartFeatureExtractor(front_end=front_end, feature_size=config.audio_config.num_mel_bins)
@@ -222,23 +216,16 @@ class PartProcessor(ProcessorMixin):
         return_tensors: str = "pt",
         **kwargs: Any,
     ) -> BatchFeature:
-        """Model inputs for a batch that may mix tasks (what the training collator calls).
+        """Model inputs for a batch that may mix tasks (what the training collator calls); every argument but
+        `sampling_rate` (of array inputs), `output_labels`, `padding_side` and `return_tensors` is per batch or per
+        sample.
 
-        Args:
-            text: the input text of `mt` samples (never the target: that is `target_text`).
-            audio: clips of speech samples (None for `mt`): file paths, arrays/tensors with `sampling_rate`, or
-                `datasets` Audio dicts.
-            task: `"asr"`, `"s2tt"` or `"mt"`. None: `mt` without audio, else `s2tt` when `target_language` differs
-                from `source_language`, else `asr`.
-            source_language, target_language: ISO 639 codes.
-            target_text: the targets; with `output_labels` (default: whether `target_text` is given) the output is a
-                training batch: prompt + target + eos, right padding, `labels` -100 on prompt, audio and padding.
-                Without: generation prompts (left padding) for `model.generate(**inputs)`.
-            sampling_rate: the sampling rate of array inputs.
-            padding_side: override the padding side.
-
-        Every argument but `sampling_rate` and the flags is given per batch or per sample. Returns `input_ids`,
-        `attention_mask`, (`labels`) and, for the samples with audio in batch order, `input_features` and
+        `text` is the input of `mt` samples, never the target. `audio`: file paths, arrays/tensors or `datasets`
+        Audio dicts (None for `mt`). `task` None: `mt` without audio, else `s2tt` when `target_language` differs from
+        `source_language` (ISO 639 codes), else `asr`. With `target_text` and `output_labels` (default: whether
+        `target_text` is given) the output is a training batch: prompt + target + eos, right padding, `labels` -100
+        on prompt, audio and padding; without, generation prompts (left padding) for `model.generate(**inputs)`.
+        Returns `input_ids`, `attention_mask`, (`labels`) and, for the samples with audio, `input_features` and
         `feature_attention_mask`.
         """
         if "source_text" in kwargs:
