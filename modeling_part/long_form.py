@@ -46,10 +46,8 @@ def frame_energies_db(blocks: Iterable[np.ndarray], frame_length: int) -> np.nda
 
 
 def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_threshold: float = 0.25) -> np.ndarray:
-    """Which frames hold speech: those louder than the recording's noise floor (its 5th percentile) by
-    `relative_threshold` of the floor-to-peak range (peak: 99th percentile), and by at least `min_margin_db`;
-    never a frame under `SILENCE_DB`. A recording whose range is under `2 * min_margin_db` has no pauses to find:
-    every frame over `SILENCE_DB` counts as speech."""
+    """Frames louder than `SILENCE_DB` and than the noise floor (5th percentile) by `relative_threshold` of the range
+    to the peak (99th percentile) and by `min_margin_db`; all audible frames where that range is under twice it."""
     audible = energies_db > SILENCE_DB
     if energies_db.size == 0:
         return audible
@@ -93,15 +91,11 @@ def plan_chunks(
     sampling_rate: int = 16000,
     min_pause_s: float = MIN_PAUSE_SECONDS,
 ) -> list[Chunk]:
-    """Cuts a recording (a waveform, or an open `soundfile.SoundFile`: read block by block from its current position,
-    never whole, at its own rate) into chunks of at most `chunk_length_s`, at pauses where possible.
-
-    A recording no longer than `chunk_length_s` is one chunk, as it is. Otherwise each chunk ends in the last pause
-    that starts within its `chunk_length_s` (keeping `PAUSE_PADDING_SECONDS` of the pause on each side and skipping
-    the rest); where none does, it ends after `chunk_length_s` and the next one starts `left + right` of
-    `stride_length_s` earlier (see `stride_samples`), its text merged with `merge_chunk_texts`. Leading and trailing
-    silence of every chunk is trimmed to the padding, and chunks without speech are left out.
-    """
+    """Cuts a recording (a waveform, or an open `soundfile.SoundFile` read block by block at its own rate) into
+    chunks of at most `chunk_length_s`, each ending in the last pause that starts within it (`PAUSE_PADDING_SECONDS`
+    of the pause kept on each side); where none does, after `chunk_length_s`, the next chunk starting `left + right`
+    of `stride_length_s` earlier (`stride_samples`). Silence at a chunk's ends is trimmed to the padding, chunks
+    without speech are left out, and a recording no longer than `chunk_length_s` is one chunk, as it is."""
     if not chunk_length_s or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
     if isinstance(audio, soundfile.SoundFile):

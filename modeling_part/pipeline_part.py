@@ -8,6 +8,7 @@ than the model takes are transcribed with `chunk_length_s=` (`modeling_part.long
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any
@@ -106,9 +107,7 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         chunk_batch_size=1,
     ):
         if language is None:
-            raise ValueError(
-                "A PART pipeline call needs language= (the ISO 639 code of the speech, e.g. language='de')."
-            )
+            raise ValueError("A PART pipeline call needs language= (the ISO 639 code of the speech, e.g. language='de').")
         if task not in ("asr", "s2tt"):
             raise ValueError(f"A PART speech pipeline runs task='asr' or task='s2tt', got task={task!r}.")
         if (task == "s2tt") != (target_language not in (None, language)):
@@ -125,46 +124,41 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 f"chunk_length_s={chunk_length_s} is longer than the {limit} s the model takes "
                 f"(processor.max_audio_seconds); pass chunk_length_s <= {limit} (e.g. {min(20, limit)})."
             )
-        request = {"language": language, "target_language": target_language, "batch_size": chunk_batch_size}
         audio_file = _open_sound_file(inputs) if chunk_length_s is not None else None
-        if audio_file is not None:  # read block by block and chunk by chunk: never the whole file in memory
-            with audio_file:
+        with audio_file or contextlib.nullcontext():
+            if audio_file is not None:  # scanned block by block and read chunk by chunk: never whole in memory
+                source, source_rate = audio_file, audio_file.samplerate
 
                 def read(chunk: Chunk) -> np.ndarray:
                     audio_file.seek(chunk.start)
                     samples = audio_file.read(chunk.end - chunk.start, dtype="float32", always_2d=True)
-                    return load_audio(samples.mean(axis=1), audio_file.samplerate, target_sampling_rate=rate)
+                    return load_audio(samples.mean(axis=1), source_rate, target_sampling_rate=rate)
 
-                chunks = plan_chunks(audio_file, chunk_length_s, stride_length_s)
-                yield from self._chunk_batches(chunks, read, audio_file.samplerate, **request)
-            return
-        waveform = load_audio(inputs, sampling_rate, target_sampling_rate=rate, name="the pipeline's input")
-        if chunk_length_s is None and len(waveform) > limit * rate:
-            raise ValueError(
-                f"The recording is {len(waveform) / rate:.1f} s long, longer than the {limit} s the model takes "
-                "(processor.max_audio_seconds); pass chunk_length_s= (e.g. chunk_length_s=20) to transcribe it in "
-                "chunks cut where the speech pauses."
-            )
-        if chunk_length_s is None:
-            chunks = [Chunk(0, len(waveform))]
-        else:
-            chunks = plan_chunks(waveform, chunk_length_s, stride_length_s, sampling_rate=rate)
-        yield from self._chunk_batches(chunks, lambda c: waveform[c.start : c.end], rate, **request)
+            else:
+                source = load_audio(inputs, sampling_rate, target_sampling_rate=rate, name="the pipeline's input")
+                source_rate = rate
+                if chunk_length_s is None and len(source) > limit * rate:
+                    raise ValueError(
+                        f"The recording is {len(source) / rate:.1f} s long, longer than the {limit} s the model takes "
+                        "(processor.max_audio_seconds); pass chunk_length_s= (e.g. chunk_length_s=20) to transcribe "
+                        "it in chunks cut where the speech pauses."
+                    )
 
-    def _chunk_batches(self, chunks, read, chunk_rate, language, target_language, batch_size):
-        """Model inputs for `batch_size` chunks at a time (`read(chunk)`: its 16 kHz waveform), with the chunks and
-        the sampling rate their spans count in."""
-        if not chunks:  # no speech anywhere
-            yield {"is_last": True, "chunks": [], "sampling_rate": chunk_rate, "inputs": None}
-            return
-        rate = self.part_processor.feature_extractor.sampling_rate
-        for first in range(0, len(chunks), batch_size):
-            batch = chunks[first : first + batch_size]
-            inputs = self.part_processor.apply_transcription_request(
-                [read(chunk) for chunk in batch], language=language, sampling_rate=rate, target_language=target_language
-            )
-            is_last = first + batch_size >= len(chunks)
-            yield {"is_last": is_last, "chunks": batch, "sampling_rate": chunk_rate, "inputs": inputs}
+                def read(chunk: Chunk) -> np.ndarray:
+                    return source[chunk.start : chunk.end]
+
+            chunks = [Chunk(0, len(source))]  # a file is opened for chunk_length_s only
+            if chunk_length_s is not None:
+                chunks = plan_chunks(source, chunk_length_s, stride_length_s, rate)
+            if not chunks:  # no speech anywhere
+                yield {"is_last": True, "chunks": [], "sampling_rate": source_rate, "inputs": None}
+            for first in range(0, len(chunks), chunk_batch_size):  # model inputs for chunk_batch_size chunks at a time
+                batch = chunks[first : first + chunk_batch_size]
+                inputs = self.part_processor.apply_transcription_request(
+                    [read(chunk) for chunk in batch], language, sampling_rate=rate, target_language=target_language
+                )
+                is_last = first + chunk_batch_size >= len(chunks)
+                yield {"is_last": is_last, "chunks": batch, "sampling_rate": source_rate, "inputs": inputs}
 
     def _forward(self, model_inputs, generate_kwargs=None, **forward_params):
         outputs = {key: model_inputs[key] for key in ("is_last", "chunks", "sampling_rate")}
