@@ -107,7 +107,7 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         chunk_batch_size=1,
     ):
         if language is None:
-            raise ValueError("A PART pipeline call needs language= (the ISO 639 code of the speech, e.g. language='de').")
+            raise ValueError("A PART pipeline call needs language= (the ISO 639 code of the speech, e.g. 'de').")
         if task not in ("asr", "s2tt"):
             raise ValueError(f"A PART speech pipeline runs task='asr' or task='s2tt', got task={task!r}.")
         if (task == "s2tt") != (target_language not in (None, language)):

@@ -1,8 +1,5 @@
-"""Small PART models built in-process, with no download: for the quick start, tests and benchmarks.
-
-`build_tokenizer` trains a byte-level BPE tokenizer on given text; `tiny_part_config` gives a PartConfig of any
-width/depth for either encoder family; `build_tiny_part` returns a randomly initialised model with its processor.
-"""
+"""Small PART models built in-process, with no download (a BPE tokenizer trained on given text, a PartConfig of any
+width and depth for either encoder family, a random model with its processor): for the quick start and tests."""
 
 from __future__ import annotations
 
