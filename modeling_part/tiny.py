@@ -1,5 +1,5 @@
-"""Small PART models built in-process, with no download (a BPE tokenizer trained on given text, a PartConfig of any
-width and depth for either encoder family, a random model with its processor): for the quick start and tests."""
+"""Small PART models built in-process with no download, for the quick start, tests and benchmarks: a BPE tokenizer
+trained on given text, a PartConfig of any width and depth for either encoder, a random model with its processor."""
 
 from __future__ import annotations
 
