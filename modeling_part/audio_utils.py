@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     import torch
 
 SAMPLING_RATE = 16000
-
 # A 2-D array with at most this many rows, and more columns than rows, is read as (channels, frames).
 MAX_CHANNELS_FIRST = 8
+RAW_PCM_EXTENSIONS = (".pcm", ".raw")  # headerless s16le, 16 kHz, mono
 
 AudioInput = Union[str, "os.PathLike[str]", bytes, np.ndarray, "torch.Tensor", dict[str, Any]]
 
@@ -33,37 +33,32 @@ def load_audio(
     """Load one clip as a 1-D float32 mono waveform in [-1, 1] at `target_sampling_rate` (16 kHz by default).
 
     Args:
-        audio: one of
-            - a file path (`str` / `os.PathLike`): decoded with soundfile; formats soundfile cannot read
-              fall back to the optional `asrfront.load` when installed, else headerless s16le 16 kHz mono
-              `.pcm` / `.raw` files are read as raw PCM;
-            - the file's contents as `bytes` (decoded with soundfile);
-            - a numpy array or a torch tensor of samples, with `sampling_rate` given. 1-D is mono. 2-D is
-              `(frames, channels)` as soundfile returns it, or `(channels, frames)` when it has at most
-              8 rows and more columns than rows (e.g. a torch / torchcodec `(2, N)` stereo tensor).
-              Integer PCM is scaled to [-1, 1];
-            - a `datasets` Audio value: decoded `{"array", "sampling_rate"}`, undecoded as
-              `Audio(decode=False)` stores it `{"path", "bytes"}` (bytes are used when present), or a
-              torchcodec `AudioDecoder` (what `Audio(decode=True)` returns in datasets >= 4).
-        sampling_rate: sampling rate of an array / tensor input. Sources that carry their own rate (files,
-            bytes, dicts, decoders) ignore it.
-        target_sampling_rate: rate of the returned waveform.
-        name: identifier of the sample (e.g. its dataset id), used in error messages.
+        audio: a file path (soundfile; else the optional `asrfront.load`, else headerless s16le 16 kHz mono
+            `.pcm` / `.raw`), the file's bytes, a numpy array or torch tensor with `sampling_rate` (1-D mono;
+            2-D `(frames, channels)`, or `(channels, frames)` with at most 8 rows and more columns than rows;
+            integer PCM is scaled), a `datasets` Audio value (`{"array", "sampling_rate"}` or `{"path", "bytes"}`),
+            or a torchcodec `AudioDecoder`.
+        sampling_rate: the rate of an array / tensor; sources that carry their own rate ignore it.
+        target_sampling_rate: rate of the returned waveform (soxr resampling; channels are averaged).
+        name: the sample's identifier in error messages.
 
-    Channels are averaged; resampling uses soxr (high quality). A float32 mono input already at the
-    target rate is returned without a copy.
-
-    Raises:
-        ValueError: unsupported input type, missing `sampling_rate` for an array, undecodable file, empty
-            audio, or NaN / inf samples; the message names `name` and what to do instead.
-        FileNotFoundError: the path does not exist.
+    A float32 mono input already at the target rate is returned without a copy. Bad input (unsupported type, no
+    `sampling_rate` for an array, undecodable or missing file, empty audio, NaN / inf) raises an error naming `name`.
     """
-    if isinstance(audio, (str, os.PathLike)):
-        waveform, rate = _decode_path(audio, name)
-    elif isinstance(audio, (bytes, bytearray, memoryview)):
-        waveform, rate = _decode_bytes(bytes(audio), name)
-    elif isinstance(audio, dict):
-        waveform, rate = _decode_dict(audio, name)
+    if isinstance(audio, dict):  # a datasets Audio value
+        if audio.get("array") is not None:
+            if "sampling_rate" not in audio:
+                raise ValueError(f"{name}: audio dict has 'array' but no 'sampling_rate'; add it")
+            audio, sampling_rate = _as_numpy(audio["array"]), audio["sampling_rate"]
+        elif audio.get("bytes") is not None or audio.get("path") is not None:
+            audio = audio["bytes"] if audio.get("bytes") is not None else audio["path"]
+        else:
+            raise ValueError(
+                f"{name}: audio dict with keys {sorted(audio)} has no audio; expected {{'array', 'sampling_rate'}} "
+                "or {'path', 'bytes'} with a path or bytes that is not None"
+            )
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+        waveform, rate = _decode(audio, name)
     elif callable(getattr(audio, "get_all_samples", None)):
         samples = audio.get_all_samples()  # torchcodec AudioDecoder: data is (channels, frames)
         waveform, rate = _to_mono_float32(_as_numpy(samples.data), name, channel_axis=0), samples.sample_rate
@@ -80,27 +75,42 @@ def load_audio(
             "array or torch tensor with sampling_rate=..., or a datasets Audio dict "
             "({'array', 'sampling_rate'} or {'path', 'bytes'})"
         )
-    _check_waveform(waveform, name)
-    return _resample(waveform, _check_rate(rate, name), target_sampling_rate)
+    if waveform.size == 0:
+        raise ValueError(f"{name}: the audio is empty (0 samples); drop this sample or fix its source")
+    if not np.isfinite(waveform).all():
+        first = int(np.flatnonzero(~np.isfinite(waveform))[0])
+        raise ValueError(
+            f"{name}: the audio contains NaN or inf (first at sample {first}); drop this sample or fix its source"
+        )
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: sampling rate must be a number of Hz, got {rate!r}")
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"{name}: sampling rate must be a positive number of Hz, got {rate!r}")
+    if rate != target_sampling_rate:
+        waveform = soxr.resample(waveform, rate, target_sampling_rate)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
-RAW_PCM_EXTENSIONS = (".pcm", ".raw")  # headerless s16le, 16 kHz, mono
-
-
-def _decode_path(path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, int]:
-    path = os.fspath(path)
+def _decode(source: str | os.PathLike[str] | bytes, name: str) -> tuple[np.ndarray, int]:
+    """Decode a file or its bytes with soundfile; a file it cannot open with the optional `asrfront` decoder, else
+    as headerless `.pcm` / `.raw`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            samples, rate = soundfile.read(io.BytesIO(source), dtype="float32")
+        except soundfile.LibsndfileError as error:
+            raise ValueError(
+                f"{name}: cannot decode {len(source)} bytes of audio with soundfile ({error}); store the audio as "
+                "WAV, FLAC, OGG or MP3, or pass a file path"
+            ) from error
+        return _to_mono_float32(samples, name), rate
+    path = os.fspath(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: audio file {path!r} does not exist")
     try:
-        data, rate = soundfile.read(path, dtype="float32")
+        samples, rate = soundfile.read(path, dtype="float32")
+        return _to_mono_float32(samples, name), rate
     except soundfile.LibsndfileError as sf_error:
-        return _decode_fallback(path, name, sf_error)
-    return _to_mono_float32(data, name), rate
-
-
-def _decode_fallback(path: str, name: str, sf_error: Exception) -> tuple[np.ndarray, int]:
-    """What soundfile cannot open: the optional `asrfront` decoder when installed, else headerless s16le
-    16 kHz mono PCM (`.pcm` / `.raw`) read by soundfile as RAW."""
+        error = sf_error
     try:
         import asrfront  # decodes to 16 kHz mono itself
     except ImportError:
@@ -109,45 +119,19 @@ def _decode_fallback(path: str, name: str, sf_error: Exception) -> tuple[np.ndar
         try:
             return asrfront.load(path), asrfront.SAMPLE_RATE
         except ValueError as af_error:
-            detail = f"soundfile: {sf_error}; asrfront: {af_error}"
+            detail = f"soundfile: {error}; asrfront: {af_error}"
     elif path.lower().endswith(RAW_PCM_EXTENSIONS):
-        data, rate = soundfile.read(
+        samples, rate = soundfile.read(
             path, dtype="float32", format="RAW", subtype="PCM_16", samplerate=SAMPLING_RATE, channels=1,
             endian="LITTLE",
         )
-        return _to_mono_float32(data, name), rate
+        return _to_mono_float32(samples, name), rate
     else:
-        detail = f"soundfile: {sf_error}; the optional asrfront decoder is not installed"
+        detail = f"soundfile: {error}; the optional asrfront decoder is not installed"
     raise ValueError(
         f"{name}: cannot decode audio file {path!r} ({detail}); convert it to WAV or FLAC, e.g. "
         "`ffmpeg -i in -ar 16000 -ac 1 out.wav`"
-    ) from sf_error
-
-
-def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
-    except soundfile.LibsndfileError as error:
-        raise ValueError(
-            f"{name}: cannot decode {len(data)} bytes of audio with soundfile ({error}); store the audio as "
-            "WAV, FLAC, OGG or MP3, or pass a file path"
-        ) from error
-    return _to_mono_float32(samples, name), rate
-
-
-def _decode_dict(audio: dict, name: str) -> tuple[np.ndarray, int]:
-    if audio.get("array") is not None:
-        if "sampling_rate" not in audio:
-            raise ValueError(f"{name}: audio dict has 'array' but no 'sampling_rate'; add it")
-        return _to_mono_float32(_as_numpy(audio["array"]), name), audio["sampling_rate"]
-    if audio.get("bytes") is not None:
-        return _decode_bytes(audio["bytes"], name)
-    if audio.get("path") is not None:
-        return _decode_path(audio["path"], name)
-    raise ValueError(
-        f"{name}: audio dict with keys {sorted(audio)} has no audio; expected {{'array', 'sampling_rate'}} "
-        "or {'path', 'bytes'} with a path or bytes that is not None"
-    )
+    ) from error
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -156,32 +140,26 @@ def _is_torch_tensor(value: Any) -> bool:
 
 def _as_numpy(value: Any) -> np.ndarray:
     """A numpy view of an array, tensor or list (no copy for CPU tensors)."""
-    if _is_torch_tensor(value):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+    return value.detach().cpu().numpy() if _is_torch_tensor(value) else np.asarray(value)
 
 
 def _to_mono_float32(samples: np.ndarray, name: str, channel_axis: int | None = None) -> np.ndarray:
-    """Average the channels and scale integer PCM to [-1, 1]; float32 mono passes through uncopied.
-
-    The channel axis of a 2-D array is `channel_axis` if given, else inferred (see `load_audio`)."""
-    if samples.ndim == 2:
-        if channel_axis is None:
-            rows, cols = samples.shape
-            channel_axis = 0 if rows <= MAX_CHANNELS_FIRST and cols > rows else 1
-    elif samples.ndim == 1:
-        channel_axis = None
-    else:
+    """Average the channels (axis `channel_axis`, else inferred, see `load_audio`) and scale integer PCM to [-1, 1];
+    float32 mono passes through uncopied."""
+    if samples.ndim not in (1, 2):
         raise ValueError(
             f"{name}: audio array has shape {samples.shape}; expected 1-D mono, (frames, channels) or "
             f"(channels, frames) with at most {MAX_CHANNELS_FIRST} channels"
         )
+    if samples.ndim == 2 and channel_axis is None:
+        rows, cols = samples.shape
+        channel_axis = 0 if rows <= MAX_CHANNELS_FIRST and cols > rows else 1
     kind = samples.dtype.kind
     if kind not in "fiu":
         raise ValueError(
             f"{name}: audio samples have dtype {samples.dtype}; pass float samples in [-1, 1] or integer PCM"
         )
-    if channel_axis is not None and samples.shape[channel_axis] > 1:
+    if samples.ndim == 2 and samples.shape[channel_axis] > 1:
         waveform = samples.mean(axis=channel_axis, dtype=np.float32)
     else:
         waveform = samples.reshape(-1).astype(np.float32, copy=False)
@@ -191,27 +169,3 @@ def _to_mono_float32(samples: np.ndarray, name: str, channel_axis: int | None = 
             waveform -= np.float32(full_scale)
         waveform *= np.float32(1.0 / full_scale)
     return waveform
-
-
-def _check_waveform(waveform: np.ndarray, name: str) -> None:
-    if waveform.size == 0:
-        raise ValueError(f"{name}: the audio is empty (0 samples); drop this sample or fix its source")
-    if not np.isfinite(waveform).all():
-        first = int(np.flatnonzero(~np.isfinite(waveform))[0])
-        raise ValueError(
-            f"{name}: the audio contains NaN or inf (first at sample {first}); drop this sample or fix its source"
-        )
-
-
-def _check_rate(rate: Any, name: str) -> int | float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: sampling rate must be a number of Hz, got {rate!r}")
-    if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"{name}: sampling rate must be a positive number of Hz, got {rate!r}")
-    return rate
-
-
-def _resample(waveform: np.ndarray, rate: int | float, target_rate: int) -> np.ndarray:
-    if rate != target_rate:
-        waveform = soxr.resample(waveform, rate, target_rate)
-    return np.ascontiguousarray(waveform, dtype=np.float32)

@@ -1,18 +1,20 @@
 """Feature extractor for PART's speech encoders: the SenseVoice front end (FunASR `WavFrontend`: kaldi fbank,
-low-frame-rate stacking, CMVN) and Whisper's 30 s log-mel, computed by a vectorised numpy implementation, or by the
-C kernels of the optional `asrfront` package when it is installed (`pip install part-speech[asrfront]`)."""
+low-frame-rate stacking, CMVN) and Whisper's 30 s log-mel; the C kernels of the optional `asrfront` package compute
+them when installed (`pip install part-speech[asrfront]`), else numpy and transformers' `WhisperFeatureExtractor`."""
 
 from __future__ import annotations
 
 import functools
 import itertools
 import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from transformers.audio_utils import mel_filter_bank
+from transformers import WhisperFeatureExtractor
+from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 try:  # optional (`part-speech[asrfront]`): faster C kernels for the same features
     from asrfront import sensevoice as asrfront_sensevoice
     from asrfront import whisper as asrfront_whisper
-except ImportError:  # the numpy implementation below computes the same features
+except ImportError:  # numpy and WhisperFeatureExtractor compute the same features
     asrfront_sensevoice = asrfront_whisper = None
 
 
@@ -36,13 +38,10 @@ FBANK_FRAME_LENGTH = 400  # 25 ms
 FBANK_FRAME_SHIFT = 160  # 10 ms
 FBANK_FFT_SIZE = 512  # the frame length rounded up to a power of two
 FBANK_PREEMPHASIS = 0.97
-FBANK_LOW_FREQUENCY = 20.0
 FBANK_WAVEFORM_SCALE = 32768.0  # FunASR computes fbank on the int16-scaled waveform
 FBANK_LOG_FLOOR = float(np.finfo(np.float32).eps)
 FBANK_FRAMES_PER_BLOCK = 8192  # bounds the numpy fallback's memory on long clips
 
-# Whisper (whisper.audio.log_mel_spectrogram of pad_or_trim(audio)).
-WHISPER_N_FFT = 400
 WHISPER_HOP_LENGTH = 160
 WHISPER_N_SAMPLES = 30 * SAMPLING_RATE
 WHISPER_N_FRAMES = WHISPER_N_SAMPLES // WHISPER_HOP_LENGTH  # 3000
@@ -56,18 +55,16 @@ SpeechInput = Union[np.ndarray, "torch.Tensor", Sequence[float], Sequence[Union[
 
 def kaldi_num_frames(num_samples: int) -> int:
     """Number of kaldi fbank frames (25 ms every 10 ms, `snip_edges=True`) of a 16 kHz clip."""
-    if num_samples < FBANK_FRAME_LENGTH:
-        return 0
-    return 1 + (num_samples - FBANK_FRAME_LENGTH) // FBANK_FRAME_SHIFT
+    return max(0, 1 + (num_samples - FBANK_FRAME_LENGTH) // FBANK_FRAME_SHIFT)
 
 
 @functools.lru_cache(maxsize=8)
 def _kaldi_mel_banks(num_mel_bins: int) -> np.ndarray:
-    """Kaldi's triangular mel filters (20 Hz to 8 kHz) over the 257 bins of a 512-point FFT: (257, num_mel_bins)."""
+    """Kaldi's mel filters (20 Hz to 8 kHz) over the 257 bins of a 512-point FFT: (257, num_mel_bins)."""
     banks = mel_filter_bank(
         num_frequency_bins=FBANK_FFT_SIZE // 2 + 1,
         num_mel_filters=num_mel_bins,
-        min_frequency=FBANK_LOW_FREQUENCY,
+        min_frequency=20.0,
         max_frequency=SAMPLING_RATE / 2,
         sampling_rate=SAMPLING_RATE,
         norm=None,
@@ -79,28 +76,19 @@ def _kaldi_mel_banks(num_mel_bins: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _kaldi_scaled_window() -> np.ndarray:
-    """Kaldi's (symmetric) Hamming window times the int16 scale, so one multiply does both."""
-    n = np.arange(FBANK_FRAME_LENGTH)
-    window = 0.54 - 0.46 * np.cos(2 * np.pi * n / (FBANK_FRAME_LENGTH - 1))
-    return (window * FBANK_WAVEFORM_SCALE).astype(np.float32)
+    """Kaldi's symmetric Hamming window times the int16 scale, so one multiply does both."""
+    return (window_function(FBANK_FRAME_LENGTH, "hamming", periodic=False) * FBANK_WAVEFORM_SCALE).astype(np.float32)
 
 
 def kaldi_fbank(waveform: np.ndarray, num_mel_bins: int = 80) -> np.ndarray:
-    """Kaldi log-mel fbank of a 16 kHz waveform in [-1, 1], as FunASR's `WavFrontend` computes it (numpy).
+    """Kaldi log-mel fbank `(kaldi_num_frames(len(waveform)), num_mel_bins)` of a 16 kHz waveform in [-1, 1].
 
-    Equals `torchaudio.compliance.kaldi.fbank(waveform * 32768, num_mel_bins=num_mel_bins,
-    window_type="hamming", dither=0.0)`: 25 ms frames every 10 ms (`snip_edges`), DC offset removal,
-    pre-emphasis 0.97, Hamming window, 512-point power spectrum, kaldi mel filters from 20 Hz to 8 kHz, natural
-    log floored at float32 epsilon.
-
-    Returns:
-        float32 array `(kaldi_num_frames(len(waveform)), num_mel_bins)`.
+    Equals `torchaudio.compliance.kaldi.fbank(waveform * 32768, num_mel_bins=num_mel_bins, window_type="hamming",
+    dither=0.0)` (FunASR's `WavFrontend`), vectorised over frames in blocks of `FBANK_FRAMES_PER_BLOCK`.
     """
     num_frames = kaldi_num_frames(waveform.shape[0])
     features = np.empty((num_frames, num_mel_bins), dtype=np.float32)
-    if num_frames == 0:
-        return features
-    all_frames = sliding_window_view(waveform, FBANK_FRAME_LENGTH)[::FBANK_FRAME_SHIFT]  # a view, no copy
+    all_frames = sliding_window_view(waveform, FBANK_FRAME_LENGTH)[::FBANK_FRAME_SHIFT] if num_frames else None
     window, banks = _kaldi_scaled_window(), _kaldi_mel_banks(num_mel_bins)
     for start in range(0, num_frames, FBANK_FRAMES_PER_BLOCK):
         frames = all_frames[start : start + FBANK_FRAMES_PER_BLOCK]
@@ -109,21 +97,15 @@ def kaldi_fbank(waveform: np.ndarray, num_mel_bins: int = 80) -> np.ndarray:
         frames[:, 0] *= 1.0 - FBANK_PREEMPHASIS
         frames *= window
         spectrum = np.fft.rfft(frames, n=FBANK_FFT_SIZE)
-        power = spectrum.real**2 + spectrum.imag**2
-        mel = power @ banks
+        mel = (spectrum.real**2 + spectrum.imag**2) @ banks
         np.log(np.maximum(mel, FBANK_LOG_FLOOR, out=mel), out=features[start : start + FBANK_FRAMES_PER_BLOCK])
     return features
 
 
 def apply_lfr(features: np.ndarray, lfr_m: int = 7, lfr_n: int = 6) -> np.ndarray:
-    """Low-frame-rate stacking: every `lfr_n` frames, concatenate `lfr_m` consecutive frames.
-
-    As FunASR (and transformers' `FunAsrNanoFeatureExtractor._apply_lfr`): the first frame is repeated
-    `(lfr_m - 1) // 2` times on the left and the last frame repeated to complete the final windows.
-
-    Returns:
-        array `(ceil(T / lfr_n), lfr_m * D)` for `features` of shape `(T, D)`.
-    """
+    """Low-frame-rate stacking as FunASR (and `FunAsrNanoFeatureExtractor._apply_lfr`): every `lfr_n` frames,
+    `lfr_m` consecutive frames concatenated, the first frame repeated `(lfr_m - 1) // 2` times on the left and the
+    last one as needed on the right. `(T, D)` -> `(ceil(T / lfr_n), lfr_m * D)`."""
     num_input, dim = features.shape
     num_output = -(-num_input // lfr_n)
     if num_output == 0:
@@ -134,96 +116,33 @@ def apply_lfr(features: np.ndarray, lfr_m: int = 7, lfr_n: int = 6) -> np.ndarra
 
 
 @functools.lru_cache(maxsize=4)
-def _whisper_mel_filters(n_mels: int) -> np.ndarray:
-    """Whisper's (librosa's Slaney) mel filters over the 201 bins of a 400-point FFT: (201, n_mels)."""
-    filters = mel_filter_bank(
-        num_frequency_bins=WHISPER_N_FFT // 2 + 1,
-        num_mel_filters=n_mels,
-        min_frequency=0.0,
-        max_frequency=SAMPLING_RATE / 2,
-        sampling_rate=SAMPLING_RATE,
-        norm="slaney",
-        mel_scale="slaney",
-    )
-    return filters.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=1)
-def _whisper_window() -> np.ndarray:
-    n = np.arange(WHISPER_N_FFT)
-    return (0.5 - 0.5 * np.cos(2 * np.pi * n / WHISPER_N_FFT)).astype(np.float32)  # periodic Hann
-
-
-def whisper_log_mel(waveform: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """Whisper's log-mel spectrogram of a 16 kHz waveform zero-padded or trimmed to 30 s (numpy).
-
-    Equals `whisper.log_mel_spectrogram(whisper.pad_or_trim(waveform), n_mels)`: centred 400-point STFT every
-    160 samples (reflect padding, periodic Hann), power, Slaney mel filters, log10 floored at 1e-10, clamped to
-    8 below the clip's maximum, then `(x + 4) / 4`.
-
-    Returns:
-        float32 array `(n_mels, 3000)`.
-    """
-    audio = np.zeros(WHISPER_N_SAMPLES, dtype=np.float32)
-    clip = waveform[:WHISPER_N_SAMPLES]
-    audio[: clip.shape[0]] = clip
-    padded = np.pad(audio, WHISPER_N_FFT // 2, mode="reflect")
-    # the centred STFT has WHISPER_N_FRAMES + 1 frames; Whisper drops the last one
-    frames = sliding_window_view(padded, WHISPER_N_FFT)[::WHISPER_HOP_LENGTH][:WHISPER_N_FRAMES]
-    spectrum = np.fft.rfft(frames * _whisper_window(), axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2
-    log_mel = np.log10(np.maximum(power @ _whisper_mel_filters(n_mels), 1e-10))
-    log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
-    return np.ascontiguousarray(((log_mel + 4.0) / 4.0).T, dtype=np.float32)
+def _whisper_feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(feature_size=n_mels)
 
 
 def read_am_mvn(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """`(shift, scale)` float32 vectors of a FunASR `am.mvn` file (Kaldi nnet text format): the values of the
-    `<LearnRateCoef> x [ ... ]` line after `<AddShift>` and after `<Rescale>`; features are normalised as
-    `(x + shift) * scale`, as FunASR's `load_cmvn` reads it."""
-    lines = open(path, encoding="utf-8").read().splitlines()
-    vectors: dict[str, np.ndarray] = {}
-    for index, line in enumerate(lines):
-        tokens = line.split()
-        if not tokens or tokens[0] not in ("<AddShift>", "<Rescale>") or index + 1 >= len(lines):
-            continue
-        values = lines[index + 1].split()
-        if len(values) < 4 or values[0] != "<LearnRateCoef>" or values[2] != "[" or values[-1] != "]":
-            raise ValueError(f"{path}:{index + 2}: expected '<LearnRateCoef> x [ ... ]' after {tokens[0]}")
-        vectors[tokens[0]] = np.array(values[3:-1], dtype=np.float32)
-    missing = sorted({"<AddShift>", "<Rescale>"} - vectors.keys())
-    if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}; is it a FunASR am.mvn file?")
-    shift, scale = vectors["<AddShift>"], vectors["<Rescale>"]
+    """`(shift, scale)` float32 vectors of a FunASR `am.mvn` file (Kaldi nnet text): the `<LearnRateCoef> x [ ... ]`
+    values after `<AddShift>` and after `<Rescale>`; features are normalised as `(x + shift) * scale`."""
+    text = open(path, encoding="utf-8").read()
+    vectors = []
+    for name in ("<AddShift>", "<Rescale>"):
+        found = re.search(re.escape(name) + r"[^\n]*\n\s*<LearnRateCoef>\s+\S+\s+\[([^\]]*)\]", text)
+        if found is None:
+            raise ValueError(f"{path}: no {name} followed by '<LearnRateCoef> x [ ... ]'; is it a FunASR am.mvn file?")
+        vectors.append(np.array(found.group(1).split(), dtype=np.float32))
+    shift, scale = vectors
     if shift.shape != scale.shape:
         raise ValueError(f"{path}: <AddShift> has {shift.size} values, <Rescale> {scale.size}")
     return shift, scale
 
 
 class PartFeatureExtractor(SequenceFeatureExtractor):
-    r"""Feature extractor for PART's audio encoders: the SenseVoice front end or Whisper's log-mel.
-
-    - `front_end="sensevoice"` (FunASR `WavFrontend`, the input of SenseVoice / Fun-ASR encoders): kaldi fbank
-      with `feature_size` mel bins on the int16-scaled waveform (25 ms Hamming frames every 10 ms,
-      `snip_edges`, no dither), low-frame-rate stacking of `lfr_m` frames every `lfr_n` frames, then CMVN
-      `(x - cmvn_mean) * cmvn_istd` when CMVN vectors are set (`load_cmvn`, `fit_cmvn`). Output
-      `input_features` `[B, T, feature_size * lfr_m]`, zero-padded after each clip's frames.
-    - `front_end="whisper"`: Whisper's log-mel with `feature_size` bins (80, or 128 for large-v3), every clip
-      padded or trimmed to 30 s. Output `input_features` `[B, feature_size, 3000]`.
-
-    `feature_attention_mask` `[B, T]` marks valid frames with 1; its row sums equal `num_frames(len(clip))`.
-
-    Args:
-        front_end: `"sensevoice"` or `"whisper"`.
-        feature_size: number of mel bins.
-        sampling_rate: must be 16000; resample other audio with `load_audio`.
-        lfr_m, lfr_n: low-frame-rate stacking (sensevoice only).
-        cmvn_mean, cmvn_istd: CMVN vectors of `feature_size * lfr_m` floats, or None for no CMVN (sensevoice
-            only).
-        backend: `"auto"` (asrfront's C kernels when the optional package is installed and supports the settings,
-            else numpy), `"asrfront"` or `"numpy"`. Both compute the same features (max abs difference below 1e-3).
-        padding_value: value of the padded sensevoice feature frames.
-    """
+    r"""Feature extractor for PART's audio encoders: `front_end="sensevoice"` (FunASR `WavFrontend`: kaldi fbank of
+    `feature_size` mel bins, low-frame-rate stacking `lfr_m` / `lfr_n`, then `(x - cmvn_mean) * cmvn_istd` when CMVN
+    is set by `load_cmvn` or `fit_cmvn`; `[B, T, feature_size * lfr_m]`) or `front_end="whisper"` (Whisper's log-mel
+    of clips padded or trimmed to 30 s; `[B, feature_size, 3000]`). `feature_attention_mask` `[B, T]` marks the
+    `num_frames(len(clip))` valid frames. `backend`: `"auto"` (asrfront's C kernels when installed and they support
+    the settings), `"asrfront"` or `"numpy"`; both compute the same features (max abs difference below 1e-3)."""
 
     model_input_names = ["input_features", "feature_attention_mask"]
 
@@ -261,18 +180,17 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
             )
         if not isinstance(self.feature_size, int) or self.feature_size < 1:
             raise ValueError(f"feature_size (number of mel bins) must be a positive int, got {self.feature_size!r}")
-        if self.backend == "asrfront":
-            if asrfront_sensevoice is None:
-                raise ImportError(
-                    "backend='asrfront' needs the optional asrfront package: `pip install asrfront` (or "
-                    "`pip install part-speech[asrfront]`); backend='auto' or 'numpy' computes the same features"
-                )
-            if self.front_end == "whisper" and self.feature_size not in WHISPER_ASRFRONT_N_MELS:
+        if self.backend == "asrfront" and asrfront_sensevoice is None:
+            raise ImportError(
+                "backend='asrfront' needs the optional asrfront package: `pip install asrfront` (or "
+                "`pip install part-speech[asrfront]`); backend='auto' or 'numpy' computes the same features"
+            )
+        if self.front_end == "whisper":
+            if self.backend == "asrfront" and self.feature_size not in WHISPER_ASRFRONT_N_MELS:
                 raise ValueError(
                     f"asrfront's Whisper front end supports feature_size {WHISPER_ASRFRONT_N_MELS}, got "
                     f"{self.feature_size}; use backend='auto' or 'numpy'"
                 )
-        if self.front_end == "whisper":
             if self.cmvn_mean is not None or self.cmvn_istd is not None:
                 raise ValueError("cmvn_mean / cmvn_istd apply to front_end='sensevoice' only; remove them")
             return
@@ -282,8 +200,7 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"{field} must be a positive int, got {value!r}")
         if (self.cmvn_mean is None) != (self.cmvn_istd is None):
             raise ValueError("set both cmvn_mean and cmvn_istd, or neither (use load_cmvn or fit_cmvn)")
-        if self.cmvn_mean is not None:
-            self._cmvn_vectors()
+        self._cmvn_vectors()
 
     @property
     def feature_dim(self) -> int:
@@ -303,13 +220,9 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         return FBANK_FRAME_LENGTH if self.front_end == "sensevoice" else 1
 
     def num_frames(self, num_samples: int) -> int:
-        """Number of valid feature frames of a clip of `num_samples` samples, without computing features.
-
-        Equals the clip's `feature_attention_mask` row sum. sensevoice: `ceil(T / lfr_n)` for the kaldi frame
-        count `T = 1 + (num_samples - 400) // 160` (0 below 400 samples). whisper: `ceil(num_samples / 160)`
-        capped at 3000, the frames whose centre is a sample of the clip, as in transformers'
-        `WhisperFeatureExtractor` attention mask.
-        """
+        """Valid feature frames of a clip of `num_samples` samples (its `feature_attention_mask` row sum): sensevoice
+        `ceil(kaldi_num_frames / lfr_n)`; whisper `ceil(num_samples / 160)` capped at 3000, as
+        `WhisperFeatureExtractor`'s attention mask."""
         if self.front_end == "sensevoice":
             return -(-kaldi_num_frames(num_samples) // self.lfr_n)
         return min(-(-num_samples // WHISPER_HOP_LENGTH), WHISPER_N_FRAMES)
@@ -335,10 +248,8 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         return mean, istd
 
     def load_cmvn(self, path: str | os.PathLike[str]) -> PartFeatureExtractor:
-        """Set CMVN from a FunASR `am.mvn` file (`<AddShift>` = -mean, `<Rescale>` = 1 / std); returns self.
-
-        Like FunASR, the first `feature_size * lfr_m` values of longer vectors are used.
-        """
+        """Set CMVN from a FunASR `am.mvn` file (`<AddShift>` = -mean, `<Rescale>` = 1 / std; like FunASR, the first
+        `feature_dim` values of longer vectors); returns self."""
         if self.front_end != "sensevoice":
             raise ValueError("CMVN applies to front_end='sensevoice' only")
         shift, scale = read_am_mvn(path)
@@ -349,27 +260,21 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         return self
 
     def fit_cmvn(self, waveforms: Iterable[np.ndarray], batch_size: int = 64) -> PartFeatureExtractor:
-        """Set CMVN to the global mean and inverse standard deviation of the (un-normalised) sensevoice
-        features of `waveforms` (16 kHz float clips), so a model trained from scratch gets normalised inputs.
-
-        Returns self. Clips shorter than 400 samples contribute no frames.
-        """
+        """Set CMVN to the global mean and inverse standard deviation of the sensevoice features of `waveforms`
+        (16 kHz float clips), for a model trained from scratch; returns self."""
         if self.front_end != "sensevoice":
             raise ValueError("CMVN applies to front_end='sensevoice' only; Whisper's log-mel is already scaled")
-        total = np.zeros(self.feature_dim, dtype=np.float64)
-        total_sq = np.zeros(self.feature_dim, dtype=np.float64)
+        sums = np.zeros((2, self.feature_dim), dtype=np.float64)  # of the features and of their squares
         count = 0
         clips = iter(waveforms)
         while batch := list(itertools.islice(clips, batch_size)):
-            features, lengths = self._sensevoice_features(_as_waveform_list(batch), cmvn=None)
-            valid = features[np.arange(features.shape[1])[None, :] < lengths[:, None]].astype(np.float64)
-            total += valid.sum(axis=0)
-            total_sq += np.square(valid).sum(axis=0)
+            valid = np.concatenate(self._sensevoice_features(_as_waveform_list(batch), cmvn=None)).astype(np.float64)
+            sums += [valid.sum(axis=0), np.square(valid).sum(axis=0)]
             count += valid.shape[0]
         if count == 0:
             raise ValueError(f"fit_cmvn needs at least one clip of {self.min_num_samples} samples or more")
-        mean = total / count
-        variance = np.maximum(total_sq / count - np.square(mean), CMVN_VARIANCE_FLOOR)
+        mean = sums[0] / count
+        variance = np.maximum(sums[1] / count - np.square(mean), CMVN_VARIANCE_FLOOR)
         self.cmvn_mean = mean.astype(np.float32).tolist()
         self.cmvn_istd = (1.0 / np.sqrt(variance)).astype(np.float32).tolist()
         return self
@@ -382,21 +287,11 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         padding: bool | str = True,
         pad_to_multiple_of: int | None = None,
     ) -> BatchFeature:
-        """Compute features of one clip or a batch of clips.
-
-        Args:
-            raw_speech: a 1-D float waveform (array, tensor or list of floats), a list of them, or a 2-D
-                `(batch, samples)` array; 16 kHz mono in [-1, 1] (see `load_audio`).
-            sampling_rate: if given, must be 16000.
-            return_tensors: `"pt"`, `"np"` or None (numpy arrays).
-            padding: `True` / `"longest"` pads sensevoice features to the longest clip; `False` /
-                `"do_not_pad"` returns lists of per-clip arrays (needs `return_tensors=None`). Whisper features
-                always have 3000 frames.
-            pad_to_multiple_of: pad the sensevoice frame axis to a multiple of this.
-
-        Returns:
-            `BatchFeature` with `input_features` and `feature_attention_mask` (int32, 1 = valid frame).
-        """
+        """`input_features` and `feature_attention_mask` (int32, 1 = valid frame) of 16 kHz mono float waveforms in
+        [-1, 1] (see `load_audio`): one 1-D array, tensor or list of floats, a list of them, or a 2-D `(batch,
+        samples)` array. `return_tensors`: `"pt"`, `"np"` or None (numpy). `padding` and `pad_to_multiple_of` are
+        `SequenceFeatureExtractor.pad`'s, for sensevoice features: `True` / `"longest"`, or `False` / `"do_not_pad"`
+        (per-clip arrays, with `return_tensors=None`); Whisper features always have 3000 frames."""
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"audio must be sampled at {self.sampling_rate} Hz, got sampling_rate={sampling_rate}; resample "
@@ -408,57 +303,38 @@ class PartFeatureExtractor(SequenceFeatureExtractor):
         if unpadded and return_tensors is not None:
             raise ValueError("padding=False gives clips of different lengths; pass return_tensors=None")
         waveforms = _as_waveform_list(raw_speech)
-
         if self.front_end == "whisper":
-            features = self._whisper_features(waveforms)
-            num_padded = WHISPER_N_FRAMES
-            lengths = np.array([self.num_frames(w.shape[0]) for w in waveforms], dtype=np.int32)
-        else:
-            features, lengths = self._sensevoice_features(waveforms, self._cmvn_vectors())
-            num_padded = features.shape[1]
-            if pad_to_multiple_of and num_padded % pad_to_multiple_of:
-                num_padded += pad_to_multiple_of - num_padded % pad_to_multiple_of
-                features = np.pad(features, ((0, 0), (0, num_padded - features.shape[1]), (0, 0)))
-            if self.padding_value != 0.0:
-                features[np.arange(num_padded)[None, :] >= lengths[:, None]] = self.padding_value
-        mask = (np.arange(num_padded)[None, :] < lengths[:, None]).astype(np.int32)
-
-        if unpadded:
-            data = {
-                "input_features": [f[:n] for f, n in zip(features, lengths, strict=True)],
-                "feature_attention_mask": [m[:n] for m, n in zip(mask, lengths, strict=True)],
-            }
-        else:
-            data = {"input_features": features, "feature_attention_mask": mask}
-        return BatchFeature(data, tensor_type=return_tensors)
+            lengths = np.array([self.num_frames(w.shape[0]) for w in waveforms])
+            mask = (np.arange(WHISPER_N_FRAMES)[None, :] < lengths[:, None]).astype(np.int32)
+            features = {"input_features": self._whisper_features(waveforms), "feature_attention_mask": mask}
+            return BatchFeature(features, tensor_type=return_tensors)
+        features = BatchFeature({"input_features": self._sensevoice_features(waveforms, self._cmvn_vectors())})
+        batch = self.pad(
+            features, padding=padding, pad_to_multiple_of=pad_to_multiple_of, return_attention_mask=True,
+            return_tensors=return_tensors or (None if unpadded else "np"),
+        )
+        batch["feature_attention_mask"] = batch.pop("attention_mask")
+        return batch
 
     def _sensevoice_features(
         self, waveforms: list[np.ndarray], cmvn: tuple[np.ndarray, np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-padded `(B, T, feature_dim)` float32 features and int32 `(B,)` valid frame counts."""
+    ) -> list[np.ndarray]:
+        """Each clip's `(num_frames, feature_dim)` float32 features."""
         if self._uses_asrfront():
             shift_scale = None if cmvn is None else (-cmvn[0], cmvn[1])  # asrfront: (x + shift) * scale
             features, lengths = asrfront_sensevoice.fbank_batch(
                 waveforms, cmvn=shift_scale, n_mels=self.feature_size, lfr_m=self.lfr_m, lfr_n=self.lfr_n
             )
-            return features, lengths.astype(np.int32, copy=False)
-        lengths = np.array([self.num_frames(w.shape[0]) for w in waveforms], dtype=np.int32)
-        features = np.zeros((len(waveforms), int(lengths.max(initial=0)), self.feature_dim), dtype=np.float32)
-        for waveform, out, length in zip(waveforms, features, lengths, strict=True):
-            stacked = apply_lfr(kaldi_fbank(waveform, self.feature_size), self.lfr_m, self.lfr_n)
-            if cmvn is not None:
-                stacked = (stacked - cmvn[0]) * cmvn[1]
-            out[:length] = stacked
-        return features, lengths
+            return [clip[:length] for clip, length in zip(features, lengths, strict=True)]
+        features = [apply_lfr(kaldi_fbank(w, self.feature_size), self.lfr_m, self.lfr_n) for w in waveforms]
+        return features if cmvn is None else [(clip - cmvn[0]) * cmvn[1] for clip in features]
 
     def _whisper_features(self, waveforms: list[np.ndarray]) -> np.ndarray:
         """`(B, feature_size, 3000)` float32 Whisper log-mel features."""
         if self._uses_asrfront():
             return asrfront_whisper.log_mel_batch(waveforms, n_mels=self.feature_size)
-        features = np.empty((len(waveforms), self.feature_size, WHISPER_N_FRAMES), dtype=np.float32)
-        for waveform, out in zip(waveforms, features, strict=True):
-            out[:] = whisper_log_mel(waveform, self.feature_size)
-        return features
+        extractor = _whisper_feature_extractor(self.feature_size)
+        return extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="np")["input_features"]
 
 
 def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
@@ -475,8 +351,7 @@ def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
     elif isinstance(raw_speech, (list, tuple)):
         if len(raw_speech) == 0:
             raise ValueError("raw_speech is empty; pass at least one waveform")
-        is_one_clip = isinstance(raw_speech[0], (float, int, np.number))
-        clips = [raw_speech] if is_one_clip else list(raw_speech)
+        clips = [raw_speech] if isinstance(raw_speech[0], (float, int, np.number)) else list(raw_speech)
     else:
         raise ValueError(
             f"raw_speech of type {type(raw_speech).__name__} is not supported; pass 16 kHz float waveforms "
@@ -484,9 +359,7 @@ def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
         )
     waveforms = []
     for i, clip in enumerate(clips):
-        if hasattr(clip, "detach"):
-            clip = clip.detach().cpu().numpy()
-        clip = np.asarray(clip)
+        clip = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip)
         if clip.ndim != 1:
             raise ValueError(f"raw_speech[{i}] has shape {clip.shape}; pass mono 1-D waveforms (load_audio downmixes)")
         if clip.dtype.kind != "f":
@@ -500,4 +373,4 @@ def _as_waveform_list(raw_speech: SpeechInput) -> list[np.ndarray]:
     return waveforms
 
 
-__all__ = ["PartFeatureExtractor", "apply_lfr", "kaldi_fbank", "kaldi_num_frames", "read_am_mvn", "whisper_log_mel"]
+__all__ = ["PartFeatureExtractor", "apply_lfr", "kaldi_fbank", "kaldi_num_frames", "read_am_mvn"]

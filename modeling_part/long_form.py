@@ -1,13 +1,7 @@
-"""Long recordings for PART: cut a waveform into chunks the model takes, and join the chunks' texts back.
-
-`plan_chunks` finds the pauses of a recording with an energy-based voice-activity detector (numpy, nothing to
-download) and cuts there, so that no word is split; where a stretch of speech has no pause within a chunk's
-length it falls back to overlapping windows, and `merge_chunk_texts` removes what two windows both transcribed by
-aligning their words in the overlap (the text-level counterpart of transformers' `_find_longest_common_sequence`).
-The pipeline (`PartSpeechRecognitionPipeline(..., chunk_length_s=...)`) and the evaluation helpers
-(`trainers.evaluation.generate_predictions(..., chunk_length_s=...)`) both use these, so a long test file is scored
-the way a user transcribes it. Work and memory are linear in the recording's length.
-"""
+"""Long recordings for PART: cut a recording into chunks the model takes, at pauses found by an energy-based
+voice-activity detector (overlapping windows where speech has no pause), and join the chunks' texts back, merging
+what two windows both transcribed at word level. Used by the pipeline and by `trainers.evaluation`, so a long test file
+is scored the way a user transcribes it. Work and memory are linear in the recording's length."""
 
 from __future__ import annotations
 
@@ -15,21 +9,17 @@ import bisect
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile
 
-FRAME_SECONDS = 0.02
-"""Length of the voice-activity detector's analysis frames."""
-MIN_PAUSE_SECONDS = 0.3
-"""The shortest run of non-speech frames counted as a pause (shorter gaps are within or between words)."""
-PAUSE_PADDING_SECONDS = 0.1
-"""Silence kept on each side of the speech in a chunk."""
-SILENCE_DB = -70.0
-"""Frames quieter than this (mean power in dB of full scale) are never speech, whatever the recording's levels."""
-_ENERGY_BLOCK_FRAMES = 4096
-"""Frames per block when computing energies (bounds the temporary memory, whatever the recording's length)."""
+FRAME_SECONDS = 0.02  # the voice-activity detector's analysis frames
+MIN_PAUSE_SECONDS = 0.3  # the shortest run of non-speech frames that is a pause (shorter gaps are within words)
+PAUSE_PADDING_SECONDS = 0.1  # silence kept on each side of the speech in a chunk
+SILENCE_DB = -70.0  # frames quieter than this (mean power, dB of full scale) are never speech
+_ENERGY_BLOCK_FRAMES = 4096  # frames per block when computing energies: bounds the temporary memory
 
 
 @dataclass(frozen=True)
@@ -42,29 +32,22 @@ class Chunk:
     overlap: int = 0
 
 
-# ------------------------------------------------------------------------------------------ voice activity
-def frame_energies_db(waveform: np.ndarray, frame_length: int) -> np.ndarray:
-    """Mean power in dB of consecutive non-overlapping frames of `frame_length` samples (the last may be shorter),
-    computed block by block so the temporary memory does not grow with the recording."""
-    num_frames = -(-len(waveform) // frame_length)
-    energies = np.empty(num_frames, dtype=np.float64)
-    block = _ENERGY_BLOCK_FRAMES * frame_length
-    for first in range(0, len(waveform), block):
-        piece = np.asarray(waveform[first : first + block], dtype=np.float64)
-        full = len(piece) // frame_length
-        index = first // frame_length
-        if full:
-            energies[index : index + full] = np.square(piece[: full * frame_length]).reshape(full, frame_length).mean(1)
-        if len(piece) > full * frame_length:
-            energies[index + full] = np.square(piece[full * frame_length :]).mean()
-    return 10.0 * np.log10(np.maximum(energies, 1e-10))
+def frame_energies_db(blocks: Iterable[np.ndarray], frame_length: int) -> np.ndarray:
+    """Mean power in dB of consecutive frames of `frame_length` samples (the last may be shorter) of a recording
+    given as blocks of whole frames (but the last), so the temporary memory does not grow with the recording."""
+    energies = []
+    for block in blocks:
+        full = len(block) // frame_length * frame_length
+        power = np.square(np.asarray(block, dtype=np.float64))
+        energies.append(power[:full].reshape(-1, frame_length).mean(1))
+        if len(block) > full:
+            energies.append(power[full:].mean(keepdims=True))
+    return 10.0 * np.log10(np.maximum(np.concatenate(energies or [np.zeros(0)]), 1e-10))
 
 
 def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_threshold: float = 0.25) -> np.ndarray:
-    """Which frames hold speech: those louder than the recording's noise floor (its 5th percentile) by
-    `relative_threshold` of the floor-to-peak range (peak: 99th percentile), and by at least `min_margin_db`;
-    never a frame under `SILENCE_DB`. A recording whose range is under `2 * min_margin_db` has no pauses to find:
-    every frame over `SILENCE_DB` counts as speech."""
+    """Frames louder than `SILENCE_DB` and than the noise floor (5th percentile) by `relative_threshold` of the range
+    to the peak (99th percentile) and by `min_margin_db`; all audible frames where that range is under twice it."""
     audible = energies_db > SILENCE_DB
     if energies_db.size == 0:
         return audible
@@ -72,15 +55,6 @@ def speech_frames(energies_db: np.ndarray, min_margin_db: float = 6.0, relative_
     if peak - floor < 2 * min_margin_db:
         return audible
     return audible & (energies_db > floor + max(min_margin_db, relative_threshold * (peak - floor)))
-
-
-def file_frame_energies_db(audio_file, frame_length: int) -> np.ndarray:
-    """`frame_energies_db` of an open `soundfile.SoundFile` (channels averaged), read block by block from its
-    current position: the recording is never in memory at once."""
-    energies = []
-    for block in audio_file.blocks(blocksize=_ENERGY_BLOCK_FRAMES * frame_length, dtype="float32", always_2d=True):
-        energies.append(frame_energies_db(block.mean(axis=1), frame_length))
-    return np.concatenate(energies) if energies else np.zeros(0)
 
 
 def find_pauses(speech: np.ndarray, frame_length: int, total: int, min_pause_s: float = MIN_PAUSE_SECONDS):
@@ -94,7 +68,6 @@ def find_pauses(speech: np.ndarray, frame_length: int, total: int, min_pause_s: 
     ]
 
 
-# ------------------------------------------------------------------------------------------ chunk planning
 def stride_samples(
     chunk_length_s: float, stride_length_s: float | Sequence[float] | None, sampling_rate: int
 ) -> tuple[int, int]:
@@ -112,49 +85,34 @@ def stride_samples(
 
 
 def plan_chunks(
-    waveform: np.ndarray,
+    audio: np.ndarray | soundfile.SoundFile,
     chunk_length_s: float,
     stride_length_s: float | Sequence[float] | None = None,
     sampling_rate: int = 16000,
     min_pause_s: float = MIN_PAUSE_SECONDS,
 ) -> list[Chunk]:
-    """Cuts a recording into chunks of at most `chunk_length_s`, at pauses where possible.
-
-    A recording no longer than `chunk_length_s` is one chunk, as it is. Otherwise each chunk ends in the last pause
-    that starts within its `chunk_length_s` (keeping `PAUSE_PADDING_SECONDS` of the pause on each side and skipping
-    the rest); where none does, it ends after `chunk_length_s` and the next one starts `left + right` of
-    `stride_length_s` earlier (see `stride_samples`), its text merged with `merge_chunk_texts`. Leading and trailing
-    silence of every chunk is trimmed to the padding, and chunks without speech are left out.
-    """
+    """Cuts a recording (a waveform, or an open `soundfile.SoundFile` read block by block at its own rate) into
+    chunks of at most `chunk_length_s`, each ending in the last pause that starts within it (`PAUSE_PADDING_SECONDS`
+    of the pause kept on each side); where none does, after `chunk_length_s`, the next chunk starting `left + right`
+    of `stride_length_s` earlier (`stride_samples`). Silence at a chunk's ends is trimmed to the padding, chunks
+    without speech are left out, and a recording no longer than `chunk_length_s` is one chunk, as it is."""
     if not chunk_length_s or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
-    if len(waveform) <= round(chunk_length_s * sampling_rate):
-        return [Chunk(0, len(waveform))]
-    frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
-    energies = frame_energies_db(waveform, frame_length)
-    return plan_chunks_from_energies(
-        energies, len(waveform), chunk_length_s, stride_length_s, sampling_rate, min_pause_s
-    )
-
-
-def plan_chunks_from_energies(
-    energies_db: np.ndarray,
-    total: int,
-    chunk_length_s: float,
-    stride_length_s: float | Sequence[float] | None = None,
-    sampling_rate: int = 16000,
-    min_pause_s: float = MIN_PAUSE_SECONDS,
-) -> list[Chunk]:
-    """`plan_chunks` of a recording of `total` samples given its `frame_energies_db` (frames of `FRAME_SECONDS`),
-    e.g. from `file_frame_energies_db`, so that a file need not be read whole."""
-    if not chunk_length_s or chunk_length_s <= 0:
-        raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
+    if isinstance(audio, soundfile.SoundFile):
+        total, sampling_rate = audio.frames, audio.samplerate
+    else:
+        total = len(audio)
     window = round(chunk_length_s * sampling_rate)
     if total <= window:
         return [Chunk(0, total)]
     left, right = stride_samples(chunk_length_s, stride_length_s, sampling_rate)
     frame_length = max(1, round(FRAME_SECONDS * sampling_rate))
-    speech = speech_frames(energies_db)
+    block = _ENERGY_BLOCK_FRAMES * frame_length
+    if isinstance(audio, soundfile.SoundFile):
+        blocks = (b.mean(axis=1) for b in audio.blocks(blocksize=block, dtype="float32", always_2d=True))
+    else:
+        blocks = (audio[first : first + block] for first in range(0, total, block))
+    speech = speech_frames(frame_energies_db(blocks, frame_length))
     pauses = find_pauses(speech, frame_length, total, min_pause_s)
     speech_index = np.flatnonzero(speech)
     if speech_index.size == 0:
@@ -203,10 +161,6 @@ _UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 
 
-def _units(text: str) -> list[re.Match]:
-    return list(_UNIT.finditer(text))
-
-
 def _key(unit: str) -> str | None:
     """A unit as compared across chunks: case-folded, punctuation removed; None for punctuation alone."""
     key = "".join(ch for ch in unit.casefold() if not unicodedata.category(ch).startswith("P"))
@@ -228,13 +182,10 @@ def join_texts(texts: Sequence[str]) -> str:
 
 
 def _align(left: list[str | None], right: list[str | None]) -> tuple[int, int] | None:
-    """Where `left`'s end and `right`'s start say the same: `(keep, skip)` such that `left[:keep] + right[skip:]` has
-    the shared part once, or None when they share fewer than two units (one when either has a single unit).
-
-    Every offset of `right` against `left` is scored by its share of equal units (ties go to the longer overlap),
-    as transformers' `_find_longest_common_sequence` does for tokens; the cut falls in the middle of the overlap,
-    so a word garbled at either window's edge is dropped.
-    """
+    """`(keep, skip)` such that `left[:keep] + right[skip:]` says once what `left`'s end and `right`'s start share, or
+    None when they share fewer than two units (one if either has one). As transformers' `_find_longest_common_sequence`
+    for tokens, every offset is scored by its share of equal units (ties: the longer overlap); the cut falls in the
+    middle of the overlap, so a word garbled at either window's edge is dropped."""
     left_length, right_length = len(left), len(right)
     needed = min(2, left_length, right_length)
     best, best_score = None, 0.0
@@ -255,40 +206,32 @@ def _align(left: list[str | None], right: list[str | None]) -> tuple[int, int] |
 
 
 def merge_chunk_texts(texts: Sequence[str], chunks: Sequence[Chunk], sampling_rate: int = 16000) -> list[str]:
-    """Each chunk's part of the transcript: its text less what it shares with the previous chunk's.
-
-    Chunks cut at a pause (`overlap == 0`) keep their texts. Where two windows overlap, the words of the previous
-    text's end and the next one's start that fall in the overlap (estimated from each chunk's words per second,
-    with a margin) are aligned with `_align` and the shared words kept once; where they share too little to align,
-    each keeps the words of its half of the overlap (by its words per second).
-    `join_texts(merge_chunk_texts(texts, chunks))` is the transcript.
-    """
+    """Each chunk's part of the transcript (`join_texts` of them is the transcript): its text less what it shares
+    with the previous chunk's. Where two windows overlap, the words of each text in the overlap (estimated from the
+    chunk's words per second, with a margin) are aligned with `_align` and kept once; where they share too little to
+    align, each keeps the words of its half of the overlap. Chunks cut at a pause keep their texts."""
     if len(texts) != len(chunks):
         raise ValueError(f"merge_chunk_texts got {len(texts)} texts for {len(chunks)} chunks; give one per chunk.")
-    units = [_units(text) for text in texts]
+    units = [list(_UNIT.finditer(text)) for text in texts]
     keep = [[0, len(u)] for u in units]  # the unit range [first, stop) each chunk keeps
     for index in range(1, len(chunks)):
-        overlap = chunks[index].overlap
-        if not overlap:
+        if not chunks[index].overlap:
             continue
-        previous, current = index - 1, index
-        seconds = [(chunks[i].end - chunks[i].start) / sampling_rate for i in (previous, current)]
-        rates = [len(units[i]) / max(s, 1e-9) for i, s in zip((previous, current), seconds)]
-        overlap_s = overlap / sampling_rate
-        spans = [
-            min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip((previous, current), rates)
-        ]
-        left_first = max(keep[previous][0], keep[previous][1] - spans[0])
-        left = [_key(u.group()) for u in units[previous][left_first : keep[previous][1]]]
-        right = [_key(u.group()) for u in units[current][: spans[1]]]
+        pair, previous = (index - 1, index), keep[index - 1]
+        overlap_s = chunks[index].overlap / sampling_rate
+        rates = [len(units[i]) / max((chunks[i].end - chunks[i].start) / sampling_rate, 1e-9) for i in pair]
+        spans = [min(len(units[i]), math.ceil(1.5 * rate * overlap_s) + 2) for i, rate in zip(pair, rates)]
+        left_first = max(previous[0], previous[1] - spans[0])
+        left = [_key(u.group()) for u in units[index - 1][left_first : previous[1]]]
+        right = [_key(u.group()) for u in units[index][: spans[1]]]
         cut = _align(left, right)
         if cut is None:
             dropped = [round(rate * overlap_s / 2) for rate in rates]
-            keep[previous][1] = max(keep[previous][0], keep[previous][1] - dropped[0])
-            keep[current][0] = min(len(units[current]), dropped[1])
+            previous[1] = max(previous[0], previous[1] - dropped[0])
+            keep[index][0] = min(len(units[index]), dropped[1])
         else:
-            keep[previous][1] = left_first + cut[0]
-            keep[current][0] = cut[1]
+            previous[1] = left_first + cut[0]
+            keep[index][0] = cut[1]
     parts = []
     for text, chunk_units, (first, stop) in zip(texts, units, keep):
         if (first, stop) == (0, len(chunk_units)):
@@ -313,13 +256,11 @@ def chunk_timestamps(chunks: Sequence[Chunk], sampling_rate: int = 16000) -> lis
 __all__ = [
     "Chunk",
     "chunk_timestamps",
-    "file_frame_energies_db",
     "find_pauses",
     "frame_energies_db",
     "join_texts",
     "merge_chunk_texts",
     "plan_chunks",
-    "plan_chunks_from_energies",
     "speech_frames",
     "stride_samples",
 ]

@@ -1,8 +1,5 @@
-"""Small PART models built in-process, with no download: for the quick start, tests and benchmarks.
-
-`build_tokenizer` trains a byte-level BPE tokenizer on given text; `tiny_part_config` gives a PartConfig of any
-width/depth for either encoder family; `build_tiny_part` returns a randomly initialised model with its processor.
-"""
+"""Small PART models built in-process with no download, for the quick start, tests and benchmarks: a BPE tokenizer
+trained on given text, a PartConfig of any width and depth for either encoder, a random model with its processor."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from modeling_part import PartConfig, PartForSpeechToText, PartProcessor
+from modeling_part import LANGUAGE_NAMES, PartConfig, PartForSpeechToText, PartProcessor
 from modeling_part.configuration_part import audio_token_lengths
 
 from conftest import make_audio
@@ -106,6 +106,16 @@ def test_save_and_load_processor(tiny_part, tmp_path):
     b = loaded(audio=audio, sampling_rate=16000, task="asr", source_language="en")
     assert torch.equal(a["input_ids"], b["input_ids"])
     torch.testing.assert_close(a["input_features"], b["input_features"])
+
+
+def test_default_language_names_are_the_prompts_names():
+    """The names come from Whisper's language table; prompts (what trained models saw) must keep these words."""
+    assert LANGUAGE_NAMES == {
+        "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "ru": "Russian",
+        "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "yue": "Cantonese", "pt": "Portuguese", "nl": "Dutch",
+        "ar": "Arabic", "tr": "Turkish", "pl": "Polish", "hi": "Hindi", "vi": "Vietnamese", "th": "Thai",
+        "id": "Indonesian", "sv": "Swedish",
+    }
 
 
 def test_batch_decode_returns_clean_text(tiny_part):
