@@ -40,9 +40,6 @@ def main() -> None:
     parser.add_argument("--variant", choices=("part", "peer", "part_full_logits"), required=True)
     parser.add_argument("--dims", default="{}")
     parser.add_argument("--llm-frozen", action="store_true")
-    parser.add_argument("--sparse-embedding-grad", action="store_true",
-                        help="what-if: the input-embedding lookup makes a sparse gradient (nn.Embedding.sparse), so "
-                             "the tied embedding/LM head does not get a second dense vocab x width gradient")
     args = parser.parse_args()
 
     set_threads()
@@ -58,7 +55,6 @@ def main() -> None:
     log(f"memory: {args.variant} in a fresh process")
     peer = args.variant == "peer"
     model = (build_peer if peer else build_part)(dims, tokenizer).train()
-    model.get_input_embeddings().sparse = args.sparse_embedding_grad
     set_llm_trainable(model, not args.llm_frozen)
     # PART's config for both: the processors make PART's prompts, and the peer's with one placeholder per frame
     processors = build_processors(part_config(dims, tokenizer) if peer else model.config, tokenizer)
@@ -70,7 +66,6 @@ def main() -> None:
     emit_result({
         "variant": args.variant,
         "llm_frozen": args.llm_frozen,
-        "sparse_embedding_grad": args.sparse_embedding_grad,
         "rss_after_imports": rss_imports,
         "rss_after_build": rss_built,
         "first_step": {k: v for k, v in steps[0].items() if k != "out"},

@@ -4,7 +4,7 @@ every round, the run_benchmarks.py orchestrator turns them into ratios.
 Sections (progress on stderr; the JSON result is the last stdout line):
   train      training step (forward + backward) of PART and the peer, interleaved with the PART data collator (8
              samples from WAV bytes) and the front end on the batch, so their rates compare with the step measured in
-             the same rounds; with --ablation also PART with full logits and the sparse-embedding-gradient what-if;
+             the same rounds; with --ablation also PART with full logits;
              then the same with the LLM frozen (PART's stage 1-2 trainable set); in-process step memory for both
   generate   batched greedy decoding, fixed number of new tokens (eos suppressed by min_new_tokens), and prefill
   frontend   PartFeatureExtractor (asrfront, numpy) vs transformers' WhisperFeatureExtractor
@@ -83,17 +83,7 @@ def train_section(state: dict, args) -> dict:
             set_llm_trainable(part, True)
             return train_step(part, state["part_batch"], full_logits=True)
 
-        def sparse_embedding_grad():
-            # what-if for the model: the input-embedding lookup with a sparse gradient (nn.Embedding.sparse), so the
-            # tied embedding/LM head does not get a second dense vocab x width gradient; same gradients
-            set_llm_trainable(part, True)
-            part.get_input_embeddings().sparse = True
-            try:
-                return train_step(part, state["part_batch"])
-            finally:
-                part.get_input_embeddings().sparse = False
-
-        functions.update(part_full_logits=full_logits, part_sparse_embedding_grad=sparse_embedding_grad)
+        functions.update(part_full_logits=full_logits)
     log(f"train step: {args.train_repeats} interleaved rounds of {', '.join(functions)} (batch {dims.batch_size} x "
         f"{dims.seconds:g} s, vocab {dims.vocab_size:,}, all parameters trainable)")
     result = {"times": interleave(functions, args.train_repeats, label="train", blocked=("collator", "front_end")),

@@ -46,14 +46,13 @@ def figures(raw: dict) -> list[dict]:
         add(figure("train_throughput", "train step throughput (PART/peer)", f"{per_s['part']:.2f} samples/s",
                    f"{per_s['peer']:.2f} samples/s", ratio(t["peer"], t["part"]), ">= 1.25x",
                    lambda r: r["median"] >= 1.25))
-    memory = {(m["variant"], m["llm_frozen"], m["sparse_embedding_grad"]): m
-              for m in raw.get("memory", []) if "variant" in m}
+    memory = {(m["variant"], m["llm_frozen"]): m for m in raw.get("memory", []) if "variant" in m}
 
-    def peak(variant, frozen=False, sparse=False):  # peak RSS above the interpreter + libraries: model, batch, step
-        m = memory.get((variant, frozen, sparse))
+    def peak(variant, frozen=False):  # peak RSS above the interpreter + libraries: model, batch, step
+        m = memory.get((variant, frozen))
         return m and m["process_peak"] - m["rss_after_imports"]
 
-    part, peer = memory.get(("part", False, False)), memory.get(("peer", False, False))
+    part, peer = memory.get(("part", False)), memory.get(("peer", False))
     if part and peer:
         add(figure("train_peak_memory", "train step peak memory (PART/peer)", mib(peak("part")), mib(peak("peer")),
                    peak("part") / peak("peer"), "<= 0.5x", lambda r: r <= 0.5))
@@ -78,18 +77,6 @@ def figures(raw: dict) -> list[dict]:
         add(figure("ablation_target_only_head_memory", "  ablation: target-only head, peak memory",
                    mib(peak("part")), f"{mib(peak('part_full_logits'))} (full logits)",
                    peak("part") / peak("part_full_logits"), "(context)"))
-    if peer and peak("part", sparse=True):
-        add(figure("what_if_sparse_embedding_grad_memory", "  what-if: sparse input-embedding grad, peak memory",
-                   mib(peak("part", sparse=True)), mib(peak("peer")), peak("part", sparse=True) / peak("peer"),
-                   "(proposed fix)"))
-    if train and "part_sparse_embedding_grad" in train["times"]:
-        t = train["times"]
-        add(figure("what_if_sparse_embedding_grad_throughput", "  what-if: sparse input-embedding grad, throughput",
-                   f"{median(t['part_sparse_embedding_grad']):.2f} s/step", f"{median(t['peer']):.2f} s/step",
-                   ratio(t["peer"], t["part_sparse_embedding_grad"]), "(proposed fix)"))
-        add(figure("what_if_sparse_embedding_grad_speedup", "  what-if: sparse input-embedding grad, vs PART today",
-                   f"{median(t['part_sparse_embedding_grad']):.2f} s/step", f"{median(t['part']):.2f} s/step (PART)",
-                   ratio(t["part"], t["part_sparse_embedding_grad"]), "(proposed fix)"))
     frozen = (train or {}).get("llm_frozen")
     if frozen:
         t = frozen["times"]
@@ -201,8 +188,7 @@ def measurements(raw: dict, threads: int) -> list:
                                 num_threads=threads)
                 out.append(Measurement(number_per_run=1, raw_times=times[name], task_spec=spec))
 
-    models_names = {"part": "PART", "peer": "peer", "part_full_logits": "PART, full logits",
-                    "part_sparse_embedding_grad": "PART, sparse emb. grad (what-if)"}
+    models_names = {"part": "PART", "peer": "peer", "part_full_logits": "PART, full logits"}
     if "train" in models:
         dims = models["dims"]
         label = f"train step (batch {dims['batch_size']} x {dims['seconds']:g} s)"
@@ -268,7 +254,7 @@ def results_markdown(raw: dict, rows: list[dict], meta: dict, compare: str) -> s
         out += ["\n## Peak memory, one fresh process per variant\n", table(
             ["variant", "LLM", "RSS after imports", "after build (model + batch)", "process peak", "peak - imports",
              "step high-water above pre-step RSS"],
-            [[m["variant"] + (" (what-if: sparse input-embedding grad)" if m["sparse_embedding_grad"] else ""),
+            [[m["variant"],
               "frozen" if m["llm_frozen"] else "trainable", mib(m["rss_after_imports"]), mib(m["rss_after_build"]),
               mib(m["process_peak"]), mib(m["process_peak"] - m["rss_after_imports"]), mib(m["step"]["delta"])]
              for m in memory])]
@@ -353,8 +339,7 @@ LFR frame); LLM sequence length PART {sequence_length[part]}, peer {sequence_len
 - Training step: forward + backward from `zero_grad(set_to_none=True)`, all parameters trainable unless "LLM frozen" \
 (the trainable set of PART's stages 1-2: encoder + adapter); no optimizer step (ZeRO-3 includes AdamW). PART \
 computes the LM head on target positions only; the peer computes full logits and transformers' causal-LM loss. "Full \
-logits" is PART with the peer's loss path; the sparse-gradient what-if is a proposed change (`nn.Embedding.sparse = \
-True` on the tied embedding), not what PART does today. Generation: batched greedy decoding, `min_new_tokens = \
+logits" is PART with the peer's loss path. Generation: batched greedy decoding, `min_new_tokens = \
 max_new_tokens`, KV cache, features precomputed.
 - Timing (`common.interleave`): both models in one process with the same threads and inputs; after one warm-up call \
 each, every round runs every variant once, alternating the order (A B, B A, ...); front-end and collator calls \

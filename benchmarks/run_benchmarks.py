@@ -46,7 +46,7 @@ def section_commands(name: str, args, python: str) -> list[list[str]]:
     if name == "memory":
         variants = [("part", []), ("peer", []), ("part", ["--llm-frozen"]), ("peer", ["--llm-frozen"])]
         if args.ablation:
-            variants[2:2] = [("part_full_logits", []), ("part", ["--sparse-embedding-grad"])]
+            variants[2:2] = [("part_full_logits", [])]
         return [worker("bench_memory.py") + dims + ["--variant", variant] + extra for variant, extra in variants]
     if name == "scaling":
         return [worker("bench_scaling.py") + dims + ["--axis", axis, "--points", points, "--peer-points", peer,
@@ -80,7 +80,7 @@ def main() -> None:
         parser.add_argument(f"--{name}-repeats", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--no-ablation", dest="ablation", action="store_false",
-                        help="skip PART with its target-only LM head switched off and the sparse-gradient what-if")
+                        help="skip PART with its target-only LM head switched off")
     parser.add_argument("--seconds-points", default="2,6,15,30")
     parser.add_argument("--peer-seconds-points", default="2,6")
     parser.add_argument("--vocab-points", default="8000,32000,151936")
