@@ -81,8 +81,10 @@ def test_target_only_head_matches_full_logits_loss_and_gradients(tiny_part):
     # Reference: full logits through the LLM's own head and transformers' causal-LM loss.
     labels = batch["labels"]
     embeds = reference.get_input_embeddings()(batch["input_ids"])
-    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    audio = reference.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     full_logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     reference_loss = reference.language_model.loss_function(full_logits, labels, vocab_size=full_logits.shape[-1])
     reference_loss.backward()
@@ -120,8 +122,10 @@ def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypat
     loss.backward()
 
     embeds = reference.get_input_embeddings()(batch["input_ids"])
-    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    audio = reference.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     reference_loss = reference.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
     reference_loss.backward()
@@ -564,7 +568,9 @@ def test_merge_places_each_clip_on_its_placeholders_in_order(tiny_part):
     batch = _padded_batch(processor)
     audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
     embeds = model.get_input_embeddings()(batch["input_ids"])
-    merged = model._merge_audio_embeddings(batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths)
+    merged = model._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     clips = iter(range(audio.pooler_output.shape[0]))
     for row, ids in enumerate(batch["input_ids"]):
         placeholders = ids == model.config.audio_token_id
@@ -612,14 +618,15 @@ def test_adapter_attention_goes_through_the_attention_interface(tiny_part):
     AttentionInterface.register("part_test_recording", recording_attention)
     AttentionMaskInterface.register("part_test_recording", sdpa_mask)
     features = batch["input_features"], batch["feature_attention_mask"]
-    reference, lengths = model.get_audio_embeddings(*features)
+    audio = model.get_audio_features(*features)
+    reference, lengths = audio.pooler_output, audio.audio_token_lengths
     model.set_attn_implementation({"adapter_config": "part_test_recording"})
-    recorded, _ = model.get_audio_embeddings(*features)
+    recorded = model.get_audio_features(*features).pooler_output
     assert calls.count("PartAdapterLayer") == model.config.adapter_config.num_hidden_layers
     torch.testing.assert_close(recorded, reference)
     model.set_attn_implementation("eager")
     assert model.config.adapter_config._attn_implementation == "eager"
-    eager, _ = model.get_audio_embeddings(*features)
+    eager = model.get_audio_features(*features).pooler_output
     valid = torch.arange(reference.shape[1])[None, :] < lengths[:, None]
     torch.testing.assert_close(eager[valid], reference[valid], rtol=1e-4, atol=1e-5)
 
