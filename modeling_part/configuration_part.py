@@ -76,8 +76,8 @@ def _encoder_length_function(encoder_class: type, model_type: str) -> Callable:
     if function is None:
         raise ValueError(
             f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
-            "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' Whisper "
-            "encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
+            "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' "
+            "Whisper encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
             "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
             "(processor) and the audio positions (model) with it."
         )
@@ -121,8 +121,7 @@ class PartAdapterConfig(PreTrainedConfig):
         downsample_kernel_size (`int`, *optional*): conv1d kernel; `None` means `2 * stride - 1`, so a clip of
             `L` encoder frames gives exactly `ceil(L / stride)` audio tokens.
         hidden_act (`str`, defaults to `"gelu"`), dropout (`float`, defaults to 0.0), layer_norm_eps (`float`).
-        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation of the
-            adapter's linear and convolution weights (`PartPreTrainedModel._init_weights`).
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear and convolution weights.
     """
 
     model_type = "part_adapter"
@@ -165,20 +164,18 @@ class PartConfig(PreTrainedConfig):
     Configuration of [`PartForSpeechToText`].
 
     Args:
-        audio_config (`dict` or `PreTrainedConfig`, *optional*): the speech encoder. Defaults to the SenseVoice-style
-            encoder transformers ships as `fun_asr_nano_encoder` (50 SAN-M layers, no timestamp layers). A
-            `WhisperConfig` selects the Whisper encoder. Any other encoder must define
-            `_get_feat_extract_output_lengths` (its output frames per input frames) and needs `feature_frame_rate`.
+        audio_config (`dict` or `PreTrainedConfig`, *optional*): the speech encoder; defaults to transformers'
+            SenseVoice-style `fun_asr_nano_encoder` (50 layers). An encoder outside `ENCODER_FAMILIES` (Whisper,
+            SenseVoice) needs `_get_feat_extract_output_lengths` and `feature_frame_rate`.
         adapter_config (`dict` or [`PartAdapterConfig`], *optional*): the adapter.
         text_config (`dict` or `PreTrainedConfig`, *optional*): the causal LLM; defaults to `qwen2`.
         audio_token_id (`int`, *optional*): id of the audio placeholder token in the tokenizer.
         feature_frame_rate (`float`, *optional*): feature frames per second of audio (derived for known encoders).
-        encoder_stride (`int`, *optional*): the encoder's own time subsampling, read off its
-            `_get_feat_extract_output_lengths`. Derived and recorded; a value that disagrees is an error.
+        encoder_stride (`int`, *optional*): the encoder's time subsampling. Derived; a value that disagrees is an error.
         max_audio_token_rate (`float`, defaults to 12.5): upper bound used to choose the adapter stride when
             `adapter_config.downsample_stride` is `None`.
-        audio_token_rate (`float`, *optional*): LLM positions per second of audio. Derived and recorded; passing a
-            value that disagrees with the derivation is an error.
+        audio_token_rate (`float`, *optional*): LLM positions per second of audio. Derived; a value that disagrees
+            is an error.
         lora_config (`dict`, *optional*): the LLM's LoRA settings (a `peft.LoraConfig` as dict) when the checkpoint
             carries unmerged LoRA weights. `None` for plain (merged) checkpoints.
         max_new_tokens_per_second (`float`, defaults to 15.0), min_new_tokens_budget (`int`, defaults to 16): when

@@ -10,7 +10,6 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,6 @@ from .configuration_part import (
 
 logger = logging.get_logger(__name__)
 
-PARAMETER_GROUPS = ("adapter", "encoder_last_k", "encoder", "llm", "llm_lora")
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS_TOKEN = "<|audio_bos|>"
 AUDIO_EOS_TOKEN = "<|audio_eos|>"
@@ -98,21 +96,6 @@ def load_pretrained_audio_encoder(name_or_path: str | os.PathLike, **kwargs) -> 
     encoder = take_encoder(getattr(transformers, class_name).from_pretrained(name_or_path, **kwargs))
     encoder.config._name_or_path = str(name_or_path)
     return encoder
-
-
-def _encoder_layers(audio_tower: nn.Module) -> nn.ModuleList:
-    layers = getattr(audio_tower, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"{type(audio_tower).__name__} has no `layers` ModuleList, so its last k layers cannot be selected; "
-            "use the 'encoder' parameter group instead of 'encoder_last_k'."
-        )
-    return layers
-
-
-def parameter_numel(parameter: torch.Tensor) -> int:
-    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (`numel()` is then 0)."""
-    return int(parameter.ds_numel) if hasattr(parameter, "ds_id") else parameter.numel()
 
 
 def embedding_rows(weight: torch.Tensor) -> int:
@@ -326,9 +309,7 @@ class PartAdapter(PreTrainedModel):
     """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
     token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (own init and attention)."""
 
-    config_class = PartAdapterConfig
     config: PartAdapterConfig
-    base_model_prefix = ""
     main_input_name = "hidden_states"
     supports_gradient_checkpointing = True
     _no_split_modules = ["PartAdapterLayer"]
@@ -405,18 +386,13 @@ class PartCausalLMOutputWithPast(CausalLMOutputWithPast):
 class PartPreTrainedModel(PreTrainedModel):
     """Base class of PART models. No separate base model: the causal LM stays whole (`base_model_prefix = ""`)."""
 
-    config_class = PartConfig
     config: PartConfig
-    base_model_prefix = ""
-    main_input_name = "input_ids"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["PartAdapterLayer"]
-    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -466,16 +442,13 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             load_kwargs: options for every `from_pretrained` call (`revision`, `token`, `cache_dir`, ...).
             config_kwargs: further `PartConfig` fields.
         """
-        load_kwargs = {**(load_kwargs or {}), **({"dtype": dtype} if dtype is not None else {})}
-        load_kwargs.setdefault("dtype", torch.float32)
-        tokenizer_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
+        tokenizer_kwargs = {k: v for k, v in (load_kwargs or {}).items() if k != "dtype"}
+        load_kwargs = {"dtype": torch.float32, **(load_kwargs or {}), **({"dtype": dtype} if dtype else {})}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
+        llm_path = llm if isinstance(llm, (str, os.PathLike)) else getattr(llm, "name_or_path", None)
         if isinstance(llm, (str, os.PathLike)):
-            llm_path = llm
             llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
-        else:
-            llm_path = getattr(llm, "name_or_path", None)
         if tokenizer is None:
             if not llm_path:
                 raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
@@ -624,6 +597,11 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         samples_end_at_clips = ((sample_ends[:, None] == clip_ends[None, :]).any(-1) | (sample_ends == 0)).all()
 
         def message() -> str:
+            if audio_token_lengths.numel() == 0:
+                return (
+                    "input_ids contain audio placeholder tokens but no input_features were given; pass the "
+                    "processor's input_features and feature_attention_mask."
+                )
             return (
                 "Audio placeholder tokens do not match the audio: per sample "
                 f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} "
@@ -649,17 +627,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         valid_first = torch.argsort(padding.flatten().to(torch.uint8), stable=True)
         audio = audio_embeddings.flatten(0, 1)[valid_first].to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(placeholder_mask, audio)
-
-    def _check_no_placeholders(self, input_ids: torch.LongTensor) -> None:
-        if self.config.audio_token_id is None:
-            return
-        _check_without_sync(
-            ~(input_ids == self.config.audio_token_id).any(),
-            lambda: (
-                "input_ids contain audio placeholder tokens but no input_features were given; pass the processor's "
-                "input_features and feature_attention_mask."
-            ),
-        )
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -698,8 +665,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             inputs_embeds = self._merge_audio_embeddings(
                 input_ids, inputs_embeds, audio.pooler_output, audio_token_lengths
             )
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            self._check_no_placeholders(input_ids)
+        elif input_ids is not None and self.config.audio_token_id is not None:
+            if cache is None or cache.get_seq_length() == 0:  # no audio: the prompt must hold no placeholders
+                self._check_placeholder_counts(input_ids == self.config.audio_token_id, input_ids.new_zeros(0))
 
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,
@@ -720,9 +688,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             num_targets = target_mask.sum()
             summed = _target_cross_entropy(lm_head, hidden_states[:, :-1][target_mask], shifted_labels[target_mask])
             denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
-            if isinstance(denominator, torch.Tensor):
-                denominator = denominator.to(summed.device)
-            loss = summed / denominator
+            loss = summed / torch.as_tensor(denominator, device=summed.device)
         else:
             logits = lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
 
@@ -784,69 +750,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             return outputs[:, prompt_length:]
         outputs.sequences = outputs.sequences[:, prompt_length:]
         return outputs
-
-    # ----------------------------------------------------------------------------------------- training modes
-    def train(self, mode: bool = True):
-        """Like `nn.Module.train`, but modules whose parameters are all frozen stay in eval mode (no dropout drift)."""
-        super().train(mode)
-        if mode:
-            self._set_frozen_modules_to_eval(self)
-        return self
-
-    @staticmethod
-    def _set_frozen_modules_to_eval(module: nn.Module) -> None:
-        for child in module.children():
-            parameters = list(child.parameters())
-            if parameters and not any(p.requires_grad for p in parameters):
-                child.eval()
-            else:
-                PartForSpeechToText._set_frozen_modules_to_eval(child)
-
-    def get_parameter_groups(self, encoder_last_k: int = 8) -> dict[str, dict[str, nn.Parameter]]:
-        """The parameter groups the stage trainer switches, by name: `adapter`, `encoder_last_k` (the encoder's
-        last `encoder_last_k` layers and any norm after them), `encoder` (all of it), `llm` (the LLM's own
-        weights) and `llm_lora` (its LoRA weights; empty without LoRA)."""
-        groups: dict[str, dict[str, nn.Parameter]] = {name: {} for name in PARAMETER_GROUPS}
-        for name, parameter in self.named_parameters():
-            if name.startswith("adapter."):
-                groups["adapter"][name] = parameter
-            elif name.startswith("audio_tower."):
-                groups["encoder"][name] = parameter
-            elif ".lora_" in name:
-                groups["llm_lora"][name] = parameter
-            else:
-                groups["llm"][name] = parameter
-        layers = _encoder_layers(self.audio_tower)
-        if encoder_last_k < 1:
-            raise ValueError(f"encoder_last_k={encoder_last_k} must be at least 1.")
-        first_top_layer = max(0, len(layers) - encoder_last_k)  # an encoder shallower than k trains whole
-        layer_ids = {id(p): index for index, layer in enumerate(layers) for p in layer.parameters()}
-        groups["encoder_last_k"] = {
-            name: p for name, p in groups["encoder"].items() if layer_ids.get(id(p), len(layers)) >= first_top_layer
-        }
-        return groups
-
-    def set_trainable(self, groups: Iterable[str], encoder_last_k: int = 8) -> dict[str, int]:
-        """Makes exactly the named parameter groups trainable and freezes everything else.
-
-        Returns parameter counts: `{"trainable": ..., "total": ..., <group>: ...}`.
-        """
-        groups = list(groups)
-        unknown = sorted(set(groups) - set(PARAMETER_GROUPS))
-        if unknown:
-            raise ValueError(f"Unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}.")
-        available = self.get_parameter_groups(encoder_last_k)
-        if "llm_lora" in groups and not available["llm_lora"]:
-            raise ValueError("Parameter group 'llm_lora' is empty: call add_lora() before training the LLM's LoRA.")
-        trainable = {id(p) for group in groups for p in available[group].values()}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in trainable)
-        counts = {group: sum(parameter_numel(p) for p in available[group].values()) for group in groups}
-        counts["trainable"] = sum(parameter_numel(p) for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(parameter_numel(p) for p in self.parameters())
-        if self.training:
-            self.train()
-        return counts
 
     # LoRA through peft's own tuner (`peft.tuners.lora.LoraModel`; why not `add_adapter`: docs/design.md), kept
     # outside the module tree (no duplicate parameters in the state dict); its layers live in `language_model`.
@@ -975,5 +878,4 @@ __all__ = [
     "fit_embeddings_to_tokenizer",
     "load_pretrained_audio_encoder",
     "mean_initialise_rows",
-    "PARAMETER_GROUPS",
 ]
