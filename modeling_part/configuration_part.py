@@ -139,9 +139,6 @@ class PartAdapterConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._check_fields()
-
-    def _check_fields(self) -> None:
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"adapter_config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -240,10 +237,6 @@ class PartConfig(PreTrainedConfig):
                 "adapter_config.downsample_stride."
             )
         self.audio_token_rate = derived_rate
-        self._check_combinations()
-
-    def _check_combinations(self) -> None:
-        """Checks combinations of sub-configs; each error is a ValueError naming the field and the fix."""
         if getattr(self.text_config, "is_encoder_decoder", False):
             raise ValueError(
                 f"text_config must be a decoder-only causal LM config, got model_type={self.text_config.model_type!r} "

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.models.siglip.modeling_siglip import eager_attention_forward
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_part import (
@@ -37,7 +37,6 @@ from .configuration_part import (
     encoder_output_lengths,
 )
 
-logger = logging.get_logger(__name__)
 
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS_TOKEN = "<|audio_bos|>"
@@ -361,11 +360,8 @@ class PartAdapter(PreTrainedModel):
 @dataclass
 class PartAudioFeaturesOutput(BaseModelOutputWithPooling):
     r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(clips, encoder_frames, encoder_width)`): the encoder's output.
-    pooler_output (`torch.FloatTensor` of shape `(clips, audio_positions, llm_width)`): the adapter's output, the
-        embeddings that replace the audio placeholders; positions past `audio_token_lengths` are padding.
-    hidden_states, attentions: the encoder's, when asked for.
-    audio_token_lengths (`torch.LongTensor` of shape `(clips,)`): valid audio positions per clip.
+    `last_hidden_state`, `hidden_states`, `attentions`: the encoder's. `pooler_output` (`(clips, audio_positions,
+    llm_width)`): the adapter's output, padded past `audio_token_lengths` (`(clips,)`, valid positions per clip).
     """
 
     audio_token_lengths: torch.LongTensor | None = None
