@@ -339,8 +339,10 @@ def train_step(model, batch, full_logits: bool = False) -> float:
     model.zero_grad(set_to_none=True)
     if full_logits:
         embeds = model.get_input_embeddings()(batch["input_ids"])
-        audio, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-        embeds = model._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+        audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+        embeds = model._merge_audio_embeddings(
+            batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+        )
         logits = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
         loss = model.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
     else:

@@ -203,18 +203,19 @@ def parameter_counts(scale: str) -> dict:
     import torch
 
     from modeling_part import PartForSpeechToText
+    from trainers.freeze import parameter_groups, set_trainable
     from trainers.stages import preset
 
     schedule = preset("part")
     with torch.device("meta"):
         model = PartForSpeechToText(part_config(scale, audio_token_id=0))
         model.add_lora(schedule.lora)
-    groups = model.get_parameter_groups()
+    groups = parameter_groups(model)
     counts = {name: sum(p.numel() for p in group.values()) for name, group in groups.items()}
     total = sum(p.numel() for p in model.parameters())
     stages = {}
     for stage in schedule.stages:
-        trainable = model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)["trainable"]
+        trainable = set_trainable(model, stage.trainable, encoder_last_k=stage.encoder_last_k)["trainable"]
         stages[stage.name] = {"trainable_groups": stage.trainable, "trainable": trainable,
                               "share": trainable / total, "learning_rate": stage.peak_learning_rate(RUN_LEARNING_RATE)[0]}
     return {"groups": counts, "total": total, "stages": stages, "lora": schedule.lora}
@@ -319,12 +320,14 @@ def run_stage(options, phase: str) -> dict:
     AdamW is the Trainer's default (`adamw_torch_fused`); SGD variants measure what does not fit (see --optimizer)."""
     import torch
 
+    from trainers.freeze import frozen_modules_to_eval, set_trainable
+
     stage_name, _, variant = phase.partition("+")
     _, stage, lora_active = _stage(stage_name)
     model, train, _, result = _prepare(options, phase)
-    counts = model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)
+    counts = set_trainable(model, stage.trainable, encoder_last_k=stage.encoder_last_k)
     model.set_lora_enabled(lora_active)
-    model.train()
+    frozen_modules_to_eval(model.train())  # as PartTrainer runs a step
     if variant == "checkpointing":  # the Trainer's --gradient_checkpointing: layer inputs kept, the rest recomputed
         model.activation_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]

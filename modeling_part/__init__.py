@@ -17,7 +17,7 @@ from transformers import (
 from .audio_utils import load_audio
 from .configuration_part import PartAdapterConfig, PartConfig
 from .feature_extraction_part import PartFeatureExtractor
-from .modeling_part import PARAMETER_GROUPS, PartForSpeechToText, PartPreTrainedModel
+from .modeling_part import PartForSpeechToText, PartPreTrainedModel
 from .pipeline_part import PartSpeechRecognitionPipeline, register_part_pipeline
 from .processing_part import LANGUAGE_NAMES, TASKS, PartProcessor
 
@@ -36,7 +36,6 @@ register_part_pipeline()
 
 __all__ = [
     "LANGUAGE_NAMES",
-    "PARAMETER_GROUPS",
     "TASKS",
     "PartAdapterConfig",
     "PartConfig",

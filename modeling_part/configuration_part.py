@@ -1,51 +1,65 @@
 """Configuration of the PART speech-to-text model: audio encoder -> adapter -> causal LLM.
 
-`PartConfig` composes three sub-configs in the transformers v5 style (`audio_config`, `adapter_config`,
-`text_config`) and derives the audio token rate (LLM positions per second of audio) from the front end,
-the encoder's own subsampling and the adapter's stride.
+`PartConfig` composes `audio_config`, `adapter_config` and `text_config` (the transformers v5 style) and derives the
+audio token rate (LLM positions per second of audio) from the front end, the encoder's subsampling and the adapter.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-# Feature frames per second of audio that each supported encoder reads: a property of its front end.
-# SenseVoice-style encoders read low-frame-rate features (10 ms fbank frames stacked 7, stride 6); Whisper reads 10 ms
-# log-mel frames. Other encoders: pass `feature_frame_rate=` to PartConfig.
-KNOWN_AUDIO_ENCODERS: dict[str, dict[str, float]] = {
-    "fun_asr_nano_encoder": {"feature_frame_rate": 100.0 / 6.0},
-    "whisper": {"feature_frame_rate": 100.0},
+# Everything that differs between the encoder families PART knows, in one table (other encoders take the defaults):
+# feature_frame_rate: feature frames per second of audio its front end reads (SenseVoice: 10 ms fbank frames stacked
+#   7, stride 6; Whisper: 10 ms log-mel frames); other encoders pass `feature_frame_rate=` to PartConfig.
+# encoder_class: the module PART builds ("module:Class"; None: the AutoModel class of the config).
+# mask_argument: the keyword of forward's frame mask (None: the encoder takes none). time_axis: of input_features.
+# output_lengths: for an encoder class without `_get_feat_extract_output_lengths` (SenseVoice keeps its frame rate).
+ENCODER_FAMILIES: dict[str, dict] = {
+    "fun_asr_nano_encoder": {
+        "feature_frame_rate": 100.0 / 6.0,
+        "mask_argument": "input_features_mask",
+        "output_lengths": lambda encoder, input_lengths: input_lengths,
+    },
+    "whisper": {
+        "feature_frame_rate": 100.0,
+        "encoder_class": "transformers.models.whisper.modeling_whisper:WhisperEncoder",
+        "mask_argument": None,
+        "time_axis": -1,
+    },
 }
+_FAMILY_DEFAULTS = {
+    "feature_frame_rate": None,
+    "encoder_class": None,
+    "mask_argument": "attention_mask",
+    "time_axis": 1,
+    "output_lengths": None,
+}
+
+
+def encoder_family(audio_config: PreTrainedConfig) -> dict:
+    """The `ENCODER_FAMILIES` entry of `audio_config`'s encoder, completed with the defaults."""
+    return {**_FAMILY_DEFAULTS, **ENCODER_FAMILIES.get(audio_config.model_type, {})}
+
 
 DEFAULT_MAX_AUDIO_TOKEN_RATE = 12.5
 # Feature frames at which the encoder's time subsampling (`PartConfig.encoder_stride`) is read off its length function.
 _STRIDE_PROBE_FRAMES = 6000
 
 
-def _sensevoice_output_lengths(config: PreTrainedConfig, input_lengths):
-    """The SenseVoice encoder (`FunAsrNanoEncoder`) keeps the frame rate of its (already stacked) input features."""
-    return input_lengths
-
-
-# Output lengths of transformers encoders that do not define `_get_feat_extract_output_lengths` themselves.
-FALLBACK_ENCODER_OUTPUT_LENGTHS: dict[str, Callable] = {"fun_asr_nano_encoder": _sensevoice_output_lengths}
-
-
 def audio_encoder_class(audio_config: PreTrainedConfig) -> type:
-    """The module class PART builds for `audio_config`: Whisper's encoder half, else the `AutoModel` class."""
-    if audio_config.model_type == "whisper":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        return WhisperEncoder
-    from transformers import AutoModel
-
+    """The module class PART builds for `audio_config` (`ENCODER_FAMILIES`, else the `AutoModel` class)."""
+    name = encoder_family(audio_config)["encoder_class"]
+    if name is not None:
+        module, _, class_name = name.partition(":")
+        return getattr(importlib.import_module(module), class_name)
     try:
         return AutoModel._model_mapping[type(audio_config)]
     except KeyError as error:
@@ -57,43 +71,36 @@ def audio_encoder_class(audio_config: PreTrainedConfig) -> type:
 
 @functools.lru_cache(maxsize=32)
 def _encoder_length_function(encoder_class: type, model_type: str) -> Callable:
-    method = getattr(encoder_class, "_get_feat_extract_output_lengths", None)
-    if method is not None:
-        return method
-    if model_type in FALLBACK_ENCODER_OUTPUT_LENGTHS:
-        return FALLBACK_ENCODER_OUTPUT_LENGTHS[model_type]
-    raise ValueError(
-        f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
-        "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' Whisper "
-        "encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
-        "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
-        "(processor) and the audio positions (model) with it."
-    )
+    function = getattr(encoder_class, "_get_feat_extract_output_lengths", None)
+    function = function or ENCODER_FAMILIES.get(model_type, {}).get("output_lengths")
+    if function is None:
+        raise ValueError(
+            f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
+            "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' "
+            "Whisper encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
+            "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
+            "(processor) and the audio positions (model) with it."
+        )
+    return function
 
 
 def encoder_output_lengths(audio_config: PreTrainedConfig, feature_lengths, encoder=None):
-    """Encoder output frames for clips of `feature_lengths` feature frames (int or integer tensor).
-
-    The one place these lengths come from: the encoder's own `_get_feat_extract_output_lengths` (transformers'
-    convention), taken from `encoder` (the module, as the model passes it) or else from the class PART builds for
-    `audio_config` (as the processor and the config use it, with no module at hand).
-    """
+    """Encoder output frames for `feature_lengths` feature frames (int or integer tensor), from the encoder's own
+    `_get_feat_extract_output_lengths` (of `encoder`, else of the class PART builds for `audio_config`)."""
     encoder_class = type(encoder) if encoder is not None else audio_encoder_class(audio_config)
     function = _encoder_length_function(encoder_class, audio_config.model_type)
     return function(encoder if encoder is not None else SimpleNamespace(config=audio_config), feature_lengths)
 
 
 def adapter_output_lengths(encoder_lengths, kernel_size: int, stride: int):
-    """Audio positions the adapter's conv1d (`kernel_size`, `stride`, padding `(kernel_size - 1) // 2`) makes of
-    `encoder_lengths` encoder frames (int or integer tensor)."""
+    """Audio positions the adapter's conv1d (padding `(kernel_size - 1) // 2`) makes of `encoder_lengths`."""
     padding = (kernel_size - 1) // 2
     return (encoder_lengths + 2 * padding - kernel_size) // stride + 1
 
 
 def audio_token_lengths(feature_lengths, encoder_stride: int, kernel_size: int, stride: int):
-    """Audio positions for `feature_lengths` feature frames of an encoder that subsamples time by `encoder_stride`
-    (ceil division), as Whisper and the SenseVoice encoder do. Kept for processors saved without `audio_config`;
-    `PartConfig.audio_token_lengths` uses the encoder's own length function."""
+    """Audio positions for an encoder that subsamples time by `encoder_stride` (ceil division), for processors saved
+    without `audio_config`; `PartConfig.audio_token_lengths` uses the encoder's own length function."""
     encoder_lengths = (feature_lengths + encoder_stride - 1) // encoder_stride
     return adapter_output_lengths(encoder_lengths, kernel_size, stride)
 
@@ -114,8 +121,7 @@ class PartAdapterConfig(PreTrainedConfig):
         downsample_kernel_size (`int`, *optional*): conv1d kernel; `None` means `2 * stride - 1`, so a clip of
             `L` encoder frames gives exactly `ceil(L / stride)` audio tokens.
         hidden_act (`str`, defaults to `"gelu"`), dropout (`float`, defaults to 0.0), layer_norm_eps (`float`).
-        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation of the
-            adapter's linear and convolution weights (`PartPreTrainedModel._init_weights`).
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear and convolution weights.
     """
 
     model_type = "part_adapter"
@@ -133,9 +139,6 @@ class PartAdapterConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._check_fields()
-
-    def _check_fields(self) -> None:
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"adapter_config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -158,20 +161,18 @@ class PartConfig(PreTrainedConfig):
     Configuration of [`PartForSpeechToText`].
 
     Args:
-        audio_config (`dict` or `PreTrainedConfig`, *optional*): the speech encoder. Defaults to the SenseVoice-style
-            encoder transformers ships as `fun_asr_nano_encoder` (50 SAN-M layers, no timestamp layers). A
-            `WhisperConfig` selects the Whisper encoder. Any other encoder must define
-            `_get_feat_extract_output_lengths` (its output frames per input frames) and needs `feature_frame_rate`.
+        audio_config (`dict` or `PreTrainedConfig`, *optional*): the speech encoder; defaults to transformers'
+            SenseVoice-style `fun_asr_nano_encoder` (50 layers). An encoder outside `ENCODER_FAMILIES` (Whisper,
+            SenseVoice) needs `_get_feat_extract_output_lengths` and `feature_frame_rate`.
         adapter_config (`dict` or [`PartAdapterConfig`], *optional*): the adapter.
         text_config (`dict` or `PreTrainedConfig`, *optional*): the causal LLM; defaults to `qwen2`.
         audio_token_id (`int`, *optional*): id of the audio placeholder token in the tokenizer.
         feature_frame_rate (`float`, *optional*): feature frames per second of audio (derived for known encoders).
-        encoder_stride (`int`, *optional*): the encoder's own time subsampling, read off its
-            `_get_feat_extract_output_lengths`. Derived and recorded; a value that disagrees is an error.
+        encoder_stride (`int`, *optional*): the encoder's time subsampling. Derived; a value that disagrees is an error.
         max_audio_token_rate (`float`, defaults to 12.5): upper bound used to choose the adapter stride when
             `adapter_config.downsample_stride` is `None`.
-        audio_token_rate (`float`, *optional*): LLM positions per second of audio. Derived and recorded; passing a
-            value that disagrees with the derivation is an error.
+        audio_token_rate (`float`, *optional*): LLM positions per second of audio. Derived; a value that disagrees
+            is an error.
         lora_config (`dict`, *optional*): the LLM's LoRA settings (a `peft.LoraConfig` as dict) when the checkpoint
             carries unmerged LoRA weights. `None` for plain (merged) checkpoints.
         max_new_tokens_per_second (`float`, defaults to 15.0), min_new_tokens_budget (`int`, defaults to 16): when
@@ -208,13 +209,12 @@ class PartConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.max_audio_token_rate <= 0:
             raise ValueError(f"max_audio_token_rate must be positive, got {self.max_audio_token_rate}.")
-        known = KNOWN_AUDIO_ENCODERS.get(self.audio_config.model_type, {})
         if self.feature_frame_rate is None:
-            self.feature_frame_rate = known.get("feature_frame_rate")
+            self.feature_frame_rate = encoder_family(self.audio_config)["feature_frame_rate"]
         if self.feature_frame_rate is None:
             raise ValueError(
                 f"audio_config.model_type={self.audio_config.model_type!r} is not one of the encoders PART knows "
-                f"({', '.join(KNOWN_AUDIO_ENCODERS)}): pass feature_frame_rate= (feature frames per second of audio "
+                f"({', '.join(ENCODER_FAMILIES)}): pass feature_frame_rate= (feature frames per second of audio "
                 "that the encoder reads) to PartConfig."
             )
         probe = _STRIDE_PROBE_FRAMES
@@ -237,10 +237,6 @@ class PartConfig(PreTrainedConfig):
                 "adapter_config.downsample_stride."
             )
         self.audio_token_rate = derived_rate
-        self._check_combinations()
-
-    def _check_combinations(self) -> None:
-        """Checks combinations of sub-configs; each error is a ValueError naming the field and the fix."""
         if getattr(self.text_config, "is_encoder_decoder", False):
             raise ValueError(
                 f"text_config must be a decoder-only causal LM config, got model_type={self.text_config.model_type!r} "
@@ -252,16 +248,15 @@ class PartConfig(PreTrainedConfig):
                 f"(text_config.vocab_size={self.text_config.vocab_size}); add the audio token to the tokenizer and "
                 "resize the embeddings (PartForSpeechToText.from_pretrained_components does both)."
             )
-        audio_width = getattr(self.audio_config, "hidden_size", None) or getattr(self.audio_config, "d_model", None)
-        if audio_width is None:
+        if self.audio_hidden_size is None:
             raise ValueError(
                 f"audio_config ({self.audio_config.model_type}) has neither hidden_size nor d_model; PART needs the "
                 "encoder's output width to build the adapter."
             )
 
     @property
-    def audio_hidden_size(self) -> int:
-        return getattr(self.audio_config, "hidden_size", None) or self.audio_config.d_model
+    def audio_hidden_size(self) -> int | None:
+        return getattr(self.audio_config, "hidden_size", None) or getattr(self.audio_config, "d_model", None)
 
     @property
     def tie_word_embeddings(self) -> bool:
@@ -282,11 +277,12 @@ class PartConfig(PreTrainedConfig):
 
 
 __all__ = [
-    "KNOWN_AUDIO_ENCODERS",
+    "ENCODER_FAMILIES",
     "PartAdapterConfig",
     "PartConfig",
     "adapter_output_lengths",
     "audio_encoder_class",
     "audio_token_lengths",
+    "encoder_family",
     "encoder_output_lengths",
 ]

@@ -11,6 +11,7 @@ from matplotlib.image import imread
 from transformers import TrainerControl, TrainerState
 
 from trainers.callbacks import GradientSimilarityCallback, PartStageCallback, build_probe_batches
+from trainers.freeze import set_trainable
 
 from conftest import make_audio
 
@@ -91,7 +92,7 @@ def test_matrix_equals_hand_computed_cosine(probes):
 
 def test_gradients_and_train_modes_are_restored(probes):
     model, batches = probes
-    model.set_trainable(["adapter", "encoder_last_k"])
+    set_trainable(model, ["adapter", "encoder_last_k"])
     model.train()
     modes = {name: module.training for name, module in model.named_modules()}
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -108,7 +109,7 @@ def test_gradients_and_train_modes_are_restored(probes):
 
 def test_stage_end_writes_json_and_heatmap_of_trainable_parameters_only(probes, tmp_path):
     model, batches = probes
-    counts = model.set_trainable(["adapter"])
+    counts = set_trainable(model, ["adapter"])
     callback = GradientSimilarityCallback(batches)
     stage_end(callback, model, tmp_path / "stage1")
     saved = json.loads((tmp_path / "stage1" / "gradient_similarity.json").read_text())
@@ -131,7 +132,7 @@ def test_train_end_writes_the_combined_figure(probes, tmp_path):
     model, batches = probes
     callback = GradientSimilarityCallback(batches, plot=False)  # per-stage heatmaps are tested above
     for name, groups in (("stage1", ["adapter"]), ("stage2", ["adapter", "encoder_last_k"])):
-        model.set_trainable(groups)
+        set_trainable(model, groups)
         stage_end(callback, model, tmp_path / name, name=name)
     assert list(callback.results) == ["stage1", "stage2"]
     assert not (tmp_path / "stage1" / "gradient_similarity.png").exists()
@@ -142,7 +143,7 @@ def test_train_end_writes_the_combined_figure(probes, tmp_path):
 
 def test_max_parameters_compares_a_seeded_subset(probes):
     model, batches = probes
-    model.set_trainable(["adapter"])
+    set_trainable(model, ["adapter"])
     pair = {label: batches[label] for label in ("asr/en", "asr/de")}
     callback = GradientSimilarityCallback(pair, max_parameters=500, seed=3)
     result = callback.measure(model)
@@ -157,7 +158,7 @@ def test_probe_without_gradient_on_trainable_parameters_gives_nan(tiny_part, tmp
     samples["mt/en-de"] = [
         {"task": "mt", "source_language": "en", "target_language": "de", "source_text": "the dog", "text": "der Hund"}
     ]
-    model.set_trainable(["adapter"])  # text-only mt never reaches the adapter
+    set_trainable(model, ["adapter"])  # text-only mt never reaches the adapter
     callback = GradientSimilarityCallback(build_probe_batches(processor, samples, sampling_rate=16000))
     stage_end(callback, model, tmp_path / "stage1")
     matrix = callback.results["stage1"].matrix

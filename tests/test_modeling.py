@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig
 
-from modeling_part import PARAMETER_GROUPS, PartConfig, PartForSpeechToText
+from modeling_part import PartConfig, PartForSpeechToText
+from trainers.freeze import PARAMETER_GROUPS, frozen_modules_to_eval, parameter_groups, set_trainable
 
 from conftest import make_audio
 
@@ -81,8 +82,10 @@ def test_target_only_head_matches_full_logits_loss_and_gradients(tiny_part):
     # Reference: full logits through the LLM's own head and transformers' causal-LM loss.
     labels = batch["labels"]
     embeds = reference.get_input_embeddings()(batch["input_ids"])
-    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    audio = reference.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     full_logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     reference_loss = reference.language_model.loss_function(full_logits, labels, vocab_size=full_logits.shape[-1])
     reference_loss.backward()
@@ -114,14 +117,16 @@ def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypat
     model, processor = tiny_part
     batch = _training_batch(processor)
     groups = ["adapter", "encoder"] + (["llm"] if llm_trains else [])
-    model.set_trainable(groups)
+    set_trainable(model, groups)
     reference = copy.deepcopy(model)
     loss = model(**batch).loss
     loss.backward()
 
     embeds = reference.get_input_embeddings()(batch["input_ids"])
-    audio, lengths = reference.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
-    embeds = reference._merge_audio_embeddings(batch["input_ids"], embeds, audio, lengths)
+    audio = reference.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+    embeds = reference._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     logits = reference.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     reference_loss = reference.language_model.loss_function(logits, batch["labels"], vocab_size=logits.shape[-1])
     reference_loss.backward()
@@ -135,7 +140,7 @@ def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypat
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
     norms = {
         group: torch.stack([p.grad.double().norm() for p in parameters.values()]).norm().item()
-        for group, parameters in model.get_parameter_groups().items() if group in groups
+        for group, parameters in parameter_groups(model).items() if group in groups
     }
     assert norms == pytest.approx({g: _RECORDED_GRAD_NORMS[g] for g in groups}, rel=1e-5)
 
@@ -143,7 +148,7 @@ def test_loss_and_gradients_equal_the_full_logits_reference(tiny_part, monkeypat
 def test_frozen_head_keeps_no_vocabulary_sized_tensor_for_backward(tiny_part):
     """With the LLM frozen, the loss keeps neither logits nor log-probabilities of the target rows for backward."""
     model, processor = tiny_part
-    model.set_trainable(["adapter"])
+    set_trainable(model, ["adapter"])
     batch = _training_batch(processor)
     vocab = model.get_output_embeddings().out_features
     saved = []
@@ -332,7 +337,7 @@ def test_no_deprecation_from_our_code_paths(tiny_part):
 def test_parameter_groups_partition_and_set_trainable(tiny_part):
     model, _ = tiny_part
     model.add_lora(r=2)
-    groups = model.get_parameter_groups(encoder_last_k=1)
+    groups = parameter_groups(model, encoder_last_k=1)
     assert set(groups) == set(PARAMETER_GROUPS)
     names = [n for g in ("adapter", "encoder", "llm", "llm_lora") for n in groups[g]]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
@@ -340,18 +345,18 @@ def test_parameter_groups_partition_and_set_trainable(tiny_part):
     assert all(n.startswith("audio_tower.layers.1.") for n in groups["encoder_last_k"])
     assert all(".lora_" in n for n in groups["llm_lora"]) and groups["llm_lora"]
 
-    counts = model.set_trainable(["adapter", "encoder_last_k"], encoder_last_k=1)
+    counts = set_trainable(model, ["adapter", "encoder_last_k"], encoder_last_k=1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(groups["adapter"]) | set(groups["encoder_last_k"])
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="Unknown parameter group"):
-        model.set_trainable(["decoder"])
+        set_trainable(model, ["decoder"])
 
 
 def test_frozen_modules_stay_in_eval_mode(tiny_part):
     model, _ = tiny_part
-    model.set_trainable(["adapter", "encoder_last_k"], encoder_last_k=1)
-    model.train()
+    set_trainable(model, ["adapter", "encoder_last_k"], encoder_last_k=1)
+    frozen_modules_to_eval(model.train())
     assert model.adapter.training
     assert model.audio_tower.layers[1].training
     assert not model.audio_tower.layers[0].training
@@ -360,7 +365,7 @@ def test_frozen_modules_stay_in_eval_mode(tiny_part):
 
 def test_gradient_checkpointing_with_frozen_encoder(tiny_part):
     model, processor = tiny_part
-    model.set_trainable(["adapter"])
+    set_trainable(model, ["adapter"])
     model.activation_checkpointing_enable()
     model.train()
     model(**_training_batch(processor)).loss.backward()
@@ -465,11 +470,11 @@ def test_lora_merge_and_reload_keep_every_lora_config_field(tiny_part, tmp_path)
 def test_lora_switch_leaves_the_trainable_set_alone(tiny_part):
     model, _ = tiny_part
     model.add_lora(r=2)
-    model.set_trainable(["adapter"])
+    set_trainable(model, ["adapter"])
     for enabled in (True, False, True):
         model.set_lora_enabled(enabled)
         assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
-    model.set_trainable(["adapter", "llm_lora"])
+    set_trainable(model, ["adapter", "llm_lora"])
     model.set_lora_enabled(False)
     assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
 
@@ -564,7 +569,9 @@ def test_merge_places_each_clip_on_its_placeholders_in_order(tiny_part):
     batch = _padded_batch(processor)
     audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
     embeds = model.get_input_embeddings()(batch["input_ids"])
-    merged = model._merge_audio_embeddings(batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths)
+    merged = model._merge_audio_embeddings(
+        batch["input_ids"], embeds, audio.pooler_output, audio.audio_token_lengths
+    )
     clips = iter(range(audio.pooler_output.shape[0]))
     for row, ids in enumerate(batch["input_ids"]):
         placeholders = ids == model.config.audio_token_id
@@ -612,14 +619,15 @@ def test_adapter_attention_goes_through_the_attention_interface(tiny_part):
     AttentionInterface.register("part_test_recording", recording_attention)
     AttentionMaskInterface.register("part_test_recording", sdpa_mask)
     features = batch["input_features"], batch["feature_attention_mask"]
-    reference, lengths = model.get_audio_embeddings(*features)
+    audio = model.get_audio_features(*features)
+    reference, lengths = audio.pooler_output, audio.audio_token_lengths
     model.set_attn_implementation({"adapter_config": "part_test_recording"})
-    recorded, _ = model.get_audio_embeddings(*features)
+    recorded = model.get_audio_features(*features).pooler_output
     assert calls.count("PartAdapterLayer") == model.config.adapter_config.num_hidden_layers
     torch.testing.assert_close(recorded, reference)
     model.set_attn_implementation("eager")
     assert model.config.adapter_config._attn_implementation == "eager"
-    eager, _ = model.get_audio_embeddings(*features)
+    eager = model.get_audio_features(*features).pooler_output
     valid = torch.arange(reference.shape[1])[None, :] < lengths[:, None]
     torch.testing.assert_close(eager[valid], reference[valid], rtol=1e-4, atol=1e-5)
 
@@ -681,7 +689,7 @@ def test_gradient_checkpointing_trains_the_whole_encoder(tiny_part, use_reentran
     """With reentrant checkpointing a checkpointed layer whose inputs need no gradient passes none to its weights;
     the encoder's first layer reads the features, so they are made to require it."""
     model, processor = tiny_part
-    model.set_trainable(["encoder", "adapter"])
+    set_trainable(model, ["encoder", "adapter"])
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     model.train()
     model(**_training_batch(processor)).loss.backward()

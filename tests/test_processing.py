@@ -22,7 +22,7 @@ def test_placeholder_count_equals_model_audio_positions(tiny_part):
         batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en")
         placeholders = int((batch["input_ids"] == processor.audio_token_id).sum())
         assert placeholders == processor.audio_placeholder_count(num_samples)
-        _, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        lengths = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"]).audio_token_lengths
         assert int(lengths[0]) == placeholders
 
 
@@ -245,7 +245,7 @@ def test_placeholder_count_uses_the_encoders_own_output_lengths(tiny_part):
         audio = make_audio(num_samples / 16000)[:num_samples]
         batch = processor(audio=audio, sampling_rate=16000, task="asr", source_language="en", target_text="hi")
         placeholders = int((batch["input_ids"] == processor.audio_token_id).sum())
-        _, lengths = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        lengths = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"]).audio_token_lengths
         assert placeholders == processor.audio_placeholder_count(num_samples) == int(lengths[0])
         assert torch.isfinite(model(**batch).loss)
         frames = int(batch["feature_attention_mask"].sum())

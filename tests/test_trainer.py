@@ -10,10 +10,11 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForSpeechSeq2Seq, HfArgumentParser
+from transformers import AutoModelForSpeechSeq2Seq, HfArgumentParser, TrainerCallback
 
 from trainers import PRESETS, PartTrainingArguments, Schedule, Stage, load_schedule
 from trainers.callbacks import PartStageCallback
+from trainers.freeze import parameter_groups
 
 from part_fixtures import tiny_trainer
 
@@ -37,8 +38,27 @@ class RecordStages(PartStageCallback):
         }
 
 
+class RecordFrozenModesInTraining(TrainerCallback):
+    """Records the modules left in training mode although all their parameters are frozen, after every step."""
+
+    def __init__(self):
+        self.frozen_in_training_mode = set()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for name, module in model.named_modules():
+            parameters = list(module.parameters())
+            if module.training and parameters and not any(p.requires_grad for p in parameters):
+                self.frozen_in_training_mode.add(name)
+
+
+def test_frozen_modules_stay_in_eval_mode_while_training(tmp_path):
+    recorder = RecordFrozenModesInTraining()
+    tiny_trainer(tmp_path, max_steps=4, callbacks=[recorder], save_steps=100).train()
+    assert not recorder.frozen_in_training_mode
+
+
 def _expected_trainable(model, stage):
-    groups = model.get_parameter_groups(stage.encoder_last_k)
+    groups = parameter_groups(model, stage.encoder_last_k)
     return {n for g in stage.trainable for n in groups[g]}
 
 
@@ -80,7 +100,7 @@ def test_lora_stays_frozen_in_a_later_stage_that_does_not_train_it(tmp_path):
     recorder = RecordStages()
     trainer = tiny_trainer(tmp_path, schedule=schedule, save_steps=100, callbacks=[recorder])
     trainer.train()
-    lora_names = set(trainer.model.get_parameter_groups()["llm_lora"])
+    lora_names = set(parameter_groups(trainer.model)["llm_lora"])
     assert lora_names
     first, later, again = recorder.records
     assert lora_names <= first["trainable"] and lora_names <= again["trainable"]

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 pytest.importorskip("deepspeed")
 
 from part_fixtures import run_two_ranks, tiny_trainer  # noqa: E402
+from trainers.freeze import parameter_groups  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_STEPS = 8  # as in zero3_run.py
@@ -77,7 +78,7 @@ def test_every_stage_ran_with_its_planned_trainable_set(zero3_run, reference):
     model = trainer.model
     total = sum(p.numel() for p in model.parameters())
     for stage, stage_summary in zip(plan, summary["stages"]):
-        groups = model.get_parameter_groups(stage.encoder_last_k)
+        groups = parameter_groups(model, stage.encoder_last_k)
         expected = {n for g in stage.trainable for n in groups[g]}
         assert set(record["trainable"][stage.name]) == expected, stage.name
         # counted from ds_numel while the parameters are partitioned (numel() is 0 then)

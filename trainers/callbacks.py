@@ -20,7 +20,7 @@ from torch import nn
 from transformers import BatchFeature, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from modeling_part.modeling_part import parameter_numel
+from .freeze import parameter_numel
 
 from .collator import PartDataCollator
 

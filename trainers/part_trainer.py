@@ -38,6 +38,7 @@ from .data import (
     AudioLengthValidator, LengthGrouping, MixtureComponent, MixtureDataset, TokenBudget, processor_positions,
 )
 from .evaluation import evaluate_speech_to_text
+from .freeze import frozen_modules_to_eval, parameter_groups, set_trainable
 from .metrics import HypothesisCap
 from .rank_alignment import AudioPathOnEveryRank
 from .stages import PRESETS, Schedule, Stage, load_schedule
@@ -418,7 +419,7 @@ class PartTrainer(Trainer):
 
         if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
             self.model.set_lora_enabled(self._lora_active_from(index))
-        counts = self.model.set_trainable(stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
+        counts = set_trainable(self.model, stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
         learning_rate, learning_rate_origin = stage.peak_learning_rate(self._run_args.learning_rate)
         warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._run_args.warmup_steps)
@@ -529,7 +530,7 @@ class PartTrainer(Trainer):
                     "no gradient until their step. Leave --ddp_find_unused_parameters unset (or True), gradient "
                     "checkpointing off and --ddp_static_graph unset, or split the stage into two stages."
                 )
-        groups = self.model.get_parameter_groups(stage.encoder_last_k)
+        groups = parameter_groups(self.model, stage.encoder_last_k)
         self._waiting_parameters = [p for g in stage.later_groups for p in groups[g].values() if not p.requires_grad]
         for parameter in self._waiting_parameters:
             parameter.requires_grad_(True)
@@ -672,12 +673,17 @@ class PartTrainer(Trainer):
         if due:
             groups = sorted({g for step in due for g in self._pending_unfreeze.pop(step)})
             stage = self.schedule.stages[self.stage_index]
-            available = self.model.get_parameter_groups(stage.encoder_last_k)
+            available = parameter_groups(self.model, stage.encoder_last_k)
             for group in groups:
                 for p in available[group].values():
                     p.requires_grad_(True)
             logger.warning(f"  step {step_in_stage}: unfreezing {groups} inside stage {stage.name}")
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:  # after training_step's model.train(): frozen modules stay in eval mode (no dropout drift)
+            frozen_modules_to_eval(self.model)
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

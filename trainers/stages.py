@@ -12,8 +12,10 @@ from typing import Any
 
 import yaml
 
-from modeling_part.modeling_part import DEFAULT_LORA_CONFIG, PARAMETER_GROUPS
+from modeling_part.modeling_part import DEFAULT_LORA_CONFIG
 from modeling_part.processing_part import SPEECH_TASKS, TASKS
+
+from .freeze import PARAMETER_GROUPS
 
 LLM_GROUPS = ("llm", "llm_lora")
 """Parameter groups inside the LLM: the only ones a text-only task (no audio in the batch) can train."""
@@ -24,7 +26,7 @@ class Stage:
 
     Args:
         name: a short identifier (used for folders and logs).
-        trainable: the parameter groups that train (see `PartForSpeechToText.get_parameter_groups`).
+        trainable: the parameter groups that train (see `trainers.freeze.parameter_groups`).
         tasks: task -> sampling weight in this stage (`asr`, `s2tt`, `mt`); components of other tasks are unused.
         languages: if set, only components whose source language is listed are used.
         steps / fraction / epochs: the stage's length, exactly one: optimizer steps, a share of the run's
