@@ -16,7 +16,7 @@ from transformers.testing_utils import CaptureLogger
 from test_data_mixture import CHI2_CRITICAL_P001, chi_square, map_components, mixed_components
 from test_examples import COMMON, restore_logging, run_speech_translation, workdir  # noqa: F401 (fixtures)
 from trainers import data as data_module
-from trainers.data import MixtureComponent, MixtureDataset, TokenBudget, processor_positions, sample_seconds
+from trainers.data import MixtureDataset, TokenBudget, processor_positions, sample_seconds
 from trainers.freeze import set_trainable
 
 
