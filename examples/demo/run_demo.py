@@ -135,7 +135,7 @@ class DemoArguments:
         default=True,
         metadata={"help": f"Also synthesise the test items with SVOX Pico (py-nanotts; en/de/fr/es/it, two prosody "
                   f"settings: the corpus's {PICO_TEST_SPLIT!r} split) and score the final model on them, per engine "
-                  "and per held-out voice (about 10 s of synthesis and 720 more generations); false turns it off."},
+                  "and per held-out voice (about 10 CPU seconds of synthesis and 720 more generations); false turns it off."},
     )
     encoder_last_k: int = field(
         default=2,
