@@ -120,7 +120,8 @@ def test_scores_by_engine_and_voice_scores_each_group_as_the_test_split_is_score
 
     test = [row("asr", "en", "we need two liters", "en-us+m3/m3"), row("asr", "en", "today is monday", "en-us+f2/f2"),
             row("asr", "zh", "今天", "cmn+f2/f2"), row("mt", "de", "we need two liters", "")]
-    pico = [row("asr", "en", "we need two liters", "en-US/pico-a"), row("asr", "en", "we need two liters", "en-US/pico-b"),
+    pico = [row("asr", "en", "we need two liters", "en-US/pico-a"),
+            row("asr", "en", "we need two liters", "en-US/pico-b"),
             row("s2tt", "de", "we need two liters", "de-DE/pico-a")]
     columns = scores_by_engine_and_voice(test, ["we need two liters", "today is", "今天", "x"], pico,
                                          ["we need two liters", "we need", "we need two liters"])  # fmt: skip

@@ -108,8 +108,8 @@ class DemoCorpusArguments:
     )
     other_engine_test: bool = field(
         default=False,
-        metadata={"help": f"Also make the evaluation-only split {PICO_TEST_SPLIT!r}: the test items spoken by SVOX Pico "
-                  f"(py-nanotts) in {', '.join(PICO_VOICES)}, by {' and '.join(PICO_SPEAKERS)}."},
+        metadata={"help": f"Also make the evaluation-only split {PICO_TEST_SPLIT!r}: the test items spoken by SVOX "
+                  f"Pico (py-nanotts) in {', '.join(PICO_VOICES)}, by {' and '.join(PICO_SPEAKERS)}."},
     )
 
 
@@ -355,7 +355,8 @@ def build_corpus(
     corpus = load_from_disk(str(output_dir))
     if progress:
         elapsed = time.perf_counter() - start
-        print(f"Demo corpus in {output_dir} ({len(utterances) + len(pico)} utterances; synthesis {synthesis_seconds:.1f} s, "
+        print(f"Demo corpus in {output_dir} ({len(utterances) + len(pico)} utterances; "
+              f"synthesis {synthesis_seconds:.1f} s, "
               f"total {elapsed:.1f} s)\n{summarize(corpus)}")  # fmt: skip
     return corpus
 

@@ -135,7 +135,8 @@ class DemoArguments:
         default=True,
         metadata={"help": f"Also synthesise the test items with SVOX Pico (py-nanotts; en/de/fr/es/it, two prosody "
                   f"settings: the corpus's {PICO_TEST_SPLIT!r} split) and score the final model on them, per engine "
-                  "and per held-out voice (about 10 CPU seconds of synthesis and 720 more generations); false turns it off."},
+                  "and per held-out voice (about 10 CPU seconds of synthesis and 720 more generations); false turns "
+                  "it off."},
     )
     encoder_last_k: int = field(
         default=2,
@@ -415,7 +416,8 @@ def _write_predictions(path: Path, samples: Sequence[dict], predictions: Sequenc
     with open(path, "w", encoding="utf-8") as f:
         for sample, prediction in zip(samples, predictions):
             record = {k: sample[k] for k in ("id", "task", "source_language", "target_language", "speaker")}
-            f.write(json.dumps({**record, "reference": sample["text"], "prediction": prediction}, ensure_ascii=False) + "\n")
+            record.update(reference=sample["text"], prediction=prediction)
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def train_and_evaluate(
