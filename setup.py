@@ -29,7 +29,8 @@ EXTRAS = {
     # Optional C kernels for the feature extractor and decoder of headerless PCM; numpy/soundfile do the same without.
     "asrfront": ["asrfront>=0.2.2,<0.3"],
     "deepspeed": ["deepspeed>=0.19.8,<0.20"],
-    "demo": ["espeakng-loader>=0.2.4,<0.3", "num2words>=0.5.14,<0.6", "babel>=2.19,<3", "tokenizers>=0.23,<0.24"],
+    "demo": ["espeakng-loader>=0.2.4,<0.3", "num2words>=0.5.14,<0.6", "babel>=2.19,<3", "tokenizers>=0.23,<0.24",
+             "py-nanotts>=0.1.1,<0.2"],
     "test": ["pytest>=9.2,<10", "kaldi-native-fbank>=1.23,<2", "parameterized>=0.9,<0.10"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

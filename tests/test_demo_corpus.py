@@ -20,7 +20,15 @@ import soundfile  # noqa: E402
 from examples.demo import corpus as corpus_module  # noqa: E402
 from examples.demo.numerals import ja_day_of_month, zh_cardinal  # noqa: E402
 from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
-from examples.demo.tts import EspeakError, EspeakSynthesizer  # noqa: E402
+from examples.demo.tts import (  # noqa: E402
+    EspeakError,
+    EspeakSynthesizer,
+    PicoError,
+    PicoSynthesizer,
+    SpeechRequest,
+    render_request,
+    synthesize_batch,
+)
 
 TINY = dict(languages=["en", "de", "zh", "ja"], train_items_per_language=8, dev_items=3, test_items=3)
 
@@ -190,3 +198,71 @@ def test_clear_errors():
         EspeakSynthesizer().set_voice("de+nope")
     with pytest.raises(ValueError, match="choose languages from"):
         corpus_module.plan_utterances(["en", "tlh"], 1, 1, 1, seed=0)
+
+
+def test_pico_engine_is_deterministic_16khz_speech():
+    pytest.importorskip("py_nanotts", reason="the Pico engine needs the `demo` extra (py-nanotts)")
+    request = SpeechRequest("Heute ist Freitag, der zwanzigste März.", "de-DE", rate=160, pitch=60, gain=0.8,
+                            lead_silence=0.1, trail_silence=0.2, noise_level=1e-4, seed=3, engine="pico")  # fmt: skip
+    other = SpeechRequest("We need seven milliliters.", "en-US", rate=190, pitch=45, engine="pico")
+    # in worker processes, in two orders and shardings: the same bytes for the same request
+    first = list(synthesize_batch([request, other, request], num_workers=2, shard_size=2, progress=False))
+    again = list(synthesize_batch([other, request], num_workers=1, shard_size=8, progress=False))
+    assert first[0] == first[2] == again[1] and first[1] == again[0]
+    audio, rate = soundfile.read(io.BytesIO(first[0][0]), dtype="float32")
+    assert rate == 16_000 and len(audio) == first[0][1]
+    assert np.sqrt(np.mean(audio**2)) > 0.01 and np.mean(np.abs(audio) > 0.999) < 0.001
+    assert np.abs(audio[: int(0.1 * rate) - 10]).max() < 0.01  # the lead silence is noise floor only
+    with pytest.raises(PicoError, match="no voice 'ru-RU'"):
+        render_request(PicoSynthesizer(), SpeechRequest("Привет", "ru-RU", engine="pico"))
+    with pytest.raises(PicoError, match="pitch 2.40, outside"):
+        render_request(PicoSynthesizer(), SpeechRequest("Hello", "en-US", pitch=120, engine="pico"))
+
+
+def test_missing_pico_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "py_nanotts", None)  # import fails as if it were not installed
+    with pytest.raises(PicoError, match=r"pip install -e '\.\[demo\]'"):
+        list(synthesize_batch([SpeechRequest("Hello", "en-US", engine="pico")], progress=False))
+    with pytest.raises(ValueError, match="Unknown speech engines"):
+        list(synthesize_batch([SpeechRequest("Hello", "en-US", engine="festival")], progress=False))
+
+
+@pytest.mark.slow  # builds a corpus in worker processes
+def test_pico_test_split_repeats_the_test_items_and_leaves_the_espeak_splits_unchanged(builds):
+    pytest.importorskip("py_nanotts", reason="the Pico split needs the `demo` extra (py-nanotts)")
+    first, _, _, root = builds
+    patch = pytest.MonkeyPatch()
+    patch.setattr(corpus_module, "SHARD_SIZE", 16)  # as the fixture built `first`
+    try:
+        corpus = corpus_module.build_corpus(root / "pico", seed=0, progress=False, other_engine_test=True, **TINY)
+    finally:
+        patch.undo()
+    split = corpus_module.PICO_TEST_SPLIT
+    assert list(corpus) == ["train", "dev", "test", split]
+    for name in ("train", "dev", "test"):  # the same texts, ids, speakers and audio bytes as without the Pico split
+        assert corpus[name].to_dict() == first[name].to_dict()
+    pico, test = corpus[split].to_dict(), first["test"].to_dict()
+    # every (espeak) test asr/s2tt row of a language Pico speaks (en, de of TINY), once per Pico speaker; no mt rows
+    expected = sorted(
+        (row_id.replace("test-", f"{split}-").replace(f"-{task}", f"-{name}-{task}"), task, reference)
+        for row_id, task, language, reference in zip(test["id"], test["task"], test["source_language"], test["text"])
+        if task != "mt" and language in ("en", "de")
+        for name in corpus_module.PICO_SPEAKERS
+    )
+    assert sorted(zip(pico["id"], pico["task"], pico["text"])) == expected
+    assert {corpus_module.speaker_name(s) for s in pico["speaker"]} == set(corpus_module.PICO_SPEAKERS)
+    assert {s.partition("/")[0] for s in pico["speaker"]} == {"en-US", "de-DE"}
+    for row in corpus[split]:
+        audio, rate = _decode(row)
+        assert rate == 16_000 and len(audio) / rate == pytest.approx(row["duration"], abs=1e-9)
+        assert np.sqrt(np.mean(audio**2)) > 0.01 and np.mean(np.abs(audio) > 0.999) < 0.001, row["id"]
+    espeak_audio = {row["bytes"] for row in first["test"]["audio"] if row}
+    assert not espeak_audio & {row["bytes"] for row in pico["audio"]}
+    plan = corpus_module.plan_utterances(LANGUAGES, 500, 40, 40, seed=0)
+    plan = corpus_module.plan_pico_test([u for u in plan if u.split == "test"], seed=0)
+    # at the default size: 40 items x 2 speakers in each of en, de, fr, es, it, with the speakers' ranges
+    assert len(plan) == 40 * 2 * 5 and {u.language for u in plan} == {"en", "de", "fr", "es", "it"}
+    for utterance in plan:
+        speaker = corpus_module.PICO_SPEAKERS[utterance.speaker]
+        assert speaker.rate[0] <= utterance.request.rate <= speaker.rate[1]
+        assert speaker.pitch[0] <= utterance.request.pitch <= speaker.pitch[1]

@@ -17,6 +17,8 @@ from examples.demo.run_demo import (  # noqa: E402
     demo_schedule,
     load_encoder_with_dropout,
     main as demo_main,
+    results_table,
+    scores_by_engine_and_voice,
 )
 from examples.demo.run_paper import main as paper_main  # noqa: E402
 from modeling_part.modeling_part import build_audio_tower  # noqa: E402
@@ -44,8 +46,17 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert (run / name).exists(), name
     card = (run / "README.md").read_text()
     assert "model-index" in card and "wer" in card.lower()
+    corpus = load_from_disk(str(tmp_path / "corpus"))
     lines = (run / "predictions_test.jsonl").read_text().splitlines()
-    assert len(lines) == len(load_from_disk(str(tmp_path / "corpus"))["test"])
+    assert len(lines) == len(corpus["test"])
+    # the same test items spoken by Pico (en, de of en/de/zh), scored per engine and per held-out voice
+    assert len((run / "predictions_test_pico.jsonl").read_text().splitlines()) == len(corpus["test_pico"]) > 0
+    assert {"test_pico_wer_en", "test_pico_wer_de", "test_pico_bleu_de-en"} <= set(results["test_pico_metrics"])
+    engines = results["engine_voice_metrics"]
+    assert list(engines) == ["espeak", "espeak f2", "espeak m3", "espeak, Pico's languages", "pico", "pico-a", "pico-b"]
+    assert "cer_zh" in engines["espeak"] and "cer_zh" not in engines["espeak, Pico's languages"]
+    assert engines["pico"]["wer_de"] == results["test_pico_metrics"]["test_pico_wer_de"]
+    assert "| **asr_avg_error** |" in results["tables"]["engines"]
     assert set(results["chance_metrics"]) >= {"wer_en", "cer_zh", "bleu_de-en", "s2tt_avg_bleu"}
 
     # every stage scored on the test split (the last is the final model's score), beside chance and the stand-ins
@@ -100,6 +111,29 @@ def test_chance_metrics_answers_from_the_matching_training_texts():
                     ("s2tt", "de", "en", "today is monday")])
     chance = chance_metrics(wrong, test)
     assert chance["wer_en"] == 100.0 and chance["bleu_de-en"] == 0.0
+
+
+def test_scores_by_engine_and_voice_scores_each_group_as_the_test_split_is_scored():
+    def row(task, language, text, speaker):
+        target = "en" if task == "s2tt" else language
+        return {"task": task, "source_language": language, "target_language": target, "text": text, "speaker": speaker}
+
+    test = [row("asr", "en", "we need two liters", "en-us+m3/m3"), row("asr", "en", "today is monday", "en-us+f2/f2"),
+            row("asr", "zh", "今天", "cmn+f2/f2"), row("mt", "de", "we need two liters", "")]
+    pico = [row("asr", "en", "we need two liters", "en-US/pico-a"),
+            row("asr", "en", "we need two liters", "en-US/pico-b"),
+            row("s2tt", "de", "we need two liters", "de-DE/pico-a")]
+    columns = scores_by_engine_and_voice(test, ["we need two liters", "today is", "今天", "x"], pico,
+                                         ["we need two liters", "we need", "we need two liters"])  # fmt: skip
+    assert list(columns) == ["espeak", "espeak f2", "espeak m3", "espeak, Pico's languages", "pico", "pico-a", "pico-b"]
+    assert columns["espeak m3"]["wer_en"] == 0.0 and columns["espeak f2"]["wer_en"] == pytest.approx(100 / 3)
+    assert columns["espeak"]["wer_en"] == pytest.approx(100 / 7)  # jiwer's corpus WER: 1 error in 7 words
+    assert "mt_avg_bleu" not in columns["espeak"] and columns["espeak f2"]["cer_zh"] == 0.0
+    assert set(columns["espeak, Pico's languages"]) == {"wer_en", "asr_avg_error", "asr_samples"}
+    assert columns["pico-a"]["wer_en"] == 0.0 and columns["pico-b"]["wer_en"] == 50.0
+    assert columns["pico"]["wer_en"] == 25.0 and columns["pico-a"]["bleu_de-en"] == pytest.approx(100.0)
+    assert "| espeak m3 |" in results_table(columns) and list(scores_by_engine_and_voice(test[:1], ["x"])) == [
+        "espeak", "espeak m3"]  # fmt: skip
 
 
 def test_chance_metrics_names_a_missing_training_key():

@@ -4,7 +4,9 @@ Everything comes from installed packages (espeak-ng voices from `espeakng-loader
 `num2words`, CLDR names from `babel`), so the corpus is made on the user's machine, deterministically
 for a seed. Rows are (task, sample) pairs in a `datasets.DatasetDict` with train/dev/test splits:
 "asr" (speech in X -> text in X), "s2tt" (speech in X != en -> English text) and "mt" (text in X -> English
-text, no audio). Dev and test hold the same items in every language; no item content is in two splits.
+text, no audio). Dev and test hold the same items in every language; no item content is in two splits. With
+`other_engine_test`, an evaluation-only split `test_pico` holds the test items again, spoken by another synthesizer
+(SVOX Pico) in the languages it has, so that a score there measures voices no espeak training data resembles.
 
     python -m examples.demo.corpus --output_dir outputs/demo/corpus --seed 0
     python examples/demo/corpus.py --output_dir outputs/demo/corpus --seed 0
@@ -26,7 +28,7 @@ if __package__ in (None, ""):  # run as a file: make the `examples.demo` package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
-from examples.demo.tts import BASE_VOICES, SAMPLE_RATE, SpeechRequest, synthesize_batch  # noqa: E402
+from examples.demo.tts import BASE_VOICES, PICO_VOICES, SAMPLE_RATE, SpeechRequest, synthesize_batch  # noqa: E402
 from modeling_part.processing_part import TASKS  # noqa: E402
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -76,6 +78,16 @@ TEST_SPEAKERS: tuple[str, ...] = ("m3", "f2")
 TRAIN_SPEAKERS: tuple[str, ...] = tuple(name for name in SPEAKERS if name not in TEST_SPEAKERS)
 """The speakers of the train and dev splits."""
 
+PICO_TEST_SPLIT = "test_pico"
+"""The evaluation-only split of the test items spoken by SVOX Pico (`build_corpus(other_engine_test=True)`)."""
+
+PICO_SPEAKERS: dict[str, Speaker] = {
+    "pico-a": Speaker("", (150, 175), (40, 55)),
+    "pico-b": Speaker("", (170, 195), (55, 70)),
+}
+"""Pico speakers: two prosody settings of Pico's one voice per language (rate and pitch on espeak's scales; Pico
+has no voice variants). Every item of `PICO_TEST_SPLIT` is spoken by each of them."""
+
 
 @dataclass
 class DemoCorpusArguments:
@@ -94,6 +106,11 @@ class DemoCorpusArguments:
     reuse_existing: bool = field(
         default=False, metadata={"help": "Load the corpus in output_dir if it was built with the same arguments."}
     )
+    other_engine_test: bool = field(
+        default=False,
+        metadata={"help": f"Also make the evaluation-only split {PICO_TEST_SPLIT!r}: the test items spoken by SVOX "
+                  f"Pico (py-nanotts) in {', '.join(PICO_VOICES)}, by {' and '.join(PICO_SPEAKERS)}."},
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,7 @@ class Utterance:
     language: str
     text: str  # the written text (transcript); request.text is what the synthesizer reads
     request: SpeechRequest  # spoken text, voice and prosody
+    speaker: str = ""  # the speaker's name where the voice does not carry it (Pico); "" for espeak
 
 
 def _features():
@@ -181,6 +199,35 @@ def plan_utterances(
     return utterances
 
 
+def plan_pico_test(test_utterances: Sequence[Utterance], seed: int) -> list[Utterance]:
+    """`PICO_TEST_SPLIT`: each espeak test utterance in a language Pico speaks, spoken again by every one of
+    `PICO_SPEAKERS` (seeded prosody from its ranges, loudness, pauses and noise floor as `_speech_request` draws
+    them). Its own random stream, so the espeak splits do not depend on it."""
+    rng = random.Random(f"part-demo-pico-speakers/{seed}")
+    utterances = []
+    for utterance in test_utterances:
+        if utterance.split != "test":
+            raise ValueError(f"plan_pico_test takes test utterances, got one of the {utterance.split!r} split.")
+        if utterance.language not in PICO_VOICES:
+            continue
+        for name, speaker in PICO_SPEAKERS.items():
+            request = SpeechRequest(
+                text=utterance.request.text,
+                voice=PICO_VOICES[utterance.language],
+                rate=rng.randint(*speaker.rate),
+                pitch=rng.randint(*speaker.pitch),
+                gain=rng.uniform(0.5, 1.0),
+                lead_silence=rng.uniform(0.1, 0.3),
+                trail_silence=rng.uniform(0.1, 0.3),
+                noise_level=10 ** rng.uniform(-4.0, -3.0),
+                seed=rng.getrandbits(32),
+                engine="pico",
+            )
+            utterances.append(Utterance(PICO_TEST_SPLIT, utterance.index, utterance.item, utterance.language,
+                                        utterance.text, request, speaker=name))  # fmt: skip
+    return utterances
+
+
 def speaker_of(request: SpeechRequest) -> str:
     """The `speaker` column: the espeak voice and the speaker's name ("de+m3/m3", "cmn/plain")."""
     _, _, variant = request.voice.partition("+")
@@ -193,18 +240,22 @@ def speaker_name(speaker_column: str) -> str:
 
 
 def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
-    """The asr row, and for a non-English source the s2tt and mt rows, of one utterance."""
+    """The asr row, and for a non-English source the s2tt and mt rows, of one utterance (a Pico utterance: no mt row,
+    the test split has it already, and the speaker's name in its id)."""
     language, text = utterance.language, utterance.text
     stem = f"{utterance.split}-{utterance.index:05d}-{language}"
+    if utterance.speaker:
+        stem = f"{stem}-{utterance.speaker}"
     audio = {"path": f"{stem}.wav", "bytes": wav}
     duration = num_samples / SAMPLE_RATE
-    speaker = speaker_of(utterance.request)
+    speaker = f"{utterance.request.voice}/{utterance.speaker}" if utterance.speaker else speaker_of(utterance.request)
     rows = [dict(id=f"{stem}-asr", task="asr", source_language=language, target_language=language, audio=audio,
                  source_text=text, text=text, duration=duration, speaker=speaker)]  # fmt: skip
     if language != TARGET_LANGUAGE:
         english = render(utterance.item, TARGET_LANGUAGE)
         rows.append(dict(id=f"{stem}-s2tt", task="s2tt", source_language=language, target_language=TARGET_LANGUAGE,
                          audio=audio, source_text=text, text=english, duration=duration, speaker=speaker))  # fmt: skip
+    if language != TARGET_LANGUAGE and not utterance.speaker:
         rows.append(dict(id=f"{stem}-mt", task="mt", source_language=language, target_language=TARGET_LANGUAGE,
                          audio=None, source_text=text, text=english, duration=0.0, speaker=""))  # fmt: skip
     return rows
@@ -243,11 +294,14 @@ def build_corpus(
     num_workers: int = 2,
     progress: bool = True,
     reuse_existing: bool = False,
+    other_engine_test: bool = False,
 ):
     """Synthesise the demo corpus, save it with `save_to_disk` under `output_dir`, and return it.
 
     Returns a `datasets.DatasetDict` (train/dev/test, memory-mapped from `output_dir`) whose "audio"
     column holds 16 kHz 16-bit WAV bytes with `decode=False`; decode them with `soundfile`.
+    With `other_engine_test` (and a language Pico speaks) it also holds `PICO_TEST_SPLIT` (see `plan_pico_test`),
+    made after the others and from its own random stream: train/dev/test are the same bytes with or without it.
     The same arguments (apart from `num_workers` and `progress`) give identical texts and audio bytes.
     An existing corpus in `output_dir` is replaced, or with `reuse_existing=True` loaded when it was
     built with the same arguments; any other non-empty directory is refused.
@@ -261,6 +315,9 @@ def build_corpus(
         version=CORPUS_VERSION, languages=languages, train_items_per_language=train_items_per_language,
         dev_items=dev_items, test_items=test_items, seed=seed, sample_rate=SAMPLE_RATE, shard_size=SHARD_SIZE,
     )  # fmt: skip
+    if other_engine_test:  # only then: a corpus built without it keeps its config
+        config["pico_test_speakers"] = {name: asdict(speaker) for name, speaker in PICO_SPEAKERS.items()}
+        config["pico_voices"] = {language: PICO_VOICES[language] for language in languages if language in PICO_VOICES}
     config_path = output_dir / "demo_corpus.json"
     if reuse_existing and config_path.exists() and json.loads(config_path.read_text(encoding="utf-8")) == config:
         corpus = load_from_disk(str(output_dir))
@@ -275,9 +332,15 @@ def build_corpus(
     results = synthesize_batch([u.request for u in utterances], num_workers, SHARD_SIZE, progress, "demo corpus")
     for utterance, (wav, num_samples) in zip(utterances, results, strict=True):
         rows[utterance.split].extend(_rows(utterance, wav, num_samples))
+    pico = plan_pico_test([u for u in utterances if u.split == "test"], seed) if other_engine_test else []
+    if pico:  # a batch of its own: the espeak shards stay as they were
+        rows[PICO_TEST_SPLIT] = []
+        results = synthesize_batch([u.request for u in pico], num_workers, SHARD_SIZE, progress, "Pico test split")
+        for utterance, (wav, num_samples) in zip(pico, results, strict=True):
+            rows[PICO_TEST_SPLIT].extend(_rows(utterance, wav, num_samples))
     synthesis_seconds = time.perf_counter() - start
 
-    corpus = DatasetDict({split: _to_dataset(rows.pop(split), split) for split in SPLITS})
+    corpus = DatasetDict({split: _to_dataset(rows.pop(split), split) for split in list(rows)})
     if output_dir.exists():
         shutil.rmtree(output_dir)
     bars_were_disabled = datasets.are_progress_bars_disabled()
@@ -292,7 +355,8 @@ def build_corpus(
     corpus = load_from_disk(str(output_dir))
     if progress:
         elapsed = time.perf_counter() - start
-        print(f"Demo corpus in {output_dir} ({len(utterances)} utterances; synthesis {synthesis_seconds:.1f} s, "
+        print(f"Demo corpus in {output_dir} ({len(utterances) + len(pico)} utterances; "
+              f"synthesis {synthesis_seconds:.1f} s, "
               f"total {elapsed:.1f} s)\n{summarize(corpus)}")  # fmt: skip
     return corpus
 

@@ -8,8 +8,10 @@
 3. assemble the PART model with `PartForSpeechToText.from_pretrained_components`;
 4. train the `part` schedule (or `--schedule`) with `PartTrainer`, with the gradient-similarity analysis, scoring the
    test split after every stage;
-5. evaluate on the test split (WER/CER per language, BLEU per direction), write plots, results and a model card,
-   and print the results tables (chance, stand-ins, every stage, PART) and where the time went.
+5. evaluate on the test split (WER/CER per language, BLEU per direction), and on the same items spoken by another
+   synthesizer (SVOX Pico, `--other_engine_test`), per engine and per held-out voice; write plots, results and a
+   model card, and print the results tables (chance, stand-ins, every stage, PART, engines and voices) and where the
+   time went.
 
     python examples/demo/run_demo.py --output_dir outputs/demo
 """
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, HfArgumentParser, PreTrainedModel, set_seed  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from examples.demo.corpus import build_corpus  # noqa: E402
+from examples.demo.corpus import PICO_TEST_SPLIT, build_corpus, speaker_name  # noqa: E402
 from examples.demo.pretrain import (  # noqa: E402
     CTC_HEAD,
     MANIFEST,
@@ -128,6 +130,13 @@ class DemoArguments:
         metadata={"help": "Dropout of the pretrained encoder while PART trains it (every dropout probability of its "
                   "config; the demo stand-in was CTC-trained with 0.1, and the PART run underfits); negative keeps "
                   "the checkpoint's."},
+    )
+    other_engine_test: bool = field(
+        default=True,
+        metadata={"help": f"Also synthesise the test items with SVOX Pico (py-nanotts; en/de/fr/es/it, two prosody "
+                  f"settings: the corpus's {PICO_TEST_SPLIT!r} split) and score the final model on them, per engine "
+                  "and per held-out voice (about 10 CPU seconds of synthesis and 720 more generations); false turns "
+                  "it off."},
     )
     encoder_last_k: int = field(
         default=2,
@@ -332,6 +341,7 @@ def prepare(args: DemoArguments) -> tuple[object, str, str, dict]:
         test_items=args.test_items,
         seed=args.seed,
         reuse_existing=True,
+        other_engine_test=args.other_engine_test,
     )
     encoder_path, llm_path, report = prepare_components(args, corpus, out)
     return corpus, encoder_path, llm_path, report
@@ -367,13 +377,58 @@ def demo_schedule(args: DemoArguments, schedule: str, mt_weight: float = 0.25) -
     return dataclasses.replace(plan, stages=stages)
 
 
+def _score(pairs: Sequence[tuple[dict, str]]) -> dict[str, float]:
+    """`compute_speech_metrics` (uncapped) of (sample, prediction) pairs."""
+    if not pairs:
+        return {}
+    samples, predictions = zip(*pairs)
+    columns = [[sample[key] for sample in samples] for key in ("text", "task", "source_language", "target_language")]
+    return compute_speech_metrics(list(predictions), *columns)
+
+
+def scores_by_engine_and_voice(
+    test_samples: Sequence[dict],
+    test_predictions: Sequence[str],
+    other_samples: Sequence[dict] = (),
+    other_predictions: Sequence[str] = (),
+) -> dict[str, dict[str, float]]:
+    """The spoken test rows (asr, s2tt; not mt) scored per engine and per held-out voice, as the test split is scored
+    (`compute_speech_metrics`, uncapped WER/CER): `{column: metrics}` with "espeak" (its held-out voices together, all
+    languages), "espeak <voice>" for each, and with Pico's rows (`other_*`) "espeak, Pico's languages" (the espeak
+    rows of the languages Pico speaks: the comparable column), "pico" and "pico <voice>" for each of its voices."""
+    if len(test_samples) != len(test_predictions) or len(other_samples) != len(other_predictions):
+        raise ValueError("scores_by_engine_and_voice needs one prediction per sample.")
+    espeak = [(s, p) for s, p in zip(test_samples, test_predictions) if s["task"] != "mt"]
+    other = [(s, p) for s, p in zip(other_samples, other_predictions) if s["task"] != "mt"]
+    columns = {"espeak": _score(espeak)}
+    for voice in sorted({speaker_name(s["speaker"]) for s, _ in espeak}):
+        columns[f"espeak {voice}"] = _score([(s, p) for s, p in espeak if speaker_name(s["speaker"]) == voice])
+    if other:
+        languages = {s["source_language"] for s, _ in other}
+        columns["espeak, Pico's languages"] = _score([(s, p) for s, p in espeak if s["source_language"] in languages])
+        columns["pico"] = _score(other)
+        for voice in sorted({speaker_name(s["speaker"]) for s, _ in other}):
+            columns[voice] = _score([(s, p) for s, p in other if speaker_name(s["speaker"]) == voice])
+    return columns
+
+
+def _write_predictions(path: Path, samples: Sequence[dict], predictions: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for sample, prediction in zip(samples, predictions):
+            record = {k: sample[k] for k in ("id", "task", "source_language", "target_language", "speaker")}
+            record.update(reference=sample["text"], prediction=prediction)
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def train_and_evaluate(
     args: DemoArguments, corpus, encoder_path: str, llm_path: str, run_dir: Path, schedule: str, seed: int
 ) -> dict:
     """Assembles a PART model from the components, trains `schedule`, evaluates on the test split.
 
     Writes the model, `predictions_test.jsonl`, `loss_per_stage.png` and `results.json` into `run_dir` (with
-    `evaluate_stages`, each stage's test metrics into its folder), and resumes an interrupted run there.
+    `evaluate_stages`, each stage's test metrics into its folder), and resumes an interrupted run there. With
+    `args.other_engine_test` and a Pico split in `corpus`, also scores the final model on it
+    (`predictions_test_pico.jsonl`, `test_pico_*` metrics) and per engine and voice (`scores_by_engine_and_voice`).
     """
     set_seed(seed)
     adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width,
@@ -420,16 +475,23 @@ def train_and_evaluate(
     started = time.time()
     metrics, predictions = trainer.evaluate_generation(test_samples, metric_key_prefix="test")
     evaluation_seconds = time.time() - started
-    with open(run_dir / "predictions_test.jsonl", "w", encoding="utf-8") as f:
-        for sample, prediction in zip(test_samples, predictions):
-            record = {k: sample[k] for k in ("id", "task", "source_language", "target_language")}
-            f.write(json.dumps({**record, "reference": sample["text"], "prediction": prediction}, ensure_ascii=False) + "\n")
+    _write_predictions(run_dir / "predictions_test.jsonl", test_samples, predictions)
+    other_samples, other_predictions, other_metrics = [], [], {}
+    started = time.time()
+    if args.other_engine_test and PICO_TEST_SPLIT in corpus:
+        other_samples = corpus[PICO_TEST_SPLIT].to_list()
+        other_metrics, other_predictions = trainer.evaluate_generation(other_samples, metric_key_prefix=PICO_TEST_SPLIT)
+        _write_predictions(run_dir / f"predictions_{PICO_TEST_SPLIT}.jsonl", other_samples, other_predictions)
+    engines = scores_by_engine_and_voice(test_samples, predictions, other_samples, other_predictions)
+    other_seconds = time.time() - started
     summary = json.loads((run_dir / "training_summary.json").read_text())
     plot_losses(summary, run_dir / "loss_per_stage.png")
     stages = read_stage_metrics(run_dir)
     stages[summary["stages"][-1]["name"]] = metrics
     results = {"schedule": schedule, "seed": seed, "metrics": metrics, "stage_metrics": stages,
-               "training_seconds": summary["total_seconds"], "evaluation_seconds": evaluation_seconds}  # fmt: skip
+               f"{PICO_TEST_SPLIT}_metrics": other_metrics, "engine_voice_metrics": engines,
+               "training_seconds": summary["total_seconds"], "evaluation_seconds": evaluation_seconds,
+               "other_engine_seconds": other_seconds}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -448,7 +510,8 @@ def run_demo(args: DemoArguments) -> dict:
     results = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, args.schedule, args.seed)
     timings["PART training (all stages)"] = results["training_seconds"]
     timings["test evaluation of the final model"] = results["evaluation_seconds"]
-    timings["stage evaluations, probes, saving"] = time.time() - mark - sum(list(timings.values())[-2:])
+    timings["Pico split, engines and voices"] = results["other_engine_seconds"]
+    timings["stage evaluations, probes, saving"] = time.time() - mark - sum(list(timings.values())[-3:])
     write_model_card(
         run_dir,
         metrics=results["metrics"],
@@ -459,7 +522,7 @@ def run_demo(args: DemoArguments) -> dict:
     chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)
     columns = {"chance": chance, **results["stage_metrics"]}
     plot_stages(results["stage_metrics"], chance, run_dir / "scores_per_stage.png")
-    tables = {"stages": results_table(columns)}
+    tables = {"stages": results_table(columns), "engines": results_table(results["engine_voice_metrics"])}
     if stand_ins:
         tables["stand_ins"] = stand_ins_table(stand_ins)
     timings["total"] = time.time() - started
@@ -470,6 +533,9 @@ def run_demo(args: DemoArguments) -> dict:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print("\nTest split (held-out texts and held-out voices), after each stage; the last column is the PART model:")
     print(tables["stages"])
+    other = "; Pico: the same items spoken by SVOX Pico" if results[f"{PICO_TEST_SPLIT}_metrics"] else ""
+    print(f"\nThe PART model per engine and held-out voice (espeak: the test split{other}; spoken rows only):")
+    print(tables["engines"])
     if stand_ins:
         print("\nThe pretrained stand-ins alone on the test split:")
         print(tables["stand_ins"])
@@ -478,7 +544,8 @@ def run_demo(args: DemoArguments) -> dict:
         print(f"  {name:<40}{seconds / 60:6.1f} min")
     print(f"\nFiles in {run_dir}/:")
     print("  the trained PART model (LoRA merged) + processor + model card (README.md) + training_summary.json")
-    print("  results.json (test metrics, per stage, stand-ins, chance, timings), predictions_test.jsonl")
+    print("  results.json (test metrics, per stage, per engine and voice, stand-ins, chance, timings)")
+    print(f"  predictions_test.jsonl (and predictions_{PICO_TEST_SPLIT}.jsonl with --other_engine_test)")
     print("  loss_per_stage.png, scores_per_stage.png (test scores after each stage)")
     print("  gradient_similarity_stages.png, stage-*/gradient_similarity.png (the paper's Fig. 3 analysis)")
     return results

@@ -1,10 +1,12 @@
-"""In-process speech synthesis with espeak-ng (from the `espeakng-loader` wheel) for the demo corpus.
+"""In-process speech synthesis for the demo corpus with two engines: espeak-ng (from the `espeakng-loader` wheel)
+and SVOX Pico (from the `py-nanotts` wheel).
 
-`EspeakSynthesizer` drives libespeak-ng through ctypes in synchronous mode and returns 16 kHz int16
-audio; `synthesize_batch` spreads many utterances over worker processes. espeak-ng keeps synthesis
-state in C statics (pitch flutter, glottal phase) that no API call resets, so an utterance's samples
-depend on what the process spoke before. To make audio a function of the request list alone, work is
-cut into fixed shards and every shard runs in a fresh worker process, whatever the number of workers.
+`EspeakSynthesizer` drives libespeak-ng through ctypes in synchronous mode, `PicoSynthesizer` calls py-nanotts;
+`render_request` turns either's output into 16 kHz int16 audio, and `synthesize_batch` spreads many utterances over
+worker processes. espeak-ng keeps synthesis state in C statics (pitch flutter, glottal phase) that no API call
+resets, so an utterance's samples depend on what the process spoke before. To make audio a function of the request
+list alone, work is cut into fixed shards and every shard runs in a fresh worker process, whatever the number of
+workers. (Pico reads memory it never wrote, see `PicoSynthesizer`, which makes every call start from zeroed memory.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ SAMPLE_RATE = 16_000
 
 ESPEAK_SAMPLE_RATE = 22_050
 """Native rate of espeak-ng's formant synthesizer."""
+
+PICO_SAMPLE_RATE = 16_000
+"""Native rate of SVOX Pico (py-nanotts returns 16-bit mono PCM at this rate)."""
+
+ENGINES: tuple[str, ...] = ("espeak", "pico")
+"""Synthesizers a `SpeechRequest` can name."""
 
 VOICE_VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 """espeak-ng voice variants (files in `espeak-ng-data/voices/!v`) used as speakers; "" is the plain voice."""
@@ -46,9 +54,15 @@ class EspeakError(RuntimeError):
     """espeak-ng could not be loaded, or rejected a voice or a text."""
 
 
+class PicoError(RuntimeError):
+    """SVOX Pico (py-nanotts) could not be loaded, or rejected a voice, a prosody or a text."""
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
-    """One utterance to synthesize: the text, the espeak voice (`"de+f3"`), and its prosody."""
+    """One utterance to synthesize: the text, the engine's voice (espeak `"de+f3"`, Pico `"de-DE"`), its prosody, and
+    the engine (`ENGINES`). Rate and pitch are on espeak's scales for both engines (Pico maps them, see
+    `PicoSynthesizer.synthesize`)."""
 
     text: str
     voice: str
@@ -59,6 +73,7 @@ class SpeechRequest:
     trail_silence: float = 0.0  # ... and after it
     noise_level: float = 0.0  # standard deviation (full scale = 1) of Gaussian background noise
     seed: int = 0  # seeds the background noise
+    engine: str = "espeak"  # the synthesizer, one of ENGINES
 
 
 def _espeak_paths() -> tuple[str, str]:
@@ -84,6 +99,8 @@ class EspeakSynthesizer:
 
     The library is process-global and not thread safe: create one synthesizer per process.
     """
+
+    sample_rate = ESPEAK_SAMPLE_RATE
 
     def __init__(self) -> None:
         library_path, data_path = _espeak_paths()
@@ -162,6 +179,81 @@ class EspeakSynthesizer:
         return np.concatenate(self._chunks)
 
 
+PICO_VOICES: dict[str, str] = {"en": "en-US", "de": "de-DE", "fr": "fr-FR", "es": "es-ES", "it": "it-IT"}
+"""Pico voice for each demo language it speaks (it also has "en-GB"); Pico has no ru, zh or ja."""
+
+PICO_VOLUME = 0.5
+"""Pico's volume multiplier: at its default (1.0) it clips about 0.5% of the samples of a sentence; at 0.5 none."""
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _load_pico():
+    """The `py_nanotts` module, or a `PicoError` saying how to install it."""
+    try:
+        import py_nanotts
+    except ImportError as error:
+        raise PicoError(
+            "The demo's second synthesizer is SVOX Pico from the `py-nanotts` package, which is missing or does not "
+            f"load ({error}). Install it with `pip install -e '.[demo]'` (or `pip install py-nanotts==0.1.1`), or "
+            "turn off the split it speaks (run_demo.py --other_engine_test false)."
+        ) from error
+    return py_nanotts
+
+
+class PicoSynthesizer:
+    """SVOX Pico through py-nanotts, speaking text to int16 arrays at `PICO_SAMPLE_RATE`.
+
+    Every py-nanotts call mallocs a fresh 2.5 MB Pico work area and Pico reads some of it before writing it, so with
+    glibc's default (a freed large block is reused from the heap) a call's samples depend on earlier calls. The
+    constructor fixes glibc's mmap threshold at 64 KiB, so every work area is a new, zeroed mapping and a request's
+    samples depend on the request alone. That setting is process-wide: create the synthesizer in a worker process
+    (as `synthesize_batch` does), not in a process whose allocations matter.
+    """
+
+    sample_rate = PICO_SAMPLE_RATE
+
+    def __init__(self) -> None:
+        module = _load_pico()
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except AttributeError as error:
+            raise PicoError(
+                "Deterministic Pico synthesis needs glibc's mallopt (Linux), which this C library lacks; turn off "
+                "the Pico split (run_demo.py --other_engine_test false)."
+            ) from error
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        if mallopt(_M_MMAP_THRESHOLD, 64 * 1024) != 1:
+            raise PicoError("mallopt(M_MMAP_THRESHOLD) failed; Pico's audio would depend on earlier calls.")
+        self._tts = module.NanoTTS()
+        self._voices = {voice.value for voice in module.Voice}
+        self._speed_range = (module.MIN_SPEED, module.MAX_SPEED)
+        self._pitch_range = (module.MIN_PITCH, module.MAX_PITCH)
+
+    def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        """Speak `text` with Pico `voice` ("de-DE"); return int16 samples at `PICO_SAMPLE_RATE`.
+
+        espeak's scales map to Pico's multipliers: speed = rate / 175 (espeak's default rate is Pico's own speed),
+        pitch factor = pitch / 50 (espeak's 50 is the voice's own pitch; Pico takes 0.5-2.0, so pitch 25-100).
+        """
+        if voice not in self._voices:
+            raise PicoError(f"Pico has no voice {voice!r}; it has {', '.join(sorted(self._voices))}.")
+        speed, factor = rate / 175, pitch / 50
+        for name, value, (low, high) in (("speed", speed, self._speed_range), ("pitch", factor, self._pitch_range)):
+            if not low <= value <= high:
+                raise PicoError(
+                    f"rate {rate} and pitch {pitch} give Pico {name} {value:.2f}, outside its {low}-{high}: "
+                    f"use rate {round(175 * self._speed_range[0])}-{round(175 * self._speed_range[1])} and pitch "
+                    f"{round(50 * self._pitch_range[0])}-{round(50 * self._pitch_range[1])}."
+                )
+        if "<" in text:  # py-nanotts wraps the text in Pico's XML-like prosody tags
+            raise PicoError(f"Pico reads '<' as the start of a tag; text {text!r} would not be spoken as written.")
+        pcm = self._tts.speak(text, voice=voice, speed=speed, pitch=factor, volume=PICO_VOLUME)
+        if not pcm:
+            raise PicoError(f"Pico produced no audio for voice {voice!r} and text {text!r}.")
+        return np.frombuffer(pcm, dtype="<i2").astype(np.int16)
+
+
 BASE_VOICES: dict[str, str] = {
     "en": "en-us",
     "de": "de",
@@ -184,12 +276,15 @@ def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     return buffer.getvalue()
 
 
-def render_request(synthesizer: EspeakSynthesizer, request: SpeechRequest) -> np.ndarray:
-    """Synthesize `request`; return int16 samples at `SAMPLE_RATE` (soxr resampling, gain, padding, noise)."""
+def render_request(synthesizer: EspeakSynthesizer | PicoSynthesizer, request: SpeechRequest) -> np.ndarray:
+    """Synthesize `request` with `synthesizer` (of `request.engine`); return int16 samples at `SAMPLE_RATE` (soxr
+    resampling where the engine's rate differs, gain, padding, noise)."""
     import soxr
 
     native = synthesizer.synthesize(request.text, request.voice, request.rate, request.pitch)
-    audio = soxr.resample(native.astype(np.float32) / 32768.0, ESPEAK_SAMPLE_RATE, SAMPLE_RATE, quality="HQ")
+    audio = native.astype(np.float32) / 32768.0
+    if synthesizer.sample_rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, synthesizer.sample_rate, SAMPLE_RATE, quality="HQ")
     pad = (round(request.lead_silence * SAMPLE_RATE), round(request.trail_silence * SAMPLE_RATE))
     audio = np.pad(audio * request.gain, pad)
     if request.noise_level > 0:
@@ -199,12 +294,29 @@ def render_request(synthesizer: EspeakSynthesizer, request: SpeechRequest) -> np
     return np.round(audio * 32768.0).astype(np.int16)
 
 
+_SYNTHESIZERS = {"espeak": EspeakSynthesizer, "pico": PicoSynthesizer}
+
+
+def _check_engines(requests: Sequence[SpeechRequest]) -> None:
+    """Raise, in the caller, if a request names an unknown engine or an engine that is not installed."""
+    engines = {request.engine for request in requests}
+    unknown = sorted(engines - set(ENGINES))
+    if unknown:
+        raise ValueError(f"Unknown speech engines {unknown}; a SpeechRequest's engine is one of {', '.join(ENGINES)}.")
+    if "espeak" in engines:
+        _espeak_paths()
+    if "pico" in engines:
+        _load_pico()
+
+
 def _synthesize_shard(requests: Sequence[SpeechRequest]) -> list[tuple[bytes, int]]:
     """Worker entry point: speak a shard in this (fresh) process; return (wav bytes, number of samples) each."""
-    synthesizer = EspeakSynthesizer()
+    synthesizers: dict[str, EspeakSynthesizer | PicoSynthesizer] = {}
     results = []
     for request in requests:
-        samples = render_request(synthesizer, request)
+        if request.engine not in synthesizers:
+            synthesizers[request.engine] = _SYNTHESIZERS[request.engine]()
+        samples = render_request(synthesizers[request.engine], request)
         results.append((to_wav_bytes(samples), len(samples)))
     return results
 
@@ -233,7 +345,7 @@ def synthesize_batch(
         raise ValueError(f"num_workers must be >= 1 (got {num_workers}); synthesis always runs in worker processes.")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1 (got {shard_size}).")
-    _espeak_paths()  # fail early, in the caller, if espeak-ng is missing
+    _check_engines(requests)  # fail early, in the caller, if an engine is missing
     shards = [list(requests[start : start + shard_size]) for start in range(0, len(requests), shard_size)]
     context = multiprocessing.get_context(_start_method())
     workers = max(1, min(num_workers, len(shards), os.cpu_count() or 1))
