@@ -15,6 +15,10 @@ Measured:
             the fixed batch size is the largest whose worst case (every clip 30 s, the longest the corpus holds)
             stays within it. Token-budget and fixed steps interleave (`--rounds` rounds of `--steps` steps each), fixed
             batches length-grouped and in draw order.
+  packing   a what-if for padding-free packing of the LLM input: forward and backward of the LLM alone on inputs of
+            the LLM lengths of real batches (token budget, fixed in draw order), padded (attention mask) against
+            packed into one row (`position_ids` restarting per sample, no mask: transformers then builds the
+            block-diagonal mask for sdpa/eager). Steps interleave over `--packing-batches` batches per kind.
 
 The model: the suite's dimensions with an 8,000-token vocabulary, so that the LLM body (where padding costs) and not
 the LM head over the targets dominates a step, as in a real PART LLM (Qwen2.5-1.5B: about 3 GFLOP per position in
@@ -35,6 +39,7 @@ import sys
 import time
 import zlib
 from itertools import islice
+from statistics import median
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="steps per variant and round")
     parser.add_argument("--memory-batches", type=int, default=4, help="token-budget batches whose peak is measured")
+    parser.add_argument("--packing-batches", type=int, default=6, help="batches per kind of the packing what-if")
     args = parser.parse_args()
     set_threads()
     import torch
@@ -219,6 +225,8 @@ def main() -> None:
             seconds[kind].append(sum(s.get("duration", 0.0) for b in variants[kind][chunk] for s in b))
     rates = {kind: [a / t for a, t in zip(seconds[kind], times[kind])] for kind in variants}
     log("  audio seconds per second: " + ", ".join(f"{k} {sum(v) / len(v):.1f}" for k, v in rates.items()))
+    packing = packing_what_if(model.language_model, {kind: list(islice(stream(kind), args.packing_batches))
+                                                     for kind in ("budget", "fixed")}, positions)
     emit_result({
         "distribution": {"lognormal_median_s": MEDIAN_SECONDS, "sigma": SIGMA, "range_s": [SHORTEST, LONGEST],
                          "tasks": TASK_SHARES, "words_per_second": WORDS_PER_SECOND},
@@ -228,7 +236,56 @@ def main() -> None:
         "fixed_peaks": fixed_peaks,
         "rates": rates, "times": times, "audio_seconds": seconds,
         "mean_batch_size": {k: sum(map(len, v)) / len(v) for k, v in variants.items()},
+        "packing": packing,
     })
+
+
+def packing_what_if(llm, batches: dict, positions) -> dict:
+    """Seconds of LLM forward + backward per batch, padded and packed, on the LLM lengths of `batches` (per kind),
+    the two in alternating order batch by batch."""
+    import torch
+
+    def inputs(lengths: list[int], packed: bool) -> dict:
+        width = llm.config.hidden_size
+        if packed:
+            position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+            return {"inputs_embeds": torch.randn(1, sum(lengths), width), "position_ids": position_ids}
+        mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+        return {"inputs_embeds": torch.randn(len(lengths), max(lengths), width), "attention_mask": mask}
+
+    decoder = llm.get_decoder()
+
+    def step(batch_inputs: dict) -> float:
+        llm.zero_grad(set_to_none=True)
+        started = time.perf_counter()
+        decoder(**batch_inputs, use_cache=False).last_hidden_state.square().mean().backward()
+        return time.perf_counter() - started
+
+    # the packed computation is the padded one: the same hidden states at every real position
+    lengths = [positions(sample) for sample in next(iter(batches.values()))[0]]
+    padded_inputs, packed_inputs = inputs(lengths, False), inputs(lengths, True)
+    packed_inputs["inputs_embeds"] = torch.cat([e[:n] for e, n in zip(padded_inputs["inputs_embeds"], lengths)])[None]
+    with torch.no_grad():
+        padded_out = decoder(**padded_inputs, use_cache=False).last_hidden_state
+        packed_out = decoder(**packed_inputs, use_cache=False).last_hidden_state[0]
+    expected = torch.cat([h[:n] for h, n in zip(padded_out, lengths)])
+    if not torch.allclose(packed_out, expected, atol=1e-4):
+        raise RuntimeError("packed LLM outputs differ from padded ones: transformers did not mask the packed rows")
+    step(packed_inputs)  # warm-up
+
+    result = {}
+    for kind, kind_batches in batches.items():
+        log(f"batching: packing what-if, {len(kind_batches)} {kind} batches")
+        padded, packed = [], []
+        for index, batch in enumerate(kind_batches):
+            lengths = [positions(sample) for sample in batch]
+            pair = (("padded", False), ("packed", True)) if index % 2 == 0 else (("packed", True), ("padded", False))
+            for name, is_packed in pair:
+                seconds = step(inputs(lengths, is_packed))
+                (packed if is_packed else padded).append(seconds)
+        result[kind] = {"padded": padded, "packed": packed}
+        log(f"  {kind}: packed / padded LLM step time {median(a / b for a, b in zip(packed, padded)):.2f}x")
+    return result
 
 
 if __name__ == "__main__":

@@ -160,6 +160,12 @@ def batching_figures(batching: dict | None) -> list[dict]:
                        lambda r: r["median"] >= 1.5))
     rows.append(figure("batching_throughput_grouped", f"  same, fixed batches of {size} length-grouped",
                        speed["budget"], speed["grouped"], ratio(rates["budget"], rates["grouped"]), "(context)"))
+    for kind, name in (("budget", "token-budget"), ("fixed", f"fixed {batching['padding_batch_size']} in draw order")):
+        times = batching.get("packing", {}).get(kind)
+        if times:  # a what-if: PART pads; < 1 would mean padding-free packing of the LLM input pays
+            rows.append(figure(f"batching_packing_{kind}", f"LLM step time, packed (padding-free) / padded: {name} "
+                               "batches", f"{median(times['packed']):.2f} s", f"{median(times['padded']):.2f} s",
+                               ratio(times["packed"], times["padded"]), "what-if (< 1: packing pays)"))
     return rows
 
 
