@@ -11,7 +11,7 @@ LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 LATEST_VENV := .venv-latest
 
-.PHONY: venv test demo components augmentation paper bench real-dimensions lock outdated test-latest clean
+.PHONY: venv test demo components augmentation paper bench real-dimensions lock outdated test-latest repeat-multi-rank clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,12 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager torch==$(TORCH_VERSION) -e ".[all]"
 	$(LATEST_VENV)/bin/python -m pip list --format freeze | grep -iE "^(torch|transformers|peft|accelerate|deepspeed|datasets|huggingface.hub|tokenizers)=="
 	$(LATEST_VENV)/bin/python -m pytest -q tests
+
+# Every multi-rank test file ROUNDS times in a row (about 5 min a round on 2 idle cores); fails on the first failed
+# run or abort message (docs/testing.md). Run it after touching process-group set-up or teardown.
+ROUNDS ?= 20
+repeat-multi-rank: $(STAMP)
+	$(PY) tests/repeat_multi_rank.py --rounds $(ROUNDS)
 
 # PART-2B's real shape from configs (random weights): parameters, memory, step and generation times on this CPU.
 real-dimensions: $(STAMP)

@@ -81,3 +81,25 @@ def test_end_distributed_releases_the_group_deepspeed_binds_as_a_default_argumen
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == "gloo threads: 0", result.stdout
+
+
+def test_repeat_multi_rank_fails_on_an_abort_message_in_a_passing_run(tmp_path):
+    """`make repeat-multi-rank` (tests/repeat_multi_rank.py) counts a run that passed but printed an abort message
+    (as a rank's `std::terminate` after a finished run does) as failed, and exits 1 on it; clean runs exit 0."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        from repeat_multi_rank import main
+    finally:
+        sys.path.pop(0)
+    clean, aborting = tmp_path / "test_clean.py", tmp_path / "test_aborting.py"
+    clean.write_text("def test_it():\n    pass\n")
+    aborting.write_text(  # the message after the run, as from a thread at interpreter exit; pytest still exits 0
+        "import atexit, os\n"
+        "atexit.register(os.write, 2, b'terminate called without an active exception\\n')\n"
+        "def test_it():\n    pass\n"
+    )
+    logs = tmp_path / "logs"
+    assert main(["--rounds", "2", "--log-dir", str(logs), str(clean)]) == 0
+    assert len(list(logs.glob("round0*_test_clean.log"))) == 2
+    assert main(["--rounds", "2", "--log-dir", str(logs), str(aborting)]) == 1
+    assert len(list(logs.glob("round0*_test_aborting.log"))) == 1  # stops after the round with a failure
