@@ -160,9 +160,12 @@ def _speech_request(rng: random.Random, language: str, text: str, speakers: Sequ
     base = rng.choice(EXTRA_BASE_VOICES.get(language, (BASE_VOICES[language],)))
     speaker = SPEAKERS[rng.choice(speakers)]
     voice = f"{base}+{speaker.variant}" if speaker.variant else base
-    return SpeechRequest(
-        text=text,
-        voice=voice,
+    return SpeechRequest(text=text, voice=voice, **_prosody(rng, speaker))
+
+
+def _prosody(rng: random.Random, speaker: Speaker) -> dict:
+    """Seeded rate and pitch from the speaker's ranges, loudness, pauses, noise floor and noise seed."""
+    return dict(
         rate=rng.randint(*speaker.rate),
         pitch=rng.randint(*speaker.pitch),
         gain=rng.uniform(0.5, 1.0),
@@ -211,18 +214,8 @@ def plan_pico_test(test_utterances: Sequence[Utterance], seed: int) -> list[Utte
         if utterance.language not in PICO_VOICES:
             continue
         for name, speaker in PICO_SPEAKERS.items():
-            request = SpeechRequest(
-                text=utterance.request.text,
-                voice=PICO_VOICES[utterance.language],
-                rate=rng.randint(*speaker.rate),
-                pitch=rng.randint(*speaker.pitch),
-                gain=rng.uniform(0.5, 1.0),
-                lead_silence=rng.uniform(0.1, 0.3),
-                trail_silence=rng.uniform(0.1, 0.3),
-                noise_level=10 ** rng.uniform(-4.0, -3.0),
-                seed=rng.getrandbits(32),
-                engine="pico",
-            )
+            request = SpeechRequest(utterance.request.text, PICO_VOICES[utterance.language], **_prosody(rng, speaker),
+                                    engine="pico")  # fmt: skip
             utterances.append(Utterance(PICO_TEST_SPLIT, utterance.index, utterance.item, utterance.language,
                                         utterance.text, request, speaker=name))  # fmt: skip
     return utterances
