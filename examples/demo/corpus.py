@@ -6,7 +6,10 @@ for a seed. Rows are (task, sample) pairs in a `datasets.DatasetDict` with train
 "asr" (speech in X -> text in X), "s2tt" (speech in X != en -> English text) and "mt" (text in X -> English
 text, no audio). Dev and test hold the same items in every language; no item content is in two splits. With
 `other_engine_test`, an evaluation-only split `test_pico` holds the test items again, spoken by another synthesizer
-(SVOX Pico) in the languages it has, so that a score there measures voices no espeak training data resembles.
+(SVOX Pico) in the languages it has. With `train_pico_share`, a share of the train and dev utterances in those
+languages is spoken by Pico's training speakers (`PICO_TRAIN_SPEAKERS`, other prosody settings than the test split's);
+with `train_augment_share`, a share of the train utterances is augmented (`examples/demo/augment.py`: speed, reverb,
+band-limiting, noise). Both 0 (the default here) is the espeak-only corpus.
 
     python -m examples.demo.corpus --output_dir outputs/demo/corpus --seed 0
     python examples/demo/corpus.py --output_dir outputs/demo/corpus --seed 0
@@ -21,14 +24,22 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the `examples.demo` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from examples.demo.augment import AUGMENTATION_SETTINGS, EFFECTS, draw_augmentation  # noqa: E402
 from examples.demo.texts import LANGUAGES, SemanticItem, make_item_splits, render, spoken_text  # noqa: E402
-from examples.demo.tts import BASE_VOICES, PICO_VOICES, SAMPLE_RATE, SpeechRequest, synthesize_batch  # noqa: E402
+from examples.demo.tts import (  # noqa: E402
+    BASE_VOICES,
+    ENGINES,
+    PICO_VOICES,
+    SAMPLE_RATE,
+    SpeechRequest,
+    synthesize_batch,
+)
 from modeling_part.processing_part import TASKS  # noqa: E402
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -88,6 +99,15 @@ PICO_SPEAKERS: dict[str, Speaker] = {
 """Pico speakers: two prosody settings of Pico's one voice per language (rate and pitch on espeak's scales; Pico
 has no voice variants). Every item of `PICO_TEST_SPLIT` is spoken by each of them."""
 
+PICO_TRAIN_SPEAKERS: dict[str, Speaker] = {
+    "pico-t1": Speaker("", (135, 160), (32, 39)),
+    "pico-t2": Speaker("", (180, 210), (42, 54)),
+    "pico-t3": Speaker("", (155, 180), (71, 85)),
+}
+"""Pico's training speakers (`build_corpus(train_pico_share=...)`): prosody settings of the same Pico voices (slow and
+low, fast, high) whose rate-by-pitch ranges overlap no held-out speaker's of `PICO_SPEAKERS`; "pico-t" names them
+apart from the held-out "pico-a" and "pico-b"."""
+
 
 @dataclass
 class DemoCorpusArguments:
@@ -110,6 +130,17 @@ class DemoCorpusArguments:
         default=False,
         metadata={"help": f"Also make the evaluation-only split {PICO_TEST_SPLIT!r}: the test items spoken by SVOX "
                   f"Pico (py-nanotts) in {', '.join(PICO_VOICES)}, by {' and '.join(PICO_SPEAKERS)}."},
+    )
+    train_pico_share: float = field(
+        default=0.0,
+        metadata={"help": f"Share (0-1) of the train and dev utterances in {', '.join(PICO_VOICES)} spoken by "
+                  f"SVOX Pico's training speakers ({', '.join(PICO_TRAIN_SPEAKERS)}) instead of espeak-ng; "
+                  "0: espeak only."},
+    )
+    train_augment_share: float = field(
+        default=0.0,
+        metadata={"help": "Share (0-1) of the train utterances augmented with one or two of speed perturbation, "
+                  "reverberation, band-limiting and additive noise (examples/demo/augment.py); 0: none."},
     )
 
 
@@ -221,6 +252,64 @@ def plan_pico_test(test_utterances: Sequence[Utterance], seed: int) -> list[Utte
     return utterances
 
 
+def _check_share(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} is a share of utterances, from 0 to 1 (0 turns it off); got {value}.")
+
+
+def plan_training_voices(
+    utterances: Sequence[Utterance], seed: int, train_pico_share: float = 0.0, train_augment_share: float = 0.0
+) -> list[Utterance]:
+    """`utterances` (of `plan_utterances`) with `train_pico_share` of the train and of the dev utterances of each
+    language Pico speaks given to Pico's training speakers (`PICO_TRAIN_SPEAKERS`: the same text, Pico's voice, a
+    speaker and prosody as `plan_pico_test` draws them), and `train_augment_share` of the train utterances of each
+    language (of either engine) augmented (`augment.draw_augmentation`: one or two effects). Test utterances are
+    kept. Each choice has its own random stream: which utterances are augmented does not depend on the Pico share,
+    and with both shares 0 the utterances come back unchanged."""
+    _check_share("train_pico_share", train_pico_share)
+    _check_share("train_augment_share", train_augment_share)
+    utterances = list(utterances)
+    positions: dict[tuple[str, str], list[int]] = defaultdict(list)  # (split, language) -> positions, in plan order
+    for position, utterance in enumerate(utterances):
+        positions[(utterance.split, utterance.language)].append(position)
+    if train_pico_share > 0:
+        rng = random.Random(f"part-demo-train-pico/{seed}")
+        names = list(PICO_TRAIN_SPEAKERS)
+        for (split, language), group in positions.items():
+            if split not in ("train", "dev") or language not in PICO_VOICES:
+                continue
+            for position in sorted(rng.sample(group, round(train_pico_share * len(group)))):
+                utterance, name = utterances[position], rng.choice(names)
+                request = SpeechRequest(utterance.request.text, PICO_VOICES[language],
+                                        **_prosody(rng, PICO_TRAIN_SPEAKERS[name]), engine="pico")  # fmt: skip
+                utterances[position] = replace(utterance, request=request, speaker=name)
+    if train_augment_share > 0:
+        rng = random.Random(f"part-demo-train-augment/{seed}")
+        for (split, _), group in positions.items():
+            if split != "train":
+                continue
+            for position in sorted(rng.sample(group, round(train_augment_share * len(group)))):
+                utterance = utterances[position]
+                request = replace(utterance.request, augmentation=draw_augmentation(rng))
+                utterances[position] = replace(utterance, request=request)
+    return utterances
+
+
+def composition(utterances: Sequence[Utterance]) -> str:
+    """Utterances per split and engine, and the augmented ones with their effects (`plan_training_voices`)."""
+    lines = []
+    for split in dict.fromkeys(utterance.split for utterance in utterances):
+        group = [utterance for utterance in utterances if utterance.split == split]
+        engines = {engine: sum(u.request.engine == engine for u in group) for engine in ENGINES}
+        line = f"{split}: {len(group)} utterances (" + ", ".join(f"{e} {n}" for e, n in engines.items() if n) + ")"
+        augmented = [u.request.augmentation for u in group if u.request.augmentation is not None]
+        if augmented:
+            effects = {effect: sum(effect in a.effects for a in augmented) for effect in EFFECTS}
+            line += f"; {len(augmented)} augmented (" + ", ".join(f"{e} {n}" for e, n in effects.items()) + ")"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def speaker_of(request: SpeechRequest) -> str:
     """The `speaker` column: the espeak voice and the speaker's name ("de+m3/m3", "cmn/plain")."""
     _, _, variant = request.voice.partition("+")
@@ -228,16 +317,22 @@ def speaker_of(request: SpeechRequest) -> str:
 
 
 def speaker_name(speaker_column: str) -> str:
-    """The speaker's name (a key of `SPEAKERS`) from a `speaker` column value."""
+    """The speaker's name (a key of `SPEAKERS`, `PICO_SPEAKERS` or `PICO_TRAIN_SPEAKERS`) from a `speaker` column
+    value."""
     return speaker_column.rpartition("/")[2]
 
 
+def engine_of(speaker_column: str) -> str:
+    """The synthesizer (of `tts.ENGINES`) of a `speaker` column value: Pico's speakers are named "pico-..."."""
+    return "pico" if speaker_name(speaker_column).startswith("pico-") else "espeak"
+
+
 def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
-    """The asr row, and for a non-English source the s2tt and mt rows, of one utterance (a Pico utterance: no mt row,
-    the test split has it already, and the speaker's name in its id)."""
+    """The asr row, and for a non-English source the s2tt and mt rows, of one utterance (one of `PICO_TEST_SPLIT`: no
+    mt row, the test split has it already, and the speaker's name in its id, as every item has two speakers there)."""
     language, text = utterance.language, utterance.text
     stem = f"{utterance.split}-{utterance.index:05d}-{language}"
-    if utterance.speaker:
+    if utterance.split == PICO_TEST_SPLIT:
         stem = f"{stem}-{utterance.speaker}"
     audio = {"path": f"{stem}.wav", "bytes": wav}
     duration = num_samples / SAMPLE_RATE
@@ -248,22 +343,28 @@ def _rows(utterance: Utterance, wav: bytes, num_samples: int) -> list[dict]:
         english = render(utterance.item, TARGET_LANGUAGE)
         rows.append(dict(id=f"{stem}-s2tt", task="s2tt", source_language=language, target_language=TARGET_LANGUAGE,
                          audio=audio, source_text=text, text=english, duration=duration, speaker=speaker))  # fmt: skip
-    if language != TARGET_LANGUAGE and not utterance.speaker:
+    if language != TARGET_LANGUAGE and utterance.split != PICO_TEST_SPLIT:
         rows.append(dict(id=f"{stem}-mt", task="mt", source_language=language, target_language=TARGET_LANGUAGE,
                          audio=None, source_text=text, text=english, duration=0.0, speaker=""))  # fmt: skip
     return rows
 
 
 def summarize(corpus) -> str:
-    """A table of audio hours (minutes) per split, language and task, and row counts per split."""
+    """A table of audio hours (minutes) per split, language and task, row counts per split, and utterances (minutes)
+    per engine."""
     lines = []
     for split, dataset in corpus.items():
-        columns = dataset.select_columns(["task", "source_language", "duration"])
+        columns = dataset.select_columns(["task", "source_language", "duration", "speaker"])
         seconds: dict[tuple[str, str], float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        for task, language, duration in zip(columns["task"], columns["source_language"], columns["duration"]):
+        engines: dict[str, list[float]] = {}
+        for task, language, duration, speaker in zip(
+            columns["task"], columns["source_language"], columns["duration"], columns["speaker"]
+        ):
             seconds[(language, task)] += duration
             counts[task] += 1
+            if task == "asr":  # one per utterance
+                engines.setdefault(engine_of(speaker), []).append(duration)
         lines.append(f"{split}: {len(dataset)} rows ({', '.join(f'{task} {counts[task]}' for task in TASKS)})")
         for language in sorted({language for language, _ in seconds}):
             cells = [
@@ -274,6 +375,8 @@ def summarize(corpus) -> str:
             lines.append(f"  {language}: " + ", ".join(cells))
         total = sum(value for (_, task), value in seconds.items() if task == "asr")
         lines.append(f"  distinct audio: {total / 3600:.3f} h ({total / 60:.1f} min)")
+        lines.append("  by engine: " + ", ".join(f"{engine} {len(values)} utterances ({sum(values) / 60:.1f} min)"
+                                                 for engine, values in sorted(engines.items())))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -288,6 +391,8 @@ def build_corpus(
     progress: bool = True,
     reuse_existing: bool = False,
     other_engine_test: bool = False,
+    train_pico_share: float = 0.0,
+    train_augment_share: float = 0.0,
 ):
     """Synthesise the demo corpus, save it with `save_to_disk` under `output_dir`, and return it.
 
@@ -295,6 +400,9 @@ def build_corpus(
     column holds 16 kHz 16-bit WAV bytes with `decode=False`; decode them with `soundfile`.
     With `other_engine_test` (and a language Pico speaks) it also holds `PICO_TEST_SPLIT` (see `plan_pico_test`),
     made after the others and from its own random stream: train/dev/test are the same bytes with or without it.
+    `train_pico_share` and `train_augment_share` (see `plan_training_voices`) change train and dev only (the test split
+    comes first in the synthesis order, so its bytes stay as they are); with both 0 the corpus is the espeak-only one.
+    Pico's training utterances are synthesised in a batch of their own, after espeak's.
     The same arguments (apart from `num_workers` and `progress`) give identical texts and audio bytes.
     An existing corpus in `output_dir` is replaced, or with `reuse_existing=True` loaded when it was
     built with the same arguments; any other non-empty directory is refused.
@@ -308,9 +416,18 @@ def build_corpus(
         version=CORPUS_VERSION, languages=languages, train_items_per_language=train_items_per_language,
         dev_items=dev_items, test_items=test_items, seed=seed, sample_rate=SAMPLE_RATE, shard_size=SHARD_SIZE,
     )  # fmt: skip
+    _check_share("train_pico_share", train_pico_share)
+    _check_share("train_augment_share", train_augment_share)
+    pico_voices = {language: PICO_VOICES[language] for language in languages if language in PICO_VOICES}
     if other_engine_test:  # only then: a corpus built without it keeps its config
         config["pico_test_speakers"] = {name: asdict(speaker) for name, speaker in PICO_SPEAKERS.items()}
-        config["pico_voices"] = {language: PICO_VOICES[language] for language in languages if language in PICO_VOICES}
+        config["pico_voices"] = pico_voices
+    if train_pico_share > 0:  # likewise
+        config.update(train_pico_share=train_pico_share, pico_voices=pico_voices,
+                      pico_train_speakers={name: asdict(speaker) for name, speaker in PICO_TRAIN_SPEAKERS.items()})
+    if train_augment_share > 0:
+        config.update(train_augment_share=train_augment_share, train_augmentation=AUGMENTATION_SETTINGS)
+    config = json.loads(json.dumps(config))  # as read back (tuples become lists), so that a reuse can match it
     config_path = output_dir / "demo_corpus.json"
     if reuse_existing and config_path.exists() and json.loads(config_path.read_text(encoding="utf-8")) == config:
         corpus = load_from_disk(str(output_dir))
@@ -321,9 +438,17 @@ def build_corpus(
         raise FileExistsError(f"{output_dir} is not empty and holds no corpus; choose an empty or new output_dir.")
     start = time.perf_counter()
     utterances = plan_utterances(languages, train_items_per_language, dev_items, test_items, seed)
+    utterances = plan_training_voices(utterances, seed, train_pico_share, train_augment_share)
+    audio: list[tuple[bytes, int] | None] = [None] * len(utterances)
+    for engine, description in (("espeak", "demo corpus"), ("pico", "Pico training voices")):  # a batch per engine
+        positions = [i for i, utterance in enumerate(utterances) if utterance.request.engine == engine]
+        if positions:
+            requests = [utterances[i].request for i in positions]
+            results = synthesize_batch(requests, num_workers, SHARD_SIZE, progress, description)
+            for position, result in zip(positions, results, strict=True):
+                audio[position] = result
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    results = synthesize_batch([u.request for u in utterances], num_workers, SHARD_SIZE, progress, "demo corpus")
-    for utterance, (wav, num_samples) in zip(utterances, results, strict=True):
+    for utterance, (wav, num_samples) in zip(utterances, audio, strict=True):
         rows[utterance.split].extend(_rows(utterance, wav, num_samples))
     pico = plan_pico_test([u for u in utterances if u.split == "test"], seed) if other_engine_test else []
     if pico:  # a batch of its own: the espeak shards stay as they were
@@ -350,7 +475,7 @@ def build_corpus(
         elapsed = time.perf_counter() - start
         print(f"Demo corpus in {output_dir} ({len(utterances) + len(pico)} utterances; "
               f"synthesis {synthesis_seconds:.1f} s, "
-              f"total {elapsed:.1f} s)\n{summarize(corpus)}")  # fmt: skip
+              f"total {elapsed:.1f} s)\n{composition(utterances + pico)}\n{summarize(corpus)}")  # fmt: skip
     return corpus
 
 

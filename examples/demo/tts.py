@@ -18,8 +18,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from examples.demo.augment import Augmentation
 
 SAMPLE_RATE = 16_000
 """Sampling rate of the audio this module returns."""
@@ -62,7 +66,7 @@ class PicoError(RuntimeError):
 class SpeechRequest:
     """One utterance to synthesize: the text, the engine's voice (espeak `"de+f3"`, Pico `"de-DE"`), its prosody, and
     the engine (`ENGINES`). Rate and pitch are on espeak's scales for both engines (Pico maps them, see
-    `PicoSynthesizer.synthesize`)."""
+    `PicoSynthesizer.synthesize`). An `augmentation` (training utterances only) is applied to the rendered waveform."""
 
     text: str
     voice: str
@@ -74,6 +78,7 @@ class SpeechRequest:
     noise_level: float = 0.0  # standard deviation (full scale = 1) of Gaussian background noise
     seed: int = 0  # seeds the background noise
     engine: str = "espeak"  # the synthesizer, one of ENGINES
+    augmentation: Augmentation | None = None  # effects applied after synthesis (`examples/demo/augment.py`)
 
 
 def _espeak_paths() -> tuple[str, str]:
@@ -196,7 +201,7 @@ def _load_pico():
         raise PicoError(
             "The demo's second synthesizer is SVOX Pico from the `py-nanotts` package, which is missing or does not "
             f"load ({error}). Install it with `pip install -e '.[demo]'` (or `pip install py-nanotts==0.1.1`), or "
-            "turn off the split it speaks (run_demo.py --other_engine_test false)."
+            "turn off what it speaks (run_demo.py --other_engine_test false --train_pico_share 0)."
         ) from error
     return py_nanotts
 
@@ -220,7 +225,7 @@ class PicoSynthesizer:
         except AttributeError as error:
             raise PicoError(
                 "Deterministic Pico synthesis needs glibc's mallopt (Linux), which this C library lacks; turn off "
-                "the Pico split (run_demo.py --other_engine_test false)."
+                "Pico (run_demo.py --other_engine_test false --train_pico_share 0)."
             ) from error
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         if mallopt(_M_MMAP_THRESHOLD, 64 * 1024) != 1:
@@ -278,7 +283,8 @@ def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 def render_request(synthesizer: EspeakSynthesizer | PicoSynthesizer, request: SpeechRequest) -> np.ndarray:
     """Synthesize `request` with `synthesizer` (of `request.engine`); return int16 samples at `SAMPLE_RATE` (soxr
-    resampling where the engine's rate differs, gain, padding, noise)."""
+    resampling where the engine's rate differs, gain, padding, noise floor, then `request.augmentation`, after which
+    a peak above 0.99 is scaled down rather than clipped)."""
     import soxr
 
     native = synthesizer.synthesize(request.text, request.voice, request.rate, request.pitch)
@@ -290,6 +296,10 @@ def render_request(synthesizer: EspeakSynthesizer | PicoSynthesizer, request: Sp
     if request.noise_level > 0:
         noise = np.random.default_rng(request.seed).standard_normal(len(audio), dtype=np.float32)
         audio = audio + request.noise_level * noise
+    if request.augmentation is not None:
+        from examples.demo.augment import apply_augmentation
+
+        audio = apply_augmentation(audio, request.augmentation)
     audio = np.clip(audio, -1.0, 32767 / 32768)
     return np.round(audio * 32768.0).astype(np.int16)
 
