@@ -32,7 +32,9 @@ TINY = ["--languages", "en", "de", "zh", "--train_items_per_language", "6", "--t
 
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
-    results = demo_main(["--output_dir", str(tmp_path), *TINY])
+    # Pico training speakers and augmentation on (opt-in flags), passed through to the corpus
+    shares = ["--train_pico_share", "0.5", "--train_augment_share", "0.5"]
+    results = demo_main(["--output_dir", str(tmp_path), *TINY, *shares])
     run = tmp_path / "part"
     metrics = results["metrics"]
     assert {"test_wer_en", "test_wer_de", "test_cer_zh", "test_bleu_de-en", "test_bleu_zh-en"} <= set(metrics)
@@ -47,6 +49,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     card = (run / "README.md").read_text()
     assert "model-index" in card and "wer" in card.lower()
     corpus = load_from_disk(str(tmp_path / "corpus"))
+    train_speakers = set(corpus["train"]["speaker"])
+    assert any(s.endswith("/pico-t1") or s.endswith("/pico-t2") or s.endswith("/pico-t3") for s in train_speakers)
+    assert not any(s.endswith(("/pico-a", "/pico-b", "/m3", "/f2")) for s in train_speakers)
     lines = (run / "predictions_test.jsonl").read_text().splitlines()
     assert len(lines) == len(corpus["test"])
     # the same test items spoken by Pico (en, de of en/de/zh), scored per engine and per held-out voice
