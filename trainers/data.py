@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -28,8 +28,6 @@ from modeling_part.processing_part import SPEECH_TASKS, TASKS
 
 
 logger = logging.get_logger(__name__)
-
-T = TypeVar("T")
 
 
 class InvalidSampleError(ValueError):
@@ -67,22 +65,16 @@ def validate_sample(sample: Mapping[str, Any]) -> None:
         raise ValueError(f"an 'mt' sample needs a non-empty 'source_text', got {sample.get('source_text')!r}")
 
 
-def _array_seconds(sample: Mapping[str, Any]) -> float | None:
-    """The `duration` column, else the length of a decoded audio array; None when neither is there."""
+def audio_seconds(sample: Mapping[str, Any], read_header: bool = True) -> float | None:
+    """A speech sample's duration without decoding: its `duration`, else a decoded array's length, else (with
+    `read_header`) its file header (`soundfile.info` of the path or bytes); None when none is readable."""
     if sample.get("duration") is not None:
         return float(sample["duration"])
     audio = sample.get("audio")
     if isinstance(audio, Mapping) and audio.get("array") is not None and audio.get("sampling_rate"):
         return len(audio["array"]) / audio["sampling_rate"]
-    return None
-
-
-def audio_seconds(sample: Mapping[str, Any]) -> float | None:
-    """A speech sample's duration without decoding: its `duration`, else a decoded array's length, else its file
-    header (`soundfile.info` of the path or bytes); None when none is readable."""
-    if (seconds := _array_seconds(sample)) is not None:
-        return seconds
-    audio = sample.get("audio")
+    if not read_header:
+        return None
     source = audio.get("bytes") or audio.get("path") if isinstance(audio, Mapping) else audio
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
@@ -136,17 +128,8 @@ class AudioLengthValidator:
 def sample_length(sample: Mapping[str, Any]) -> float:
     """Default length for grouping: `duration` or a decoded array's seconds, else the characters of `source_text`
     ("mt") or `text`. Give all speech samples a `duration` or none (seconds and characters differ), or a `length_fn`."""
-    seconds = _array_seconds(sample)
+    seconds = audio_seconds(sample, read_header=False)
     return float(len(sample.get("source_text") or sample.get("text") or "")) if seconds is None else seconds
-
-
-def sort_into_batches(
-    samples: Sequence[T], batch_size: int, rng: np.random.Generator, length_fn: Callable[[T], float] = sample_length
-) -> list[list[T]]:
-    """Sort `samples` by length (stable), cut them into batches of `batch_size` and shuffle the batch order."""
-    order = sorted(range(len(samples)), key=lambda index: length_fn(samples[index]))
-    batches = [[samples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
-    return [batches[index] for index in rng.permutation(len(batches))]
 
 
 @dataclass
@@ -168,6 +151,12 @@ class LengthGrouping:
     @property
     def buffer_size(self) -> int:
         return self.batch_size * self.buffer_batches
+
+    def make_batches(self, buffer: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[list[int]]:
+        """Indices of `buffer` sorted by length (stable), cut into batches of `batch_size`, in random batch order."""
+        order = sorted(range(len(buffer)), key=lambda index: self.length_fn(buffer[index]))
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        return [batches[index] for index in rng.permutation(len(batches))]
 
     def fingerprint(self) -> list[Any]:
         return [self.batch_size, self.buffer_size]
@@ -220,8 +209,9 @@ class TokenBudget:
             and (self.max_batch_size is None or size <= self.max_batch_size)
         )
 
-    def make_batches(self, costs: Sequence[tuple[int, float]], rng: np.random.Generator) -> list[list[int]]:
-        """Indices of `costs` cut into batches within the budget, in random batch order."""
+    def make_batches(self, buffer: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[list[int]]:
+        """Indices of `buffer` cut into batches within the budget, in random batch order."""
+        costs = [self.costs(sample) for sample in buffer]
         key = (lambda i: costs[i]) if self.max_tokens is not None else (lambda i: costs[i][1])
         buckets = [sorted(range(len(costs)), key=key)]
         if self.num_buckets > 0:  # draw order inside a bucket
@@ -644,57 +634,51 @@ class MixtureDataset(IterableDataset):
                 continue
             yield sample
 
-    def _buffers(self, progress: _Progress, samples: Iterator[Any], size: int) -> Iterator[tuple[list[Any], bool]]:
-        """Consecutive buffers of `size` samples, each with whether it is the last; `progress.buffer_start` holds
-        where the current buffer began (cursor and skip counts), so a resumed iteration refills it."""
+    def _batches(self, progress: _Progress) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
+        """This process's items from buffers of consecutive samples, each cut into batches (`make_batches`): the
+        samples of fixed-size batches (length grouping, from this process's own samples) or whole budget batches.
+        Budget batches are formed from all samples, the same in every process, and global batch `b` goes to process
+        `b % processes`; the stream's last `total % world_size` are dropped (logged). `progress.buffer_start` holds
+        where the current buffer began (cursor and skip counts) and `progress.buffer_offset` how many items it
+        yielded, so a resumed iteration refills the buffer and skips them."""
+        budget = self.token_budget
+        batching, world_size = budget or self.length_grouping, self._process()[1] if budget else 1
+        read, dealt = ((0, 1), progress.shard) if budget else (progress.shard, (0, 1))
+        samples = self._own_samples(progress.cursor, read)
+        order_key = [] if budget else [progress.shard[0]]  # length grouping: each process its own batch order
+
         def snapshot() -> dict[str, Any]:
             return {"cursor": progress.cursor.snapshot(), "skipped": dict(self.skipped)}
 
         start, peeked = snapshot(), []
         while True:
             progress.buffer_start, progress.buffer_offset = start, 0
-            buffer = peeked + list(islice(samples, size - len(peeked)))
+            buffer = peeked + list(islice(samples, batching.buffer_size - len(peeked)))
             if not buffer:
                 return
             start = snapshot()  # where the next buffer begins
-            peeked = list(islice(samples, 1))
-            yield buffer, not peeked
-            progress.buffer_index += 1
-
-    def _grouped_samples(self, progress: _Progress, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        grouping = self.length_grouping
-        for buffer, _ in self._buffers(progress, samples, grouping.buffer_size):
-            seed = [self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.shard[0], progress.buffer_index]
-            batches = sort_into_batches(buffer, grouping.batch_size, np.random.default_rng(seed), grouping.length_fn)
-            for batch in batches:
-                for sample in batch:
-                    progress.buffer_offset += 1
-                    yield sample
-
-    def _budget_batches(self, progress: _Progress, resume_offset: int) -> Iterator[list[dict[str, Any]]]:
-        """Every process forms the same global batches from all samples and keeps batch `b` when
-        `b % processes == its index`; the last `total % world_size` batches of the stream are dropped (logged)."""
-        budget, (instance, num_instances), world_size = self.token_budget, progress.shard, self._process()[1]
-        for buffer, last in self._buffers(progress, self._own_samples(progress.cursor, (0, 1)), budget.buffer_size):
-            costs = [budget.costs(sample) for sample in buffer]
-            rng = np.random.default_rng([self.seed, self.epoch, _BATCH_ORDER_STREAM, progress.buffer_index])
-            batches = budget.make_batches(costs, rng)
+            peeked = list(islice(samples, 1))  # none: this buffer is the stream's last
+            rng = np.random.default_rng([self.seed, self.epoch, _BATCH_ORDER_STREAM, *order_key, progress.buffer_index])
+            batches = batching.make_batches(buffer, rng)
             extra = (progress.batch_position + len(batches)) % world_size
-            if last and extra:
+            if not peeked and extra:
                 dropped, batches = batches[len(batches) - extra :], batches[: len(batches) - extra]
-                if instance == 0:
+                if dealt[0] == 0:
                     logger.warning(
                         f"The mixture ended: dropping its last {len(dropped)} batches ({sum(map(len, dropped))} "
                         f"samples) so that all {world_size} ranks run the same number of batches."
                     )
-            for offset, batch in enumerate(batches[resume_offset:], start=resume_offset):
-                progress.buffer_offset = offset + 1
-                if (progress.batch_position + offset) % num_instances == instance:
-                    if len(batch) == 1 and not budget.fits(1, *costs[batch[0]]):
-                        self._record_oversized(buffer[batch[0]], costs[batch[0]])
-                    yield [buffer[index] for index in batch]
-            resume_offset = 0
+            for position, indices in enumerate(batches, start=progress.batch_position):
+                if position % dealt[1] != dealt[0]:
+                    continue
+                batch = [buffer[index] for index in indices]
+                if budget and len(batch) == 1 and not budget.fits(1, *(cost := budget.costs(batch[0]))):
+                    self._record_oversized(batch[0], cost)
+                for item in [batch] if budget else batch:
+                    progress.buffer_offset += 1
+                    yield item
             progress.batch_position += len(batches)
+            progress.buffer_index += 1
 
     def _record_oversized(self, sample: Mapping[str, Any], cost: tuple[int, float]) -> None:
         name = f"{sample['task']}_{sample['source_language']}_{sample['target_language']}"
@@ -724,26 +708,19 @@ class MixtureDataset(IterableDataset):
             )
         cursor = _MixtureCursor(self, None if state is None else state["cursor"])
         progress = _Progress(shard, rotation, cursor, 0 if state is None else state["samples_yielded"])
-        skip = resume_offset = 0
-        if state is not None and (self.length_grouping is not None or self.token_budget is not None):
+        skip = 0
+        if state is not None:  # a refilled buffer replays the items it yielded (counted again below)
             progress.buffer_index, progress.batch_position = state["buffer_index"], state["batch_position"]
-            if self.token_budget is not None:
-                resume_offset = state["buffer_offset"]
-            else:  # the replayed part of the buffer is counted again below
-                skip = state["buffer_offset"]
-                progress.samples_yielded -= skip
+            skip = state["buffer_offset"]
+            progress.samples_yielded -= skip
         if consumed is not None:
             # How many of the consumed items worker `role` produced: whole batches from the workers in turn.
             full_batches, remainder = divmod(consumed[0], consumed[1])
             skip = len(range(role, full_batches, num_workers)) * consumed[1]
             skip += remainder if full_batches % num_workers == role else 0
         self._progress = progress
-        if self.token_budget is not None:
-            samples = self._budget_batches(progress, resume_offset)
-        else:
-            samples = self._own_samples(cursor, shard)
-            if self.length_grouping is not None:
-                samples = self._grouped_samples(progress, samples)
+        batched = self.length_grouping is not None or self.token_budget is not None
+        samples = self._batches(progress) if batched else self._own_samples(cursor, shard)
         _consume(samples, skip)
         progress.samples_yielded += skip
         for sample in samples:
