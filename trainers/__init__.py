@@ -6,14 +6,6 @@ from .part_trainer import PartTrainer, PartTrainingArguments
 from .stages import PRESETS, Schedule, Stage, load_schedule, preset
 
 __all__ = [
-    "PRESETS",
-    "MixtureComponent",
-    "MixtureDataset",
-    "PartDataCollator",
-    "PartTrainer",
-    "PartTrainingArguments",
-    "Schedule",
-    "Stage",
-    "load_schedule",
-    "preset",
+    "PRESETS", "MixtureComponent", "MixtureDataset", "PartDataCollator", "PartTrainer", "PartTrainingArguments",
+    "Schedule", "Stage", "load_schedule", "preset",
 ]

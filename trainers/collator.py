@@ -11,14 +11,9 @@ from transformers import BatchFeature
 
 class PartDataCollator:
     """Collates samples (`task`, `source_language`, `target_language`, `text` (the target), and `audio` or, for "mt",
-    `source_text`).
-
-    Args:
-        processor: the model's `PartProcessor`.
-        with_targets: `True` (training/loss evaluation): prompt + target, with labels, right-padded.
-            `False` (generation): prompts only, left-padded.
-        sampling_rate: the sampling rate of array audio (paths and Audio dicts carry their own).
-    """
+    `source_text`) with `processor`, the model's `PartProcessor`: with `with_targets` (training, loss evaluation)
+    prompt + target with labels, right-padded; without (generation) prompts only, left-padded. `sampling_rate` is
+    that of array audio (paths and Audio dicts carry their own)."""
 
     def __init__(self, processor, with_targets: bool = True, sampling_rate: int | None = None):
         self.processor = processor

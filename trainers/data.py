@@ -13,7 +13,7 @@ import math
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any, Literal
 
@@ -158,9 +158,6 @@ class LengthGrouping:
         batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         return [batches[index] for index in rng.permutation(len(batches))]
 
-    def fingerprint(self) -> list[Any]:
-        return [self.batch_size, self.buffer_size]
-
 
 @dataclass
 class TokenBudget:
@@ -218,8 +215,7 @@ class TokenBudget:
             buckets = [sorted(b.tolist()) for b in np.array_split(np.array(buckets[0], np.int64), self.num_buckets)]
         batches: list[list[int]] = []
         for bucket in buckets:
-            batch: list[int] = []
-            longest = (0, 0.0)
+            batch, longest = [], (0, 0.0)
             for index in bucket:
                 grown = (max(longest[0], costs[index][0]), max(longest[1], costs[index][1]))
                 if batch and not self.fits(len(batch) + 1, *grown):
@@ -227,12 +223,8 @@ class TokenBudget:
                     batch, grown = [], costs[index]
                 batch.append(index)
                 longest = grown
-            if batch:
-                batches.append(batch)
+            batches += [batch] if batch else []
         return [batches[index] for index in rng.permutation(len(batches))]
-
-    def fingerprint(self) -> list[Any]:
-        return [self.max_tokens, self.max_audio_seconds, self.max_batch_size, self.num_buckets, self.buffer_size]
 
 
 def processor_positions(processor: Any) -> Callable[[Mapping[str, Any]], int]:
@@ -339,6 +331,11 @@ def mixture_probabilities(
     logits = np.log(weights) / temperature
     probabilities = np.exp(logits - logits.max())
     return probabilities / probabilities.sum()
+
+
+def _settings(batching: LengthGrouping | TokenBudget | None) -> list[Any] | None:
+    """The settings of a `LengthGrouping` or `TokenBudget` that shape its batches: its fields but the `*_fn`."""
+    return batching and [getattr(batching, f.name) for f in fields(batching) if not f.name.endswith("_fn")]
 
 
 def _consume(iterator: Iterator[Any], count: int) -> None:
@@ -523,9 +520,7 @@ class MixtureDataset(IterableDataset):
         progress = self._progress
         if progress is None and self._pending_state is not None:
             return dict(self._pending_state)
-        state = {"mixture": self._fingerprint(), "epoch": self.epoch, "shard": None, "worker_rotation": 0,
-                 "cursor": None, "skipped": dict(self.skipped), "samples_yielded": 0, "buffer_index": 0,
-                 "buffer_offset": 0, "batch_position": 0}  # shard and cursor None: the epoch's start, for any process
+        state = self._epoch_start()
         if progress is not None:
             state.update(shard=list(progress.shard), worker_rotation=progress.worker_rotation,
                          samples_yielded=progress.samples_yielded, buffer_index=progress.buffer_index,
@@ -535,6 +530,12 @@ class MixtureDataset(IterableDataset):
                 state.update(cursor=start["cursor"], skipped=start["skipped"], batch_position=progress.batch_position)
         return state
 
+    def _epoch_start(self) -> dict[str, Any]:
+        """The state of the epoch's start, for any process (shard and cursor None)."""
+        return {"mixture": self._fingerprint(), "epoch": self.epoch, "shard": None, "worker_rotation": 0,
+                "cursor": None, "skipped": dict(self.skipped), "samples_yielded": 0, "buffer_index": 0,
+                "buffer_offset": 0, "batch_position": 0}
+
     def _fingerprint(self) -> dict[str, Any]:
         """What fixes the sequence: a state only fits a mixture with the same fingerprint."""
         return {
@@ -542,8 +543,8 @@ class MixtureDataset(IterableDataset):
             "components": [component.name for component in self.components],
             "probabilities": [float(p) for p in self._probabilities],
             "stopping_strategy": self.stopping_strategy,
-            "length_grouping": self.length_grouping and self.length_grouping.fingerprint(),
-            "token_budget": self.token_budget and self.token_budget.fingerprint(),
+            "length_grouping": _settings(self.length_grouping),
+            "token_budget": _settings(self.token_budget),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -692,27 +693,24 @@ class MixtureDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
         rank, world_size, worker_id, num_workers = self._process()
-        state, consumed = self._pending_state, self._pending_consumed
+        state, consumed = self._pending_state or self._epoch_start(), self._pending_consumed
         self._pending_state = self._pending_consumed = None
-        rotation = 0 if state is None else state["worker_rotation"]
+        rotation = state["worker_rotation"]
         if consumed is not None:
             # The DataLoader restarts its round-robin at worker 0: rotate roles so batches keep their order.
             rotation = consumed[0] // consumed[1] % num_workers
         role = (worker_id + rotation) % num_workers
         shard = (rank + world_size * role, world_size * num_workers)
-        if state is not None and state["shard"] is not None and tuple(state["shard"]) != shard:
+        if state["shard"] is not None and tuple(state["shard"]) != shard:
             raise ValueError(
                 f"The loaded state was saved by process {state['shard'][0]} of {state['shard'][1]} (ranks x "
                 f"DataLoader workers) but this is process {shard[0]} of {shard[1]}; resume with the same world size "
                 "and num_workers."
             )
-        cursor = _MixtureCursor(self, None if state is None else state["cursor"])
-        progress = _Progress(shard, rotation, cursor, 0 if state is None else state["samples_yielded"])
-        skip = 0
-        if state is not None:  # a refilled buffer replays the items it yielded (counted again below)
-            progress.buffer_index, progress.batch_position = state["buffer_index"], state["batch_position"]
-            skip = state["buffer_offset"]
-            progress.samples_yielded -= skip
+        skip = state["buffer_offset"]  # a refilled buffer replays the items it yielded (counted again below)
+        cursor = _MixtureCursor(self, state["cursor"])
+        progress = _Progress(shard, rotation, cursor, state["samples_yielded"] - skip, state["buffer_index"],
+                             batch_position=state["batch_position"])
         if consumed is not None:
             # How many of the consumed items worker `role` produced: whole batches from the workers in turn.
             full_batches, remainder = divmod(consumed[0], consumed[1])

@@ -1,15 +1,10 @@
-"""Keeps the ranks of a multi-rank run in step when one rank's batch has no audio.
+"""Keeps the ranks of a multi-rank run in step when one rank's batch has no audio (task `mt`).
 
-Under DeepSpeed ZeRO-3 every module's partitioned weights are all-gathered collectively when it runs, and in
-multi-rank training the gradient reduction expects gradients of the same parameters from every rank. A rank whose
-batch is text-only (task `mt`) would skip the audio encoder and the adapter while another rank runs them, and the
-ranks' collectives would no longer match. `AudioPathOnEveryRank` hooks into the model (inside DDP's and DeepSpeed's
-forward, so their bookkeeping sees it): on such a batch it runs the audio path on a short silent clip right before the
-LLM, after the text embedding, where an audio batch runs it, and adds `0 * sum(output)` to the embeddings the LLM
-reads, where an audio batch merges its audio. Both ranks then run (and, backwards, fetch) the same modules in the
-same order, as ZeRO-3 requires, and every trainable audio weight gets a (zero) gradient. The model itself stays free
-of distributed logic. `PartTrainer` attaches it; attach it yourself for multi-rank inference outside the trainer
-(`AudioPathOnEveryRank(processor).attach(model)`).
+ZeRO-3 gathers each module's weights collectively when it runs, and gradient reduction expects gradients of the same
+parameters from every rank. `AudioPathOnEveryRank` hooks into the model (inside DDP's and DeepSpeed's forward): on a
+text-only batch it runs the audio path on a short silent clip where an audio batch runs it and adds
+`0 * sum(output)` to the LLM's input embeddings, so every rank runs and fetches the same modules in the same order
+(docs/scaling.md). `PartTrainer` attaches it; outside the trainer, `AudioPathOnEveryRank(processor).attach(model)`.
 """
 
 from __future__ import annotations

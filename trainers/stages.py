@@ -22,25 +22,14 @@ LLM_GROUPS = ("llm", "llm_lora")
 
 @dataclass
 class Stage:
-    """One alignment stage.
-
-    Args:
-        name: a short identifier (used for folders and logs).
-        trainable: the parameter groups that train (see `trainers.freeze.parameter_groups`).
-        tasks: task -> sampling weight in this stage (`asr`, `s2tt`, `mt`); components of other tasks are unused.
-        languages: if set, only components whose source language is listed are used.
-        steps / fraction / epochs: the stage's length, exactly one: optimizer steps, a share of the run's
-            `max_steps`, or passes over the stage's (map-style) data.
-        learning_rate / lr_scale: the stage's peak learning rate, absolute (overriding `--learning_rate`; then
-            `lr_scale` stays 1) or, by default, `lr_scale` (default 1) x `--learning_rate`.
-        warmup_steps / warmup_ratio: the stage's own warm-up, in steps or as a share of its steps (rounded down), at
-            most one; by default the run's `--warmup_steps` (>= 1: steps per stage; in [0, 1): a share of each stage).
-        encoder_last_k: how many top encoder layers `encoder_last_k` means.
-        lora: LoRA settings (rank, alpha, dropout, targets) when the stage trains `llm_lora`.
-        unfreeze_at: progressive unfreezing inside the stage: step (within the stage) -> groups that start training
-            then. The optimizer (and a DDP reducer, with `find_unused_parameters`) holds them from the stage's start,
-            so nothing is rebuilt mid-stage. Not supported with DeepSpeed.
-    """
+    """One alignment stage (docs/training.md): a `name` (folders, logs), the `trainable` parameter groups
+    (`trainers.freeze.parameter_groups`), `tasks` (task -> sampling weight; components of other tasks are unused),
+    optionally `languages` (source languages of the components used), and exactly one length: `steps`, `fraction` of
+    the run's `max_steps`, or `epochs` over the stage's map-style data. The peak learning rate is an absolute
+    `learning_rate` or `lr_scale` x `--learning_rate`; the warm-up `warmup_steps` or `warmup_ratio` of the stage's
+    steps, else the run's `--warmup_steps`. `encoder_last_k` sets how many top encoder layers that group means,
+    `lora` the LoRA settings when `llm_lora` trains, and `unfreeze_at` (step in the stage -> groups) unfreezes groups
+    inside the stage, held by the optimizer from its start (not supported with DeepSpeed)."""
 
     name: str
     trainable: list[str]
@@ -231,17 +220,10 @@ PRESETS = tuple(_PRESETS)
 
 
 def preset(name: str, mt_weight: float = 0.25) -> Schedule:
-    """A named schedule. Stage lengths are fractions of the run's `max_steps`; peak learning rates are multiples of
-    the run's `--learning_rate` (default 1e-3, the paper's): 1 for the adapter stage, 0.3 when the top encoder
-    layers join, 0.2 for the whole encoder and the cross-language stage; warm-up is the run's `--warmup_steps`.
-
-    - `part`: 1 adapter on ASR; 2a + last 8 encoder layers on ASR; 2b + whole encoder on ASR; 3 encoder + adapter +
-      LLM LoRA on ASR + S2TT (+ text-only `mt` at `mt_weight`).
-    - `baseline_2stage`: LLM frozen; adapter, then adapter + encoder, both on the ASR + S2TT mixture.
-    - `no_task_staging`: `part` with ASR + S2TT mixed in every stage.
-    - `no_task_staging_no_lora`: ... and no LLM LoRA in stage 3 (so no text-only `mt` either: nothing it could train).
-    - `no_task_staging_no_lora_no_progressive`: ... and the whole encoder unfrozen at once after the adapter stage.
-    """
+    """A named schedule of `PRESETS` (described in docs/training.md): stage lengths are fractions of the run's
+    `max_steps`, peak learning rates multiples of its `--learning_rate` (1 for the adapter stage, 0.3 when the top
+    encoder layers join, 0.2 for the whole encoder and the cross-language stage), warm-up its `--warmup_steps`;
+    `mt_weight` weighs the text-only `mt` task in the cross-language stage."""
     if name not in _PRESETS:
         raise ValueError(f"Unknown schedule preset {name!r}; choose from {sorted(_PRESETS)} or pass a JSON/YAML file.")
     if _PRESETS[name] is not None:

@@ -1,27 +1,12 @@
 """Ends a multi-rank run before the interpreter exits, so a finished `torchrun` job does not abort at exit.
 
-`torch.distributed.destroy_process_group()` only unregisters a group: while a DistributedDataParallel wrapper (its
-reducer), a DeepSpeed engine or anything else still references it, the gloo backend and its threads (two
-`pt_gloo_runloop` workers, one `gloo_tcp_loop`) live on until the interpreter's final garbage collection. A gloo
-worker that releases a finished collective there drops the last reference to tensors Python created; freeing their
-Python objects needs the GIL, and Python ends any thread that asks for the GIL while it finalizes (`pthread_exit`).
-That forced unwind crosses the noexcept `~AsyncWork` destructor, so C++ calls `std::terminate`: "terminate called
-without an active exception", SIGABRT (exit -6) after the script's last line. `end_distributed` drops what holds
-the group first, waits for every rank, then destroys the group, which joins gloo's threads while Python is alive.
-
-Other holders are not objects a run owns: functions that take `group=torch.distributed.group.WORLD` as a default
-argument, evaluated at import — `torch.distributed.nn.functional`'s collectives and DeepSpeed's
-`TorchBackend.barrier`/`monitored_barrier`. transformers imports DeepSpeed lazily, after the group exists, even in a
-plain DDP run, so those defaults keep the group (and its three gloo threads) alive to the end. In torch's API a group
-of None means the default group, so `end_distributed` replaces the captured group there by None. Under FSDP2, DTensor's
-memo caches (`functools.cache`/`lru_cache` in `torch.distributed.tensor`: sharding propagation, redistribution plans,
-mesh topology) and its redistribution planners keep the device mesh of every operation they saw, and with it the
-group: `end_distributed` clears them, with DTensor's C++ fast-path cache (`_clear_sharding_prop_cache`) and the planner
-cache (`clear_redistribute_planner_cache`). tests/test_fsdp2.py fails when a torch release adds or renames one.
-Under ZeRO-3 the model's partitioned parameters hold the groups; DeepSpeed keeps the model alive from a memo cache of
-its parameter coordinator and from `FWD_MODULE_STACK`, where each engine pushes its model and never pops it: both are
-emptied, so the groups go with the model (end the run inside a function, as the example scripts do).
-tests/test_zero3.py fails when a DeepSpeed release adds another.
+`torch.distributed.destroy_process_group()` only unregisters a group: while a DDP wrapper, a DeepSpeed engine or a
+library-level object (default arguments bound to the world group, DTensor's and DeepSpeed's caches, DeepSpeed's
+stack of ZeRO-3 models) still references it, gloo's threads live into the interpreter's finalization, where a gloo
+worker freeing a Python tensor aborts the process ("terminate called without an active exception", exit -6).
+`end_distributed` releases those holders, waits for every rank, then destroys the group while Python is alive. The
+holders and how they were found: docs/scaling.md ("Ending a run") and docs/design.md ("Kept internals");
+tests/test_fsdp2.py and tests/test_zero3.py fail when a torch or DeepSpeed release adds one.
 """
 
 from __future__ import annotations
