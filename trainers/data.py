@@ -223,7 +223,8 @@ class TokenBudget:
                     batch, grown = [], costs[index]
                 batch.append(index)
                 longest = grown
-            batches += [batch] if batch else []
+            if batch:
+                batches.append(batch)
         return [batches[index] for index in rng.permutation(len(batches))]
 
 
@@ -438,7 +439,7 @@ class _Progress:
     samples_yielded: int
     buffer_index: int = 0
     buffer_offset: int = 0
-    batch_position: int = 0  # token budget: global batches formed before the current buffer
+    batch_position: int = 0  # batches formed before the current buffer (global ones with a token budget)
     buffer_start: dict[str, Any] = field(default_factory=dict)  # cursor snapshot and skip counts when the buffer began
 
 
@@ -643,7 +644,8 @@ class MixtureDataset(IterableDataset):
         where the current buffer began (cursor and skip counts) and `progress.buffer_offset` how many items it
         yielded, so a resumed iteration refills the buffer and skips them."""
         budget = self.token_budget
-        batching, world_size = budget or self.length_grouping, self._process()[1] if budget else 1
+        batching = budget or self.length_grouping
+        world_size = self._process()[1] if budget else 1
         read, dealt = ((0, 1), progress.shard) if budget else (progress.shard, (0, 1))
         samples = self._own_samples(progress.cursor, read)
         order_key = [] if budget else [progress.shard[0]]  # length grouping: each process its own batch order
