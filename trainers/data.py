@@ -112,9 +112,7 @@ class AudioLengthValidator:
 
     def __call__(self, sample: Mapping[str, Any]) -> None:
         self.validate(sample)
-        if sample.get("task") not in SPEECH_TASKS:
-            return
-        seconds = audio_seconds(sample)
+        seconds = audio_seconds(sample) if sample.get("task") in SPEECH_TASKS else None
         if seconds is not None and seconds > self.max_audio_seconds:
             message = f"audio of {seconds:.1f} s is longer than the {self.max_audio_seconds} s the model takes"
             if self.drop:

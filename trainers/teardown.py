@@ -35,16 +35,6 @@ def gloo_threads() -> int:
 MEMO_OWNERS = ("torch.distributed", "deepspeed")  # whose memo caches may key on groups, meshes or sharded parameters
 
 
-def _release_module_references(group) -> None:
-    """Replaces `group` by None (the default group) wherever a function holds it as a default argument, and clears
-    the memo caches of `MEMO_OWNERS` (see the module docstring)."""
-    for item in gc.get_objects():
-        if type(item) is FunctionType and item.__defaults__ and any(d is group for d in item.__defaults__):
-            item.__defaults__ = tuple(None if d is group else d for d in item.__defaults__)
-        elif hasattr(type(item), "cache_clear") and str(getattr(item, "__module__", "")).startswith(MEMO_OWNERS):
-            item.cache_clear()
-
-
 def end_distributed(trainer=None) -> None:
     """Tears down the default process group at the end of a multi-rank run; does nothing without one.
 
@@ -61,7 +51,12 @@ def end_distributed(trainer=None) -> None:
         trainer.model_wrapped = trainer.model
         trainer.deepspeed = None
         trainer.optimizer = trainer.lr_scheduler = None
-    _release_module_references(dist.group.WORLD)
+    group = dist.group.WORLD  # where a function holds it as a default argument: None, the default group in torch's API
+    for item in gc.get_objects():
+        if type(item) is FunctionType and item.__defaults__ and any(d is group for d in item.__defaults__):
+            item.__defaults__ = tuple(None if d is group else d for d in item.__defaults__)
+        elif hasattr(type(item), "cache_clear") and str(getattr(item, "__module__", "")).startswith(MEMO_OWNERS):
+            item.cache_clear()
     if "torch.distributed.tensor" in sys.modules:  # DTensor's caches hold device meshes (see the module docstring)
         from torch.distributed.tensor._redistribute import clear_redistribute_planner_cache
         from torch.distributed.tensor.debug import _clear_sharding_prop_cache
