@@ -307,12 +307,9 @@ class MixtureComponent:
 def mixture_probabilities(
     components: Sequence[MixtureComponent], temperature: float = 1.0, size_proportional: bool = True
 ) -> np.ndarray:
-    """Probability of drawing each component at each step, by temperature sampling.
-
-    With sizes (all known and `size_proportional`): p_i ∝ (w_i · n_i)^(1/T); T = 1 is size-proportional, T > 1
-    flattens towards uniform. Without sizes (none known, or `size_proportional=False`): p_i ∝ w_i^(1/T). A mixture
-    where only some sizes are known is rejected.
-    """
+    """Probability of drawing each component at each step, by temperature sampling: with sizes (all known and
+    `size_proportional`) p_i ∝ (w_i · n_i)^(1/T) (T = 1 is size-proportional, T > 1 flattens towards uniform),
+    without (none known, or `size_proportional=False`) p_i ∝ w_i^(1/T). Only some sizes known is an error."""
     if not components:
         raise ValueError("A mixture needs at least one MixtureComponent.")
     if not (temperature > 0 and math.isfinite(temperature)):

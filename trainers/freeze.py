@@ -45,10 +45,8 @@ def parameter_groups(model: nn.Module, encoder_last_k: int = 8) -> dict[str, dic
 
 
 def set_trainable(model: nn.Module, groups: Iterable[str], encoder_last_k: int = 8) -> dict[str, int]:
-    """Makes exactly the named parameter groups of `model` trainable and freezes everything else.
-
-    Returns parameter counts: `{"trainable": ..., "total": ..., <group>: ...}`.
-    """
+    """Makes exactly the named parameter groups of `model` trainable and freezes everything else; returns parameter
+    counts: `{"trainable": ..., "total": ..., <group>: ...}`."""
     groups = list(groups)
     unknown = sorted(set(groups) - set(PARAMETER_GROUPS))
     if unknown:

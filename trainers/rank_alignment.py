@@ -36,12 +36,7 @@ def audio_path_needed(model: nn.Module) -> bool:
 
 class AudioPathOnEveryRank:
     """Forward hooks on a `PartForSpeechToText` that run its audio path on a silent clip for text-only batches when
-    `audio_path_needed` (otherwise they do nothing).
-
-    Args:
-        processor: the model's `PartProcessor`; its feature extractor makes the silent clip's features, so they have
-            the shape the encoder expects.
-    """
+    `audio_path_needed` (otherwise they do nothing); `processor`'s feature extractor makes the clip's features."""
 
     def __init__(self, processor):
         extractor = processor.feature_extractor

@@ -36,14 +36,10 @@ MEMO_OWNERS = ("torch.distributed", "deepspeed")  # whose memo caches may key on
 
 
 def end_distributed(trainer=None) -> None:
-    """Tears down the default process group at the end of a multi-rank run; does nothing without one.
-
-    Call it last, after training and saving, on every rank. With a `transformers.Trainer` (e.g. `PartTrainer`), pass
-    it: its prepared objects (the DistributedDataParallel wrapper or DeepSpeed engine, optimizer, scheduler,
-    dataloaders) are released first, so the group is destroyed here and not while the interpreter exits. Without a
-    trainer, drop your own wrappers (`del ddp_model`) before calling it. The trainer can still save and predict
-    with its unwrapped model afterwards, on one process.
-    """
+    """Tears down the default process group at the end of a multi-rank run (nothing without one). Call it last, on
+    every rank, passing a `transformers.Trainer` (e.g. `PartTrainer`) if there is one: its DDP wrapper or DeepSpeed
+    engine, optimizer, scheduler and dataloaders are released first (it can still save and predict with its
+    unwrapped model afterwards, on one process). Without a trainer, drop your own wrappers (`del ddp_model`) first."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     if trainer is not None:
