@@ -184,7 +184,7 @@ class GradientSimilarityCallback(PartStageCallback):
                 inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
                 _zero_gradients(parameters, engine)
                 with torch.enable_grad():
-                    loss = (module if engine is None else engine)(**inputs).loss
+                    loss = model(**inputs).loss  # the engine, or the module itself
                 # A loss without grad_fn reaches no trainable parameter: its gradient stays zero.
                 if loss.requires_grad and engine is not None:
                     engine.backward(loss, scale_wrt_gas=False)

@@ -19,12 +19,6 @@ from .metrics import HypothesisCap, compute_speech_metrics
 META_COLUMNS = ("task", "source_language", "target_language", "text")
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def generate_predictions(
     model,
@@ -51,7 +45,8 @@ def generate_predictions(
             else join_texts(merge_chunk_texts([next(texts) for _ in chunks], chunks, rate))
             for chunks in plans
         ]
-    rank, world = _rank_and_world()
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     collator = PartDataCollator(processor, with_targets=False)
     lengths = [float(sample.get("duration") or len(sample.get("source_text") or "")) for sample in samples]
     order = sorted(range(len(samples)), key=lengths.__getitem__)
@@ -68,8 +63,7 @@ def generate_predictions(
         inputs = collator([samples[i] for i in batch_indices]).to(device)
         tokens = model.generate(**inputs, **generate_kwargs)
         if index < len(batches):
-            for i, text in zip(batch_indices, processor.batch_decode(tokens)):
-                outputs[i] = text
+            outputs.update(zip(batch_indices, processor.batch_decode(tokens)))
     model.train(was_training)
     if world > 1:
         gathered: list[dict[int, str]] = [None] * world  # type: ignore[list-item]

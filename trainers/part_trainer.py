@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -281,10 +282,8 @@ class PartTrainer(Trainer):
     def _ensure_lora(self) -> None:
         """Attaches the schedule's LoRA before the first stage, so every stage (and checkpoint) has the same
         parameters; it stays frozen and disabled until a stage trains `llm_lora`."""
-        lora = self.schedule.lora
-        if lora is None or self.model.has_lora:
-            return
-        self.model.add_lora(lora)
+        if self.schedule.lora is not None and not self.model.has_lora:
+            self.model.add_lora(self.schedule.lora)
 
     def stage_dir(self, index: int) -> str:
         return os.path.join(self._base_output_dir, f"stage-{index}-{self.schedule.stages[index].name}")
@@ -338,7 +337,10 @@ class PartTrainer(Trainer):
             raise ValueError("PartTrainer.train needs train_components: a list of MixtureComponent (one per corpus).")
         self._ensure_lora()
         start_stage, checkpoint = self._resume_point(resume_from_checkpoint)
-        self.stage_summaries = self._read_stage_summaries(start_stage)
+        self.stage_summaries = [  # of the finished stages
+            json.loads(Path(self.stage_dir(index), STAGE_COMPLETE).read_text(encoding="utf-8"))
+            for index in range(start_stage)
+        ]
         if start_stage > 0 and checkpoint is None:  # resuming into the stage after a finished one
             self._load_weights(os.path.join(self.stage_dir(start_stage - 1), STAGE_MODEL_DIR))
             logger.info(f"Loaded the weights of finished stage {start_stage - 1}.")
@@ -555,13 +557,6 @@ class PartTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             write_json(os.path.join(stage_dir, STAGE_COMPLETE), summary)
-
-    def _read_stage_summaries(self, start_stage: int) -> list[dict[str, Any]]:
-        summaries = []
-        for index in range(start_stage):
-            with open(os.path.join(self.stage_dir(index), STAGE_COMPLETE), encoding="utf-8") as f:
-                summaries.append(json.load(f))
-        return summaries
 
     def _write_summary(self) -> None:
         summary = {
