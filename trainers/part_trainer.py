@@ -170,13 +170,8 @@ class PartTrainer(Trainer):
         self.stage_summaries: list[dict[str, Any]] = []
         self._pending_unfreeze: dict[int, list[str]] = {}
         self._waiting_parameters: list[torch.nn.Parameter] = []
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator or PartDataCollator(processor),
-            processing_class=processor,
-            **kwargs,
-        )
+        collator = data_collator or PartDataCollator(processor)
+        super().__init__(model=model, args=args, data_collator=collator, processing_class=processor, **kwargs)
         # A rank with a text-only batch still runs the audio path, so multi-rank collectives stay aligned.
         self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
         self._run_args = self.args  # each stage trains with a copy (see `_arguments`); this one is never edited
