@@ -78,20 +78,16 @@ def evaluate_speech_to_text(
     samples: Sequence[Mapping[str, Any]],
     batch_size: int = 8,
     metric_key_prefix: str = "test",
-    progress: bool = True,
     hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
-    chunk_length_s: float | None = None,
-    stride_length_s: float | Sequence[float] | None = None,
-    **generate_kwargs,
+    **kwargs,
 ) -> tuple[dict[str, float], list[str]]:
-    """`(metrics, predictions)`: `generate_predictions` scored against each sample's `text` by `compute_speech_metrics`
-    (with its `hypothesis_cap`), the keys prefixed by `metric_key_prefix` (`test_wer_de`, `test_bleu_de-en`, ...)."""
+    """`(metrics, predictions)`: `generate_predictions(model, processor, samples, batch_size, **kwargs)` (`progress`,
+    `chunk_length_s`, `stride_length_s`, generation keywords) scored on each sample's `text` by `compute_speech_metrics`
+    (with `hypothesis_cap`), the keys prefixed by `metric_key_prefix` (`test_wer_de`, `test_bleu_de-en`, ...)."""
     missing = [c for c in META_COLUMNS if c not in samples[0]]
     if missing:
         raise ValueError(f"Evaluation samples lack the columns {missing}; each needs {META_COLUMNS}.")
-    predictions = generate_predictions(
-        model, processor, samples, batch_size, progress, chunk_length_s, stride_length_s, **generate_kwargs
-    )
+    predictions = generate_predictions(model, processor, samples, batch_size, **kwargs)
     tasks, sources, targets, texts = ([sample[column] for sample in samples] for column in META_COLUMNS)
     metrics = compute_speech_metrics(predictions, texts, tasks, sources, targets, hypothesis_cap=hypothesis_cap)
     return {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}, predictions
