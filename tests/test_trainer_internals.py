@@ -93,11 +93,11 @@ class _Decorated(torch.nn.Module):
 
 
 def test_mixed_precision_keeps_the_original_forward_and_the_public_unwrap_strips_decorators():
-    """Before re-wrapping the model for the next stage under DDP, `PartTrainer._release_model_wrapper` puts back the
+    """Before re-wrapping the model for the next stage under DDP, `PartTrainer._reset_optimization_state` puts back the
     forward accelerate saved as `model._original_forward` when it wrapped it for autocast. The public
     `Accelerator.unwrap_model(model, keep_fp32_wrapper=False)` would do the same but, in accelerate 1.15, unwraps
     past the saved forward and strips the model's own forward decorators. When the second assertion fails, accelerate
-    fixed that, and `_release_model_wrapper` can call it instead."""
+    fixed that, and `_reset_optimization_state` can call it instead."""
     model = _Decorated()
     original = model.forward
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,27 +42,25 @@ class PartStageCallback(TrainerCallback):
     DeepSpeed, `model_wrapped` (the engine); `on_schedule_end` gets `output_dir`, the run's folder.
     """
 
-    def on_stage_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    def on_stage_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Called before a stage trains, after its parameter groups have been made trainable."""
 
-    def on_stage_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    def on_stage_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Called after a stage has trained, with its parameter groups still trainable."""
 
-    def on_schedule_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    def on_schedule_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Called once after the last stage, before the final model is saved."""
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write `data` as JSON atomically (a crash leaves no half-written file)."""
+def write_json(path: str | Path, data: Any) -> None:
+    """Writes `data` as JSON atomically (a crash leaves no half-written file); its folder is created."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
     temporary.replace(path)
 
 
@@ -185,7 +184,7 @@ class GradientSimilarityCallback(PartStageCallback):
                 inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
                 _zero_gradients(parameters, engine)
                 with torch.enable_grad():
-                    loss = (module if engine is None else engine)(**inputs).loss
+                    loss = model(**inputs).loss  # the engine, or the module itself
                 # A loss without grad_fn reaches no trainable parameter: its gradient stays zero.
                 if loss.requires_grad and engine is not None:
                     engine.backward(loss, scale_wrt_gas=False)
@@ -215,7 +214,7 @@ class GradientSimilarityCallback(PartStageCallback):
         if not state.is_world_process_zero:
             return
         folder = Path(stage_dir)
-        _write_json(folder / f"{self.output_name}.json", result.to_dict())
+        write_json(folder / f"{self.output_name}.json", result.to_dict())
         if self.plot:
             plot_gradient_similarity(result, folder / f"{self.output_name}.png")
         logger.info(f"Stage {stage.name!r}: gradient similarity of {len(result.labels)} probes written to {folder}.")
@@ -353,7 +352,7 @@ class StageEvaluationCallback(PartStageCallback):
             self.samples, metric_key_prefix=self.metric_key_prefix, **self.generate_kwargs
         )
         if state.is_world_process_zero:
-            _write_json(path, {"stage": stage.name, "metrics": metrics})
+            write_json(path, {"stage": stage.name, "metrics": metrics})
 
 
 def read_stage_metrics(output_dir: str | Path) -> dict[str, dict[str, float]]:

@@ -19,12 +19,6 @@ from .metrics import HypothesisCap, compute_speech_metrics
 META_COLUMNS = ("task", "source_language", "target_language", "text")
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def generate_predictions(
     model,
@@ -51,7 +45,8 @@ def generate_predictions(
             else join_texts(merge_chunk_texts([next(texts) for _ in chunks], chunks, rate))
             for chunks in plans
         ]
-    rank, world = _rank_and_world()
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     collator = PartDataCollator(processor, with_targets=False)
     lengths = [float(sample.get("duration") or len(sample.get("source_text") or "")) for sample in samples]
     order = sorted(range(len(samples)), key=lengths.__getitem__)
@@ -68,8 +63,7 @@ def generate_predictions(
         inputs = collator([samples[i] for i in batch_indices]).to(device)
         tokens = model.generate(**inputs, **generate_kwargs)
         if index < len(batches):
-            for i, text in zip(batch_indices, processor.batch_decode(tokens)):
-                outputs[i] = text
+            outputs.update(zip(batch_indices, processor.batch_decode(tokens)))
     model.train(was_training)
     if world > 1:
         gathered: list[dict[int, str]] = [None] * world  # type: ignore[list-item]
@@ -84,20 +78,16 @@ def evaluate_speech_to_text(
     samples: Sequence[Mapping[str, Any]],
     batch_size: int = 8,
     metric_key_prefix: str = "test",
-    progress: bool = True,
     hypothesis_cap: HypothesisCap | Mapping[str, Any] | bool | None = None,
-    chunk_length_s: float | None = None,
-    stride_length_s: float | Sequence[float] | None = None,
-    **generate_kwargs,
+    **kwargs,
 ) -> tuple[dict[str, float], list[str]]:
-    """`(metrics, predictions)`: `generate_predictions` scored against each sample's `text` by `compute_speech_metrics`
-    (with its `hypothesis_cap`), the keys prefixed by `metric_key_prefix` (`test_wer_de`, `test_bleu_de-en`, ...)."""
+    """`(metrics, predictions)`: `generate_predictions(model, processor, samples, batch_size, **kwargs)` (`progress`,
+    `chunk_length_s`, `stride_length_s`, generation keywords) scored on each sample's `text` by `compute_speech_metrics`
+    (with `hypothesis_cap`), the keys prefixed by `metric_key_prefix` (`test_wer_de`, `test_bleu_de-en`, ...)."""
     missing = [c for c in META_COLUMNS if c not in samples[0]]
     if missing:
         raise ValueError(f"Evaluation samples lack the columns {missing}; each needs {META_COLUMNS}.")
-    predictions = generate_predictions(
-        model, processor, samples, batch_size, progress, chunk_length_s, stride_length_s, **generate_kwargs
-    )
+    predictions = generate_predictions(model, processor, samples, batch_size, **kwargs)
     tasks, sources, targets, texts = ([sample[column] for sample in samples] for column in META_COLUMNS)
     metrics = compute_speech_metrics(predictions, texts, tasks, sources, targets, hypothesis_cap=hypothesis_cap)
     return {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}, predictions

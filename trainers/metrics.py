@@ -213,12 +213,8 @@ def bleu_by_direction(
 ) -> dict[str, float]:
     """sacreBLEU corpus BLEU per "src-tgt" direction on the raw text, tokenized by `bleu_tokenizer(target,
     tokenizers)`."""
-    _check_lengths(
-        predictions=predictions,
-        references=references,
-        source_languages=source_languages,
-        target_languages=target_languages,
-    )
+    _check_lengths(predictions=predictions, references=references, source_languages=source_languages,
+                   target_languages=target_languages)
     directions: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for prediction, reference, source, target in zip(predictions, references, source_languages, target_languages):
         directions[source, target][0].append(prediction.strip())
@@ -251,13 +247,8 @@ def compute_speech_metrics(
     `asr_avg_error_capped`, `asr_capped_hypotheses` and the cap's `asr_hypothesis_cap_ratio` / `_margin`.
     """
     cap = HypothesisCap.coerce(hypothesis_cap)
-    _check_lengths(
-        predictions=predictions,
-        references=references,
-        tasks=tasks,
-        source_languages=source_languages,
-        target_languages=target_languages,
-    )
+    _check_lengths(predictions=predictions, references=references, tasks=tasks, source_languages=source_languages,
+                   target_languages=target_languages)
     by_task: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
     for index, row in enumerate(zip(predictions, references, source_languages, target_languages)):
         if (task := tasks[index]) not in TASKS:

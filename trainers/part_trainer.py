@@ -1,25 +1,24 @@
 """PartTrainer: a `transformers.Trainer` that runs a PART stage schedule in one `train()` call.
 
-Each stage is one run of the Trainer's own loop (so logging, checkpointing, resume, launchers and `report_to`
-behave as usual) in its own folder `output_dir/stage-<i>-<name>/`. Before a stage the trainer applies its freeze
-plan, switches the data mixture and drops the optimizer, scheduler and model wrapper (DistributedDataParallel or the
-DeepSpeed engine) so they are rebuilt for the new trainable set (FSDP2 shards the model once: see `_check_fsdp`);
-after it, a stage checkpoint is written. A stage trains with a copy of the run's arguments (its folder, length,
-learning rate); `load_best_model_at_end` applies per stage. The Trainer internals this relies on are listed in
-docs/design.md.
-`resume_from_checkpoint=True` finds the last complete checkpoint of the whole schedule. Checkpoints are written to a
-staging folder and renamed into place.
+Each stage is one run of the Trainer's own loop in its own folder `output_dir/stage-<i>-<name>/`, with a copy of the
+run's arguments (folder, length, learning rate), its freeze plan and data mixture, and a new optimizer, scheduler and
+model wrapper for its trainable set; `load_best_model_at_end` applies per stage. Checkpoints are written to a staging
+folder and renamed into place; `resume_from_checkpoint=True` finds the last complete one of the whole schedule. The
+Trainer internals this relies on are listed in docs/design.md.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
 import os
 import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from .callbacks import PartStageCallback
+from .callbacks import PartStageCallback, write_json
 from .collator import PartDataCollator
 from .data import (
     AudioLengthValidator, LengthGrouping, MixtureComponent, MixtureDataset, TokenBudget, processor_positions,
@@ -70,10 +69,8 @@ class PartTrainingArguments(TrainingArguments):
     )
     max_tokens_per_batch: int = field(
         default=0,
-        metadata={
-            "help": "Token-budget batches: LLM positions per device batch, padded (batch size x longest prompt + audio "
-            "+ target). 0: fixed batches of per_device_train_batch_size. See docs/batching.md."
-        },
+        metadata={"help": "Token-budget batches: LLM positions per device batch, padded (batch size x longest prompt "
+                  "+ audio + target). 0: fixed batches of per_device_train_batch_size. See docs/batching.md."},
     )
     max_audio_seconds_per_batch: float = field(
         default=0.0, metadata={"help": "Token-budget batches: audio seconds per device batch, padded (0: no limit)."}
@@ -94,25 +91,20 @@ class PartTrainingArguments(TrainingArguments):
     )
     drop_long_audio: bool = field(
         default=False,
-        metadata={
-            "help": "Drop speech samples longer than the processor's max_audio_seconds (counted per component in "
-            "the stage summary's skipped_samples as '<component> (audio over N s)') instead of stopping at the first "
-            "with an error. Nothing is ever truncated."
-        },
+        metadata={"help": "Drop speech samples longer than the processor's max_audio_seconds (counted per component "
+                  "in the stage summary's skipped_samples as '<component> (audio over N s)') instead of stopping at "
+                  "the first with an error. Nothing is ever truncated."},
     )
     learning_rate: float = field(
         default=1e-3,
-        metadata={
-            "help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' later "
-            "stages use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the paper's."
-        },
+        metadata={"help": "Peak learning rate of a stage with lr_scale 1 (the presets' first stage); the presets' "
+                  "later stages use 0.3x and 0.2x of it. A stage's own learning_rate overrides it. Default 1e-3, the "
+                  "paper's."},
     )
     warmup_steps: float = field(
         default=0.05,
-        metadata={
-            "help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in each "
-            "stage, a number in [0, 1) that share of each stage's steps (rounded down)."
-        },
+        metadata={"help": "Warm-up of every stage that sets none of its own: an integer >= 1 is that many steps in "
+                  "each stage, a number in [0, 1) that share of each stage's steps (rounded down)."},
     )
     lora_r: int | None = field(default=None, metadata={"help": "Override the schedule's LoRA rank."})
     lora_alpha: float | None = field(default=None, metadata={"help": "Override the schedule's LoRA alpha."})
@@ -122,10 +114,8 @@ class PartTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # The mixture is an iterable dataset with variable-length batches: every rank reads its own shard
         # (accelerate's batch dispatching from rank 0 cannot concatenate batches of different lengths).
-        if self.accelerator_config is None:
-            self.accelerator_config = {"dispatch_batches": False}
-        elif isinstance(self.accelerator_config, dict):
-            self.accelerator_config.setdefault("dispatch_batches", False)
+        if self.accelerator_config is None or isinstance(self.accelerator_config, dict):
+            self.accelerator_config = {"dispatch_batches": False, **(self.accelerator_config or {})}
         super().__post_init__()
         if self.uses_token_budget and self.length_grouping_batches > 0:
             raise ValueError(
@@ -140,6 +130,7 @@ class PartTrainingArguments(TrainingArguments):
         return self.max_tokens_per_batch > 0 or self.max_audio_seconds_per_batch > 0
 
     def lora_overrides(self) -> dict[str, Any]:
+        """The LoRA settings given on the command line (`lora_r`, `lora_alpha`, `lora_dropout`)."""
         overrides = {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
         return {k: v for k, v in overrides.items() if v is not None}
 
@@ -177,36 +168,23 @@ class PartTrainer(Trainer):
         self.processor = processor
         self.stage_index: int | None = None
         self.stage_summaries: list[dict[str, Any]] = []
-        self._saving_final = False
         self._pending_unfreeze: dict[int, list[str]] = {}
         self._waiting_parameters: list[torch.nn.Parameter] = []
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator or PartDataCollator(processor),
-            processing_class=processor,
-            **kwargs,
-        )
+        collator = data_collator or PartDataCollator(processor)
+        super().__init__(model=model, args=args, data_collator=collator, processing_class=processor, **kwargs)
         # A rank with a text-only batch still runs the audio path, so multi-rank collectives stay aligned.
         self._rank_alignment_hooks = AudioPathOnEveryRank(processor).attach(self.model)
         self._run_args = self.args  # each stage trains with a copy (see `_arguments`); this one is never edited
         self._base_output_dir = self.args.output_dir
         self._check_fsdp()
-        self._check_schedule_against_data()
-
-    # ------------------------------------------------------------------------------------------------- setup
-    def _check_schedule_against_data(self) -> None:
         if self.train_components:  # without data: evaluation only; train() refuses to run
             self.schedule.check_covers(self.train_components)
 
+    # ------------------------------------------------------------------------------------------------- setup
     def _check_fsdp(self) -> None:
-        """FSDP runs as FSDP2 (`fully_shard`), which needs nothing per stage: it shards each parameter in place (a
-        DTensor per parameter, `requires_grad` kept per parameter and followed at every all-gather), so a stage's
-        freeze plan applies to the sharded parameters as they are, the model is sharded once (accelerate prepares
-        an FSDP module as it is) and each stage's new optimizer is built over the sharded parameters. Refused: FSDP1
-        (flat parameters built for the trainable set at wrapping), a sharded state dict type (the Trainer's
-        `save_model` then writes no weights: no stage models, no final model), and `--fsdp` that accelerate did not
-        turn on (it enables FSDP on accelerators only; several CPU processes would silently run DDP)."""
+        """FSDP runs as FSDP2, sharded once: it keeps `requires_grad` per parameter, so each stage's freeze plan and
+        new optimizer apply to the sharded parameters. Refused: FSDP1 (flat parameters built for one trainable set),
+        a sharded state dict type (no stage or final model weights) and `--fsdp` that accelerate left off."""
         if self.args.fsdp and not self.is_fsdp_enabled:
             raise ValueError(
                 "--fsdp is set but accelerate did not turn FSDP on: it enables FSDP on GPUs/accelerators only "
@@ -228,12 +206,9 @@ class PartTrainer(Trainer):
             )
 
     def _refresh_fsdp2_mixed_precision(self) -> None:
-        """FSDP2 works out each unit's mixed-precision dtypes (the dtype gradients are reduced in and cast back to)
-        from the parameters that require grad at the unit's first forward, and never again (pytorch/pytorch#186998,
-        as in torch 2.13): a unit frozen then, as the encoder layers in the adapter stage, got bf16 gradients
-        for its fp32 parameters once a later stage trained it, a RuntimeError at that stage's first backward. So at
-        each stage start, with the groups it unfreezes later held trainable, every unit works them out again (torch's
-        own `_init_mp_dtypes`)."""
+        """FSDP2 works out each unit's mixed-precision dtypes from the parameters that require grad at its first
+        forward only (pytorch/pytorch#186998): a unit frozen then got bf16 gradients for fp32 parameters once a later
+        stage trained it. So each stage start (later groups held trainable) reruns torch's `_init_mp_dtypes`."""
         if not self.is_fsdp_enabled or self.accelerator.state.fsdp_plugin.mixed_precision_policy is None:
             return
         from torch.distributed.fsdp import FSDPModule
@@ -244,24 +219,13 @@ class PartTrainer(Trainer):
                     group._init_mp_dtypes()
 
     def _stage_components(self, stage: Stage) -> list[MixtureComponent]:
-        components = []
-        for component in self.train_components:
-            if component.task not in stage.tasks:
-                continue
-            if stage.languages is not None and component.source_language not in stage.languages:
-                continue
-            components.append(
-                MixtureComponent(
-                    name=component.name,
-                    dataset=component.dataset,
-                    task=component.task,
-                    source_language=component.source_language,
-                    target_language=component.target_language,
-                    weight=component.weight * stage.tasks[component.task],
-                    num_samples=component.num_samples,
-                )
-            )
-        return components
+        """The components of the stage's tasks (and languages), weighted by their task's weight in the stage."""
+        return [
+            dataclasses.replace(component, weight=component.weight * stage.tasks[component.task])
+            for component in self.train_components
+            if component.task in stage.tasks
+            and (stage.languages is None or component.source_language in stage.languages)
+        ]
 
     def _stage_dataset(self, stage_index: int, stage: Stage) -> MixtureDataset:
         grouping = budget = None
@@ -301,7 +265,7 @@ class PartTrainer(Trainer):
         loader = DataLoader(
             self.train_dataset,
             batch_size=1,
-            collate_fn=_UnwrapBatch(self.data_collator),
+            collate_fn=functools.partial(_collate_one_batch, self.data_collator),
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
             persistent_workers=args.dataloader_persistent_workers,
@@ -313,10 +277,8 @@ class PartTrainer(Trainer):
     def _ensure_lora(self) -> None:
         """Attaches the schedule's LoRA before the first stage, so every stage (and checkpoint) has the same
         parameters; it stays frozen and disabled until a stage trains `llm_lora`."""
-        lora = self.schedule.lora
-        if lora is None or self.model.has_lora:
-            return
-        self.model.add_lora(lora)
+        if self.schedule.lora is not None and not self.model.has_lora:
+            self.model.add_lora(self.schedule.lora)
 
     def stage_dir(self, index: int) -> str:
         return os.path.join(self._base_output_dir, f"stage-{index}-{self.schedule.stages[index].name}")
@@ -342,11 +304,6 @@ class PartTrainer(Trainer):
                 return index, checkpoint
         logger.warning(f"No complete checkpoint under {self._base_output_dir}; training from the start.")
         return 0, None
-
-    def _load_stage_model(self, index: int) -> None:
-        """Loads the weights a finished stage left (when resuming into the stage after it)."""
-        self._load_weights(os.path.join(self.stage_dir(index), STAGE_MODEL_DIR))
-        logger.info(f"Loaded the weights of finished stage {index}.")
 
     def _load_weights(self, path: str) -> None:
         """Loads the model weights this trainer saved in `path` (a stage model or a checkpoint: LoRA unmerged)."""
@@ -375,9 +332,13 @@ class PartTrainer(Trainer):
             raise ValueError("PartTrainer.train needs train_components: a list of MixtureComponent (one per corpus).")
         self._ensure_lora()
         start_stage, checkpoint = self._resume_point(resume_from_checkpoint)
-        self.stage_summaries = self._read_stage_summaries(start_stage)
-        if start_stage > 0 and checkpoint is None:
-            self._load_stage_model(start_stage - 1)
+        self.stage_summaries = [  # of the finished stages
+            json.loads(Path(self.stage_dir(index), STAGE_COMPLETE).read_text(encoding="utf-8"))
+            for index in range(start_stage)
+        ]
+        if start_stage > 0 and checkpoint is None:  # resuming into the stage after a finished one
+            self._load_weights(os.path.join(self.stage_dir(start_stage - 1), STAGE_MODEL_DIR))
+            logger.info(f"Loaded the weights of finished stage {start_stage - 1}.")
         os.makedirs(self._base_output_dir, exist_ok=True)
         self.schedule.save(os.path.join(self._base_output_dir, "schedule.json"))
         output = None
@@ -386,21 +347,14 @@ class PartTrainer(Trainer):
                 output = self._run_stage(index, checkpoint if index == start_stage else None)
         finally:
             self.args = self._run_args
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, PartStageCallback):
-                callback.on_schedule_end(
-                    self.args, self.state, self.control, model=self.model, output_dir=self._base_output_dir
-                )
-        self.stage_index = None
-        self._saving_final = True
+        self._call_stage_callbacks("on_schedule_end", output_dir=self._base_output_dir)
+        self.stage_index = None  # outside a stage, `_save` writes the final model (LoRA merged)
         self.args = self._arguments(push_to_hub=False)  # pushing is an explicit push_to_hub()
         try:
-            self.save_model(self._base_output_dir)
+            self.save_model(self._base_output_dir)  # the processor too (`_save`)
         finally:
-            self._saving_final = False
             self.args = self._run_args
         if self.args.should_save:
-            self.processor.save_pretrained(self._base_output_dir)
             self._write_summary()
         return output
 
@@ -414,17 +368,20 @@ class PartTrainer(Trainer):
                 f"Stage {stage.name!r} is given in epochs, but token-budget batches hold a varying number of samples: "
                 "give the stage steps or a fraction of --max_steps."
             )
-        steps = stage.num_steps(self._run_args.max_steps, self._stage_size(stage), self._total_batch_size())
+        args, sizes = self._run_args, [component.size for component in self._stage_components(stage)]
+        total_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        steps = stage.num_steps(args.max_steps, None if None in sizes else sum(sizes), total_batch_size)
 
-        if self.model.has_lora:  # first: switching LoRA may touch requires_grad (peft's switch does)
-            self.model.set_lora_enabled(self._lora_active_from(index))
+        # LoRA is on from the first stage that trains it (frozen afterwards); switched first, as peft's switch may
+        # touch requires_grad
+        if self.model.has_lora:
+            self.model.set_lora_enabled(any("llm_lora" in s.trainable for s in self.schedule.stages[: index + 1]))
         counts = set_trainable(self.model, stage.trainable, encoder_last_k=stage.encoder_last_k)  # the freeze plan
         self._pending_unfreeze = dict(stage.unfreeze_at)
-        learning_rate, learning_rate_origin = stage.peak_learning_rate(self._run_args.learning_rate)
-        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, self._run_args.warmup_steps)
-        self._banner(index, stage, steps, counts, [
-            f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})"
-        ])
+        learning_rate, learning_rate_origin = stage.peak_learning_rate(args.learning_rate)
+        warmup_steps, warmup_origin = stage.num_warmup_steps(steps, args.warmup_steps)
+        self._banner(index, stage, steps, counts,
+                     f"lr: {learning_rate:g} ({learning_rate_origin})  warm-up: {warmup_steps} steps ({warmup_origin})")
 
         self.train_dataset = self._stage_dataset(index, stage)
         # Stage checkpoints are not pushed to the Hub (see `push_to_hub`); on resume the Trainer skips no batches:
@@ -440,7 +397,8 @@ class PartTrainer(Trainer):
                 per_device_batch_size=1 if self.args.uses_token_budget else self.args.per_device_train_batch_size,
                 world_size=self.args.world_size,
             )
-        self._call_stage_event("on_stage_begin", stage, index, stage_dir)
+        stage_keywords = {"stage": stage, "stage_index": index, "stage_dir": stage_dir, "trainer": self}
+        self._call_stage_callbacks("on_stage_begin", model_wrapped=self.model_wrapped, **stage_keywords)
         try:
             if checkpoint is not None and _checkpoint_step(checkpoint) >= steps:
                 output = self._restore_finished_stage(checkpoint)
@@ -451,13 +409,12 @@ class PartTrainer(Trainer):
         finally:
             self._release_later_groups()
         self._finish_stage(index, stage, stage_dir, steps, counts, time.time() - started)
-        self._call_stage_event("on_stage_end", stage, index, stage_dir)
+        self._call_stage_callbacks("on_stage_end", model_wrapped=self.model_wrapped, **stage_keywords)
         return output
 
     def _arguments(self, **changes: Any) -> PartTrainingArguments:
-        """A copy of the run's arguments with `changes`, for one stage or the final save. A shallow copy:
-        `dataclasses.replace` builds new `TrainingArguments`, whose device set-up resets accelerate's state under
-        the live accelerator (tests/test_trainer_internals.py)."""
+        """A shallow copy of the run's arguments with `changes`: new `TrainingArguments` (`dataclasses.replace`)
+        would reset accelerate's state under the live accelerator (tests/test_trainer_internals.py)."""
         arguments = copy.copy(self._run_args)
         for name, value in changes.items():
             setattr(arguments, name, value)
@@ -474,36 +431,23 @@ class PartTrainer(Trainer):
         logger.warning(f"The stage's last step is checkpointed; finishing the stage from {checkpoint}.")
         return None
 
-    def _lora_active_from(self, index: int) -> bool:
-        """LoRA is enabled from the first stage that trains it on (and frozen but active afterwards)."""
-        return any("llm_lora" in s.trainable for s in self.schedule.stages[: index + 1])
-
     def _reset_optimization_state(self) -> None:
         """A new trainable set needs a new optimizer, scheduler and model wrapper: DistributedDataParallel's reducer
         all-reduces only the parameters that required grad when it was built, and DeepSpeed builds its engine (and
-        ZeRO optimizer) for a fixed trainable set."""
-        self.optimizer = None  # `create_optimizer` and `create_scheduler` build them anew when None
-        self.lr_scheduler = None
+        ZeRO optimizer) for a fixed trainable set. Given a wrapper, `Trainer._wrap_model` and `accelerator.prepare`
+        keep it, so the last stage's DistributedDataParallel is dropped (one process: nothing wraps the model)."""
+        self.optimizer = self.lr_scheduler = None  # `create_optimizer` and `create_scheduler` build them when None
         self.control = TrainerControl()  # the last stage's should_training_stop must not end this one
         if self.is_deepspeed_enabled:
             self._reset_deepspeed_state()
-        else:
-            self._release_model_wrapper()
-
-    def _release_model_wrapper(self) -> None:
-        """Drops the last stage's model wrapper (DistributedDataParallel), so the Trainer wraps the model anew for
-        this stage's trainable set: given a wrapper, `Trainer._wrap_model` and `accelerator.prepare` keep it, and a
-        reused wrapper's reducer leaves every parameter outside the first stage's trainable set unsynchronised.
-        (The Trainer's loop frees the accelerator's references to the last wrapper and optimizer when it starts.)"""
-        if self.model_wrapped is self.model:
-            return  # one process: nothing wraps the model (and accelerate does not prepare it twice)
-        # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original as
-        # `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
-        # (`accelerator.unwrap_model(..., keep_fp32_wrapper=False)` also strips the model's own forward decorators.)
-        original_forward = self.model.__dict__.pop("_original_forward", None)
-        if original_forward is not None:
-            self.model.forward = original_forward
-        self.model_wrapped = self.model
+        elif self.model_wrapped is not self.model:
+            # accelerate's mixed precision replaced the model's forward by an autocast wrapper, keeping the original
+            # as `_original_forward`; preparing the model again would wrap the wrapper: put the original back first.
+            # (`accelerator.unwrap_model(..., keep_fp32_wrapper=False)` also strips the model's forward decorators.)
+            original_forward = self.model.__dict__.pop("_original_forward", None)
+            if original_forward is not None:
+                self.model.forward = original_forward
+            self.model_wrapped = self.model
 
     def _uses_ddp(self) -> bool:
         """Whether the Trainer wraps the model in DistributedDataParallel (several processes, no DeepSpeed/FSDP)."""
@@ -541,9 +485,8 @@ class PartTrainer(Trainer):
         self._waiting_parameters = []
 
     def _reset_deepspeed_state(self) -> None:
-        """DeepSpeed builds its engine (and ZeRO optimizer) for a fixed trainable set, and an accelerator prepares
-        one DeepSpeed model only: each stage gets a new engine, accelerator and DeepSpeed config, whose "auto"
-        values are filled from this stage's learning rate, warm-up and length. Destroying the last engine removes
+        """An accelerator prepares one DeepSpeed model only: each stage gets a new engine, accelerator and DeepSpeed
+        config ("auto" values from this stage's learning rate, warm-up and length). Destroying the last engine removes
         its ZeRO-3 hooks; the parameters stay partitioned and the next engine reuses the partitions."""
         from accelerate.state import AcceleratorState
         from accelerate.utils import DeepSpeedPlugin
@@ -563,14 +506,7 @@ class PartTrainer(Trainer):
         AcceleratorState._reset_state()  # keeps the process group (PartialState)
         self.create_accelerator_and_postprocess()
 
-    def _stage_size(self, stage: Stage) -> int | None:
-        sizes = [c.size for c in self._stage_components(stage)]
-        return None if any(s is None for s in sizes) else sum(sizes)
-
-    def _total_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-
-    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int], extra: list[str]) -> None:
+    def _banner(self, index: int, stage: Stage, steps: int, counts: dict[str, int], extra: str) -> None:
         trainable, total = counts["trainable"], counts["total"]
         lines = [
             f"==== PART stage {index + 1}/{len(self.schedule.stages)}: {stage.name} ({self.schedule.name}) ====",
@@ -578,20 +514,17 @@ class PartTrainer(Trainer):
             + (f" (+ {', '.join(stage.later_groups)} later)" if stage.later_groups else ""),
             f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
             f"  tasks: {stage.tasks}  steps: {steps}",
-            *(f"  {line}" for line in extra),
+            f"  {extra}",
         ]
         if self.args.should_log:
             for line in lines:
                 logger.warning(line)
 
-    def _call_stage_event(self, event: str, stage: Stage, index: int, stage_dir: str) -> None:
+    def _call_stage_callbacks(self, event: str, **kwargs: Any) -> None:
+        """Calls `event` of every `PartStageCallback` with the callback arguments, `model` and `kwargs`."""
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, PartStageCallback):
-                getattr(callback, event)(
-                    self.args, self.state, self.control,
-                    model=self.model, model_wrapped=self.model_wrapped, stage=stage, stage_index=index,
-                    stage_dir=stage_dir, trainer=self,
-                )
+                getattr(callback, event)(self.args, self.state, self.control, model=self.model, **kwargs)
 
     def _finish_stage(self, index, stage, stage_dir, steps, counts, seconds) -> None:
         self.save_model(os.path.join(stage_dir, STAGE_MODEL_DIR))
@@ -618,14 +551,7 @@ class PartTrainer(Trainer):
         self.stage_summaries.append(summary)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _write_json_atomically(os.path.join(stage_dir, STAGE_COMPLETE), summary)
-
-    def _read_stage_summaries(self, start_stage: int) -> list[dict[str, Any]]:
-        summaries = []
-        for index in range(start_stage):
-            with open(os.path.join(self.stage_dir(index), STAGE_COMPLETE), encoding="utf-8") as f:
-                summaries.append(json.load(f))
-        return summaries
+            write_json(os.path.join(stage_dir, STAGE_COMPLETE), summary)
 
     def _write_summary(self) -> None:
         summary = {
@@ -634,7 +560,7 @@ class PartTrainer(Trainer):
             "losses": {s["name"]: [e for e in s["log_history"] if "loss" in e] for s in self.stage_summaries},
             "total_seconds": sum(s["seconds"] for s in self.stage_summaries),
         }
-        _write_json_atomically(os.path.join(self._base_output_dir, SUMMARY_NAME), summary)
+        write_json(os.path.join(self._base_output_dir, SUMMARY_NAME), summary)
 
     # -------------------------------------------------------------------------------------------- evaluation
     def evaluate_generation(
@@ -691,7 +617,7 @@ class PartTrainer(Trainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        mode = "merged" if self._saving_final or self.stage_index is None else "unmerged"
+        mode = "merged" if self.stage_index is None else "unmerged"
         if self.is_deepspeed_enabled and state_dict is not None and not state_dict:
             # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer writes config files here and
             # the weights as a DeepSpeed checkpoint (zero_to_fp32.py), which hold LoRA unmerged: so must the config.
@@ -700,7 +626,8 @@ class PartTrainer(Trainer):
             output_dir, state_dict=state_dict, lora_save_mode=mode, is_main_process=True
         )
         self.processor.save_pretrained(output_dir)
-        torch.save(self._run_args if self._saving_final else self.args, os.path.join(output_dir, "training_args.bin"))
+        arguments = self._run_args if self.stage_index is None else self.args  # the final model: the user's
+        torch.save(arguments, os.path.join(output_dir, "training_args.bin"))
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, private=None, **kwargs):
@@ -754,15 +681,10 @@ class PartTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-class _UnwrapBatch:
+def _collate_one_batch(collator, items: list[list[Mapping[str, Any]]]) -> Any:
     """Collates the one token-budget batch (a list of samples) that a `batch_size=1` DataLoader hands over."""
-
-    def __init__(self, collator) -> None:
-        self.collator = collator
-
-    def __call__(self, items: list[list[Mapping[str, Any]]]) -> Any:
-        (batch,) = items
-        return self.collator(batch)
+    (batch,) = items
+    return collator(batch)
 
 
 def last_complete_checkpoint(folder: str) -> str | None:
@@ -779,17 +701,7 @@ def last_complete_checkpoint(folder: str) -> str | None:
 
 
 def _checkpoint_step(checkpoint: str) -> int:
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-        return json.load(f)["global_step"]
-
-
-def _write_json_atomically(path: str, data: Any) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    return TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).global_step
 
 
 __all__ = ["PartTrainer", "PartTrainingArguments", "last_complete_checkpoint"]
