@@ -76,10 +76,9 @@ def _encoder_length_function(encoder_class: type, model_type: str) -> Callable:
     if function is None:
         raise ValueError(
             f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
-            "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' "
-            "Whisper encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
-            "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
-            "(processor) and the audio positions (model) with it."
+            "outputs: implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as Whisper's encoder "
+            "does (output frames for `input_lengths` feature frames, from `self.config` alone, for ints and integer "
+            "tensors). PART counts the audio placeholders (processor) and audio positions (model) with it."
         )
     return function
 

@@ -270,17 +270,33 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         return residual + F.dropout(hidden_states, self.dropout, self.training)
 
 
-class PartAdapter(PreTrainedModel):
-    """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
-    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (own init and attention)."""
+class PartPreTrainedModel(PreTrainedModel):
+    """Base class of PART models. No separate base model: the causal LM stays whole (`base_model_prefix = ""`)."""
 
-    config: PartAdapterConfig
-    main_input_name = "hidden_states"
+    config: PartConfig
+    input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["PartAdapterLayer"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialises missing weights, library submodels by their own rules first (transformers would pass them this
+        custom-code model's `is_custom_code=True`, which leaves e.g. WhisperEncoder's sinusoidal positions random)."""
+        for module in self.children():
+            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
+
+
+class PartAdapter(PartPreTrainedModel):
+    """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
+    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (own init and attention)."""
+
+    config: PartAdapterConfig
+    main_input_name = "hidden_states"
 
     def __init__(self, config: PartConfig):
         super().__init__(config.adapter_config)
@@ -334,27 +350,6 @@ class PartCausalLMOutputWithPast(CausalLMOutputWithPast):
     num_target_tokens: torch.LongTensor | None = None
 
 
-class PartPreTrainedModel(PreTrainedModel):
-    """Base class of PART models. No separate base model: the causal LM stays whole (`base_model_prefix = ""`)."""
-
-    config: PartConfig
-    input_modalities = ("audio", "text")
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["PartAdapterLayer"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
-
-    @torch.no_grad()
-    def initialize_weights(self) -> None:
-        """Initialises missing weights, library submodels by their own rules first (transformers would pass them this
-        custom-code model's `is_custom_code=True`, which leaves e.g. WhisperEncoder's sinusoidal positions random)."""
-        for module in self.children():
-            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
-                module.initialize_weights()
-        super().initialize_weights()
-
-
 class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     """Speech encoder -> adapter -> causal LLM, for ASR, speech translation and text-only translation."""
 
@@ -382,10 +377,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """Builds a new PART model from a pretrained speech encoder and causal LM, with a fresh adapter.
 
         Args:
-            audio_encoder: a hub id / folder of an encoder checkpoint (see `load_pretrained_audio_encoder`), or a
-                loaded encoder module.
+            audio_encoder: a hub id / folder of an encoder checkpoint (`load_pretrained_audio_encoder`), or a module.
             llm: a hub id / folder of a causal LM, or a loaded `PreTrainedModel`.
-            tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm` folder. The audio tokens
+            tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm`'s folder. The audio tokens
                 are added when missing and their rows initialised by `fit_embeddings_to_tokenizer`.
             adapter_config: settings of the new adapter.
             dtype: dtype of every loaded part (default float32, not the checkpoints' own mixed dtypes).
@@ -397,15 +391,12 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         load_kwargs = {"dtype": torch.float32, **(load_kwargs or {}), **({"dtype": dtype} if dtype else {})}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
-        llm_path = llm if isinstance(llm, (str, os.PathLike)) else getattr(llm, "name_or_path", None)
         if isinstance(llm, (str, os.PathLike)):
             llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
-        if tokenizer is None:
-            if not llm_path:
-                raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
-            tokenizer = llm_path
-        if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tokenizer_kwargs)
+        if tokenizer is None and not getattr(llm, "name_or_path", None):
+            raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm.name_or_path, **tokenizer_kwargs)
         pretrained_ids = list(tokenizer.get_vocab().values())  # the tokens the LLM was trained with
         missing = [t for t in (AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN) if t not in tokenizer.get_vocab()]
         if missing:
