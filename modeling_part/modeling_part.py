@@ -168,15 +168,6 @@ def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def _check_without_sync(condition: torch.Tensor, message) -> None:
-    """Raises `ValueError(message())` unless `condition` holds, without a host-device sync (`torch._assert_async`:
-    a device-side assertion on an accelerator, checked at once on CPU)."""
-    try:
-        torch._assert_async(condition, "PART input check failed; run on CPU for the full message")
-    except RuntimeError as error:
-        raise ValueError(message()) from error
-
-
 def _is_plain_tensor(parameter: torch.Tensor) -> bool:
     """Whether `parameter` is a leaf holding its whole data in a plain tensor (not ZeRO-3 partitioned, not FSDP's)."""
     return parameter.is_leaf and not hasattr(parameter, "ds_id") and type(parameter.data) is torch.Tensor
@@ -533,21 +524,23 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         clips_end_at_samples = (clip_ends[:, None] == sample_ends[None, :]).any(-1).all()
         samples_end_at_clips = ((sample_ends[:, None] == clip_ends[None, :]).any(-1) | (sample_ends == 0)).all()
 
-        def message() -> str:
+        try:  # a device-side assertion on an accelerator (no host-device sync), checked at once on CPU
+            torch._assert_async(
+                clips_end_at_samples & samples_end_at_clips, "PART input check failed; run on CPU for the full message"
+            )
+        except RuntimeError as error:
             if audio_token_lengths.numel() == 0:
-                return (
+                raise ValueError(
                     "input_ids contain audio placeholder tokens but no input_features were given; pass the "
                     "processor's input_features and feature_attention_mask."
-                )
-            return (
+                ) from error
+            raise ValueError(
                 "Audio placeholder tokens do not match the audio: per sample "
                 f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} "
                 f"audio clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
                 "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
                 "length exactly as the model does."
-            )
-
-        _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
+            ) from error
 
     def _merge_audio_embeddings(
         self,

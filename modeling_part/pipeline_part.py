@@ -44,10 +44,9 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        if not args and not kwargs:  # copy / pickle: `cls.__new__(cls)`, then the state is restored
-            return super().__new__(cls)
-        model = kwargs["model"] if "model" in kwargs else args[0] if args else None
-        if getattr(getattr(model, "config", None), "model_type", None) != "part":
+        model = kwargs.get("model", args[0] if args else None)
+        # without arguments: copy / pickle's `cls.__new__(cls)`, then the state is restored
+        if (args or kwargs) and getattr(getattr(model, "config", None), "model_type", None) != "part":
             return _non_part_impl(*args, **kwargs)  # not an instance of cls: __init__ does not run again
         return super().__new__(cls)
 
