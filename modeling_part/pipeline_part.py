@@ -134,8 +134,9 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 yield {"is_last": True, "chunks": [], "sampling_rate": source_rate, "inputs": None}
             for first in range(0, len(chunks), chunk_batch_size):  # model inputs for chunk_batch_size chunks at a time
                 batch = chunks[first : first + chunk_batch_size]
+                audio = [_read_chunk(source, chunk, rate) for chunk in batch]
                 inputs = self.part_processor.apply_transcription_request(
-                    [_read_chunk(source, chunk, rate) for chunk in batch], language, sampling_rate=rate, target_language=target_language
+                    audio, language, sampling_rate=rate, target_language=target_language
                 )
                 is_last = first + chunk_batch_size >= len(chunks)
                 yield {"is_last": is_last, "chunks": batch, "sampling_rate": source_rate, "inputs": inputs}
