@@ -284,7 +284,7 @@ class PartPreTrainedModel(PreTrainedModel):
 
 class PartAdapter(PartPreTrainedModel):
     """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
-    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (own init and attention)."""
+    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (its init and attention)."""
 
     config: PartAdapterConfig
     main_input_name = "hidden_states"
