@@ -6,13 +6,7 @@ the feature extractor and processor with `AutoFeatureExtractor` / `AutoProcessor
 for PART models to `PartSpeechRecognitionPipeline` (every other model still gets transformers' own pipeline).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoModel,
-    AutoModelForSpeechSeq2Seq,
-    AutoProcessor,
-)
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor
 
 from .audio_utils import load_audio
 from .configuration_part import PartAdapterConfig, PartConfig

@@ -6,10 +6,8 @@ audio token rate (LLM positions per second of audio) from the front end, the enc
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
-from collections.abc import Callable
 from types import SimpleNamespace
 
 from huggingface_hub.dataclasses import strict
@@ -69,26 +67,20 @@ def audio_encoder_class(audio_config: PreTrainedConfig) -> type:
         ) from error
 
 
-@functools.lru_cache(maxsize=32)
-def _encoder_length_function(encoder_class: type, model_type: str) -> Callable:
-    function = getattr(encoder_class, "_get_feat_extract_output_lengths", None)
-    function = function or ENCODER_FAMILIES.get(model_type, {}).get("output_lengths")
-    if function is None:
-        raise ValueError(
-            f"The audio encoder {encoder_class.__name__} (model_type={model_type!r}) does not say how many frames it "
-            "outputs. Implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as transformers' "
-            "Whisper encoder does: the number of output frames for `input_lengths` input feature frames, computed from "
-            "`self.config` alone, for Python ints and integer tensors alike. PART computes the audio placeholder count "
-            "(processor) and the audio positions (model) with it."
-        )
-    return function
-
-
 def encoder_output_lengths(audio_config: PreTrainedConfig, feature_lengths, encoder=None):
     """Encoder output frames for `feature_lengths` feature frames (int or integer tensor), from the encoder's own
     `_get_feat_extract_output_lengths` (of `encoder`, else of the class PART builds for `audio_config`)."""
     encoder_class = type(encoder) if encoder is not None else audio_encoder_class(audio_config)
-    function = _encoder_length_function(encoder_class, audio_config.model_type)
+    function = getattr(encoder_class, "_get_feat_extract_output_lengths", None)
+    function = function or encoder_family(audio_config)["output_lengths"]
+    if function is None:
+        raise ValueError(
+            f"The audio encoder {encoder_class.__name__} (model_type={audio_config.model_type!r}) does not say how "
+            "many frames it outputs: implement `_get_feat_extract_output_lengths(self, input_lengths)` on it, as "
+            "Whisper's encoder does (output frames for `input_lengths` feature frames, from `self.config` alone, for "
+            "ints and integer tensors). PART counts the audio placeholders (processor) and audio positions (model) "
+            "with it."
+        )
     return function(encoder if encoder is not None else SimpleNamespace(config=audio_config), feature_lengths)
 
 

@@ -98,10 +98,8 @@ def plan_chunks(
     without speech are left out, and a recording no longer than `chunk_length_s` is one chunk, as it is."""
     if not chunk_length_s or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a positive number of seconds, got {chunk_length_s!r}.")
-    if isinstance(audio, soundfile.SoundFile):
-        total, sampling_rate = audio.frames, audio.samplerate
-    else:
-        total = len(audio)
+    total = len(audio)  # a SoundFile's length is its frames
+    sampling_rate = audio.samplerate if isinstance(audio, soundfile.SoundFile) else sampling_rate
     window = round(chunk_length_s * sampling_rate)
     if total <= window:
         return [Chunk(0, total)]

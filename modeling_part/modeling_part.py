@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, set_zero3_state, slice_logits_to_keep
 from transformers.models.siglip.modeling_siglip import eager_attention_forward
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
@@ -52,27 +51,11 @@ ENCODERS_OF_FULL_MODELS = {
 }
 
 
-def lora_config_from_dict(settings: dict):
-    """A `peft.LoraConfig` from a dict of its fields (unknown keys, as from another peft release, are dropped)."""
-    import peft
-
-    allowed = set(peft.LoraConfig.__dataclass_fields__) - {"peft_type", "base_model_name_or_path", "revision"}
-    settings = {k: v for k, v in settings.items() if k in allowed}
-    settings["task_type"] = None
-    return peft.LoraConfig(**settings)
-
-
-def lora_config_to_dict(lora_config) -> dict:
-    """Every field of a `peft.LoraConfig` as JSON values (sets as sorted lists), as `PartConfig.lora_config` stores
-    them so that loading rebuilds exactly the same LoRA modules."""
-    settings = {k: v for k, v in lora_config.to_dict().items() if k not in ("peft_type", "task_type")}
-
-    def plain(value):  # what json cannot write: sets, nested configs, enums
-        if isinstance(value, (set, frozenset)):
-            return sorted(value)
-        return value.to_dict() if hasattr(value, "to_dict") else value.value
-
-    return json.loads(json.dumps(settings, default=plain))
+def _json_value(value):
+    """What json cannot write of a `peft.LoraConfig`: sets (as sorted lists), nested configs, enums."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return value.to_dict() if hasattr(value, "to_dict") else value.value
 
 
 def build_audio_tower(audio_config) -> PreTrainedModel:
@@ -110,18 +93,6 @@ def _gathered_for_modification(parameters: list[nn.Parameter]):
 
         return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
     return contextlib.nullcontext()
-
-
-def _without_zero3_init():
-    """A context in which `from_config` skips DeepSpeed's `zero.Init`: for meta-device skeletons (which it cannot
-    partition) and modules built on one rank only (whose partitioning collectives would wait forever)."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-    if not is_deepspeed_zero3_enabled():
-        return contextlib.nullcontext()
-    from transformers.modeling_utils import set_zero3_state
-
-    return set_zero3_state()
 
 
 @contextlib.contextmanager
@@ -183,32 +154,18 @@ def fit_embeddings_to_tokenizer(
     if added.numel() == 0:
         return
     input_embeddings, output_embeddings = llm.get_input_embeddings(), llm.get_output_embeddings()
-    parameters = [input_embeddings.weight]
     untied = output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight
-    if untied:
-        parameters.append(output_embeddings.weight)
-        if getattr(output_embeddings, "bias", None) is not None:
-            parameters.append(output_embeddings.bias)
-    with torch.no_grad(), _gathered_for_modification(parameters):
-        mean_initialise_rows(input_embeddings.weight, trained, added)
-        if untied:
-            mean_initialise_rows(output_embeddings.weight, trained, added)
-            bias = getattr(output_embeddings, "bias", None)
-            if bias is not None:
-                bias.data[added.to(bias.device)] = bias.data[trained.to(bias.device)].float().mean().to(bias.dtype)
+    weights = [input_embeddings.weight, output_embeddings.weight] if untied else [input_embeddings.weight]
+    bias = getattr(output_embeddings, "bias", None) if untied else None
+    with torch.no_grad(), _gathered_for_modification(weights if bias is None else [*weights, bias]):
+        for weight in weights:
+            mean_initialise_rows(weight, trained, added)
+        if bias is not None:
+            bias.data[added.to(bias.device)] = bias.data[trained.to(bias.device)].float().mean().to(bias.dtype)
 
 
 def _lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def _check_without_sync(condition: torch.Tensor, message) -> None:
-    """Raises `ValueError(message())` unless `condition` holds, without a host-device sync (`torch._assert_async`:
-    a device-side assertion on an accelerator, checked at once on CPU)."""
-    try:
-        torch._assert_async(condition, "PART input check failed; run on CPU for the full message")
-    except RuntimeError as error:
-        raise ValueError(message()) from error
 
 
 def _is_plain_tensor(parameter: torch.Tensor) -> bool:
@@ -304,17 +261,33 @@ class PartAdapterLayer(GradientCheckpointingLayer):
         return residual + F.dropout(hidden_states, self.dropout, self.training)
 
 
-class PartAdapter(PreTrainedModel):
-    """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
-    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (own init and attention)."""
+class PartPreTrainedModel(PreTrainedModel):
+    """Base class of PART models. No separate base model: the causal LM stays whole (`base_model_prefix = ""`)."""
 
-    config: PartAdapterConfig
-    main_input_name = "hidden_states"
+    config: PartConfig
+    input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["PartAdapterLayer"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialises missing weights, library submodels by their own rules first (transformers would pass them this
+        custom-code model's `is_custom_code=True`, which leaves e.g. WhisperEncoder's sinusoidal positions random)."""
+        for module in self.children():
+            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
+
+
+class PartAdapter(PartPreTrainedModel):
+    """Encoder frames -> LLM embeddings: strided conv1d (downsampling first, so the Transformer layers run at the audio
+    token rate), Transformer layers, projection. A `PreTrainedModel` over `adapter_config` (its init and attention)."""
+
+    config: PartAdapterConfig
+    main_input_name = "hidden_states"
 
     def __init__(self, config: PartConfig):
         super().__init__(config.adapter_config)
@@ -328,17 +301,6 @@ class PartAdapter(PreTrainedModel):
         self.norm = nn.LayerNorm(adapter.hidden_size, eps=adapter.layer_norm_eps)
         self.projection = nn.Linear(adapter.hidden_size, config.text_config.hidden_size)
         self.post_init()
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """Linear and convolution weights normal with `initializer_range`, zero biases, LayerNorms at identity."""
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
 
     def forward(self, hidden_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(embeddings [batch, tokens, llm_width], token_lengths [batch])`; shapes follow the padded input alone."""
@@ -379,27 +341,6 @@ class PartCausalLMOutputWithPast(CausalLMOutputWithPast):
     num_target_tokens: torch.LongTensor | None = None
 
 
-class PartPreTrainedModel(PreTrainedModel):
-    """Base class of PART models. No separate base model: the causal LM stays whole (`base_model_prefix = ""`)."""
-
-    config: PartConfig
-    input_modalities = ("audio", "text")
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["PartAdapterLayer"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
-
-    @torch.no_grad()
-    def initialize_weights(self) -> None:
-        """Initialises missing weights, library submodels by their own rules first (transformers would pass them this
-        custom-code model's `is_custom_code=True`, which leaves e.g. WhisperEncoder's sinusoidal positions random)."""
-        for module in self.children():
-            if isinstance(module, PreTrainedModel) and not module.is_custom_code():
-                module.initialize_weights()
-        super().initialize_weights()
-
-
 class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     """Speech encoder -> adapter -> causal LLM, for ASR, speech translation and text-only translation."""
 
@@ -427,10 +368,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """Builds a new PART model from a pretrained speech encoder and causal LM, with a fresh adapter.
 
         Args:
-            audio_encoder: a hub id / folder of an encoder checkpoint (see `load_pretrained_audio_encoder`), or a
-                loaded encoder module.
+            audio_encoder: a hub id / folder of an encoder checkpoint (`load_pretrained_audio_encoder`), or a module.
             llm: a hub id / folder of a causal LM, or a loaded `PreTrainedModel`.
-            tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm` folder. The audio tokens
+            tokenizer: the LLM's tokenizer (id, folder or object); defaults to the `llm`'s folder. The audio tokens
                 are added when missing and their rows initialised by `fit_embeddings_to_tokenizer`.
             adapter_config: settings of the new adapter.
             dtype: dtype of every loaded part (default float32, not the checkpoints' own mixed dtypes).
@@ -442,15 +382,12 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         load_kwargs = {"dtype": torch.float32, **(load_kwargs or {}), **({"dtype": dtype} if dtype else {})}
         if isinstance(audio_encoder, (str, os.PathLike)):
             audio_encoder = load_pretrained_audio_encoder(audio_encoder, **load_kwargs)
-        llm_path = llm if isinstance(llm, (str, os.PathLike)) else getattr(llm, "name_or_path", None)
         if isinstance(llm, (str, os.PathLike)):
             llm = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
-        if tokenizer is None:
-            if not llm_path:
-                raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
-            tokenizer = llm_path
-        if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tokenizer_kwargs)
+        if tokenizer is None and not getattr(llm, "name_or_path", None):
+            raise ValueError("Pass tokenizer= (the LLM's tokenizer): it cannot be found from an in-memory llm.")
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm.name_or_path, **tokenizer_kwargs)
         pretrained_ids = list(tokenizer.get_vocab().values())  # the tokens the LLM was trained with
         missing = [t for t in (AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN) if t not in tokenizer.get_vocab()]
         if missing:
@@ -467,7 +404,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
             **config_kwargs,
         )
-        with torch.device("meta"), _without_zero3_init():  # a skeleton whose parts are replaced right away
+        # a skeleton whose parts are replaced right away; no ZeRO-3 `zero.Init` (it cannot partition meta tensors)
+        with torch.device("meta"), set_zero3_state():
             model = cls(config)
         model.audio_tower = audio_encoder
         model.language_model = llm
@@ -475,12 +413,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
             setattr(model.generation_config, name, getattr(tokenizer, name))
         return (model, tokenizer) if return_tokenizer else model
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
@@ -592,21 +524,23 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         clips_end_at_samples = (clip_ends[:, None] == sample_ends[None, :]).any(-1).all()
         samples_end_at_clips = ((sample_ends[:, None] == clip_ends[None, :]).any(-1) | (sample_ends == 0)).all()
 
-        def message() -> str:
+        try:  # a device-side assertion on an accelerator (no host-device sync), checked at once on CPU
+            torch._assert_async(
+                clips_end_at_samples & samples_end_at_clips, "PART input check failed; run on CPU for the full message"
+            )
+        except RuntimeError as error:
             if audio_token_lengths.numel() == 0:
-                return (
+                raise ValueError(
                     "input_ids contain audio placeholder tokens but no input_features were given; pass the "
                     "processor's input_features and feature_attention_mask."
-                )
-            return (
+                ) from error
+            raise ValueError(
                 "Audio placeholder tokens do not match the audio: per sample "
                 f"{placeholder_mask.sum(-1).tolist()} placeholder tokens, while the {audio_token_lengths.numel()} "
                 f"audio clips give {audio_token_lengths.tolist()} audio positions (samples without placeholders are "
                 "text-only). Build inputs with PartProcessor, which computes the placeholder count from the feature "
                 "length exactly as the model does."
-            )
-
-        _check_without_sync(clips_end_at_samples & samples_end_at_clips, message)
+            ) from error
 
     def _merge_audio_embeddings(
         self,
@@ -698,25 +632,6 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             num_target_tokens=num_targets,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
-        feature_attention_mask = kwargs.pop("feature_attention_mask", None)
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if is_first_iteration or not kwargs.get("use_cache", True):
-            model_inputs["feature_attention_mask"] = feature_attention_mask
-        return model_inputs
-
-    def default_max_new_tokens(
-        self, input_ids: torch.Tensor | None, feature_attention_mask: torch.Tensor | None
-    ) -> int | None:
-        """Output budget when the caller sets none: bounded by the longest clip's duration (text-only: the prompt's)."""
-        budget = self.config.min_new_tokens_budget
-        if feature_attention_mask is not None:
-            seconds = float(feature_attention_mask.sum(-1).max()) / self.config.feature_frame_rate
-            return budget + math.ceil(self.config.max_new_tokens_per_second * seconds)
-        if input_ids is not None:
-            return budget + 2 * input_ids.shape[-1]
-        return None
-
     @torch.no_grad()
     def generate(
         self,
@@ -729,12 +644,16 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
     ):
         """Batched generation (greedy, or beam search with `num_beams`) that returns only the new tokens (also in
         `sequences` with `return_dict_in_generate=True`). Prompts are left-padded, as `PartProcessor` builds them.
-        Without `max_new_tokens`/`max_length` the output is bounded by `default_max_new_tokens`."""
+        Without `max_new_tokens`/`max_length`: `config.min_new_tokens_budget` new tokens plus
+        `config.max_new_tokens_per_second` per second of the longest clip (text-only: twice the prompt's length)."""
         length_given = "max_new_tokens" in kwargs or "max_length" in kwargs
         if not length_given and generation_config is None and self.generation_config.max_new_tokens is None:
-            budget = self.default_max_new_tokens(input_ids, feature_attention_mask)
-            if budget is not None:
-                kwargs["max_new_tokens"] = budget
+            budget = self.config.min_new_tokens_budget
+            if feature_attention_mask is not None:
+                seconds = float(feature_attention_mask.sum(-1).max()) / self.config.feature_frame_rate
+                kwargs["max_new_tokens"] = budget + math.ceil(self.config.max_new_tokens_per_second * seconds)
+            elif input_ids is not None:
+                kwargs["max_new_tokens"] = budget + 2 * input_ids.shape[-1]
         if input_features is not None:
             kwargs["input_features"] = input_features
             kwargs["feature_attention_mask"] = feature_attention_mask
@@ -770,13 +689,18 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         self._inject_lora(settings)
 
     def _inject_lora(self, settings: dict) -> None:
+        """LoRA from a dict of `peft.LoraConfig` fields (unknown keys, as from another peft release, are dropped);
+        `config.lora_config` stores every field as JSON values, so that loading rebuilds the same LoRA modules."""
         import peft
 
-        lora_config = lora_config_from_dict(settings)
+        unstored = {"peft_type", "task_type", "base_model_name_or_path", "revision"}
+        allowed = set(peft.LoraConfig.__dataclass_fields__) - unstored
+        lora_config = peft.LoraConfig(task_type=None, **{k: v for k, v in settings.items() if k in allowed})
         if lora_config.use_dora:
             raise ValueError("DoRA is not supported by PART's merge/save; use plain LoRA (use_dora=False).")
         self.__dict__["_lora_tuner"] = peft.tuners.lora.LoraModel(self.language_model, lora_config, "default")
-        self.config.lora_config = lora_config_to_dict(lora_config)
+        stored = {k: v for k, v in lora_config.to_dict().items() if k not in ("peft_type", "task_type")}
+        self.config.lora_config = json.loads(json.dumps(stored, default=_json_value))
 
     def set_lora_enabled(self, enabled: bool) -> None:
         """Switches the LLM's LoRA on or off, leaving the trainable set as it is (peft's switch would change it)."""
@@ -803,7 +727,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """`state_dict` (default: the model's) with LoRA merged into the base weights, the model unchanged: the weights
         are assigned to a meta-device twin merged with `safe_merge=True`, so only the merged layers cost memory."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        with torch.device("meta"), _without_zero3_init():  # under ZeRO-3 only rank 0 gets here
+        # no ZeRO-3 `zero.Init`: only rank 0 gets here, and its partitioning collectives would wait forever
+        with torch.device("meta"), set_zero3_state():
             twin = type(self)(copy.deepcopy(self.config))
         twin.load_state_dict(state_dict, strict=False, assign=True)
         twin.merge_lora(safe_merge=True)

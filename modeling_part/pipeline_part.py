@@ -29,16 +29,8 @@ _PREPROCESS_PARAMS = (
 )
 _FORWARD_PARAMS = ("max_new_tokens", "num_beams", "generate_kwargs")
 
-_non_part_impl: type | str = AutomaticSpeechRecognitionPipeline
-"""The task's implementation before `register_part_pipeline` (a class or a dotted path): built for other models."""
-
-
-def non_part_pipeline_class() -> type:
-    """The pipeline class `pipeline("automatic-speech-recognition")` builds for a model that is not PART."""
-    if isinstance(_non_part_impl, str):
-        module, name = _non_part_impl.rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)
-    return _non_part_impl
+_non_part_impl: type = AutomaticSpeechRecognitionPipeline
+"""The task's pipeline class before `register_part_pipeline`: what `pipeline(TASK)` builds for other models."""
 
 
 class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
@@ -52,11 +44,10 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        if not args and not kwargs:  # copy / pickle: `cls.__new__(cls)`, then the state is restored
-            return super().__new__(cls)
-        model = kwargs["model"] if "model" in kwargs else args[0] if args else None
-        if getattr(getattr(model, "config", None), "model_type", None) != "part":
-            return non_part_pipeline_class()(*args, **kwargs)  # not an instance of cls: __init__ does not run again
+        model = kwargs.get("model", args[0] if args else None)
+        # without arguments: copy / pickle's `cls.__new__(cls)`, then the state is restored
+        if (args or kwargs) and getattr(getattr(model, "config", None), "model_type", None) != "part":
+            return _non_part_impl(*args, **kwargs)  # not an instance of cls: __init__ does not run again
         return super().__new__(cls)
 
     def __init__(self, *args, processor=None, **kwargs):
@@ -126,27 +117,16 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             )
         audio_file = _open_sound_file(inputs) if chunk_length_s is not None else None
         with audio_file or contextlib.nullcontext():
-            if audio_file is not None:  # scanned block by block and read chunk by chunk: never whole in memory
-                source, source_rate = audio_file, audio_file.samplerate
-
-                def read(chunk: Chunk) -> np.ndarray:
-                    audio_file.seek(chunk.start)
-                    samples = audio_file.read(chunk.end - chunk.start, dtype="float32", always_2d=True)
-                    return load_audio(samples.mean(axis=1), source_rate, target_sampling_rate=rate)
-
-            else:
+            source = audio_file  # scanned block by block and read chunk by chunk: never whole in memory
+            if audio_file is None:
                 source = load_audio(inputs, sampling_rate, target_sampling_rate=rate, name="the pipeline's input")
-                source_rate = rate
                 if chunk_length_s is None and len(source) > limit * rate:
                     raise ValueError(
                         f"The recording is {len(source) / rate:.1f} s long, longer than the {limit} s the model takes "
                         "(processor.max_audio_seconds); pass chunk_length_s= (e.g. chunk_length_s=20) to transcribe "
                         "it in chunks cut where the speech pauses."
                     )
-
-                def read(chunk: Chunk) -> np.ndarray:
-                    return source[chunk.start : chunk.end]
-
+            source_rate = audio_file.samplerate if audio_file is not None else rate
             chunks = [Chunk(0, len(source))]  # a file is opened for chunk_length_s only
             if chunk_length_s is not None:
                 chunks = plan_chunks(source, chunk_length_s, stride_length_s, rate)
@@ -154,8 +134,9 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 yield {"is_last": True, "chunks": [], "sampling_rate": source_rate, "inputs": None}
             for first in range(0, len(chunks), chunk_batch_size):  # model inputs for chunk_batch_size chunks at a time
                 batch = chunks[first : first + chunk_batch_size]
+                audio = [_read_chunk(source, chunk, rate) for chunk in batch]
                 inputs = self.part_processor.apply_transcription_request(
-                    [read(chunk) for chunk in batch], language, sampling_rate=rate, target_language=target_language
+                    audio, language, sampling_rate=rate, target_language=target_language
                 )
                 is_last = first + chunk_batch_size >= len(chunks)
                 yield {"is_last": is_last, "chunks": batch, "sampling_rate": source_rate, "inputs": inputs}
@@ -179,6 +160,15 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return result
 
 
+def _read_chunk(source: np.ndarray | soundfile.SoundFile, chunk: Chunk, rate: int) -> np.ndarray:
+    """The samples of `chunk` at `rate`: sliced from a waveform, or read from an open file and resampled."""
+    if not isinstance(source, soundfile.SoundFile):
+        return source[chunk.start : chunk.end]
+    source.seek(chunk.start)
+    samples = source.read(chunk.end - chunk.start, dtype="float32", always_2d=True)
+    return load_audio(samples.mean(axis=1), source.samplerate, target_sampling_rate=rate)
+
+
 def _open_sound_file(inputs: Any) -> soundfile.SoundFile | None:
     """The open file when `inputs` is a path soundfile reads, else None (`load_audio` decodes it)."""
     if not isinstance(inputs, (str, os.PathLike)) or not os.path.isfile(inputs):
@@ -197,8 +187,11 @@ def register_part_pipeline() -> None:
     impl = task_entry["impl"]
     if isinstance(impl, type) and issubclass(impl, PartSpeechRecognitionPipeline):
         return
+    if isinstance(impl, str):  # transformers names its pipeline classes by dotted path
+        module, name = impl.rsplit(".", 1)
+        impl = getattr(importlib.import_module(module), name)
     _non_part_impl = impl
     PIPELINE_REGISTRY.supported_tasks[TASK] = {**task_entry, "impl": PartSpeechRecognitionPipeline}
 
 
-__all__ = ["PartSpeechRecognitionPipeline", "non_part_pipeline_class", "register_part_pipeline"]
+__all__ = ["PartSpeechRecognitionPipeline", "register_part_pipeline"]
