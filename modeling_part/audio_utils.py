@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 from typing import TYPE_CHECKING, Any, Union
 
@@ -82,9 +83,7 @@ def load_audio(
         raise ValueError(
             f"{name}: the audio contains NaN or inf (first at sample {first}); drop this sample or fix its source"
         )
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: sampling rate must be a number of Hz, got {rate!r}")
-    if not (math.isfinite(rate) and rate > 0):
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"{name}: sampling rate must be a positive number of Hz, got {rate!r}")
     if rate != target_sampling_rate:
         waveform = soxr.resample(waveform, rate, target_sampling_rate)
@@ -94,22 +93,19 @@ def load_audio(
 def _decode(source: str | os.PathLike[str] | bytes, name: str) -> tuple[np.ndarray, int]:
     """Decode a file or its bytes with soundfile; a file it cannot open with the optional `asrfront` decoder, else
     as headerless `.pcm` / `.raw`."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        try:
-            samples, rate = soundfile.read(io.BytesIO(source), dtype="float32")
-        except soundfile.LibsndfileError as error:
-            raise ValueError(
-                f"{name}: cannot decode {len(source)} bytes of audio with soundfile ({error}); store the audio as "
-                "WAV, FLAC, OGG or MP3, or pass a file path"
-            ) from error
-        return _to_mono_float32(samples, name), rate
-    path = os.fspath(source)
-    if not os.path.isfile(path):
+    from_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    path = None if from_bytes else os.fspath(source)
+    if path is not None and not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: audio file {path!r} does not exist")
     try:
-        samples, rate = soundfile.read(path, dtype="float32")
+        samples, rate = soundfile.read(io.BytesIO(source) if from_bytes else path, dtype="float32")
         return _to_mono_float32(samples, name), rate
     except soundfile.LibsndfileError as sf_error:
+        if from_bytes:
+            raise ValueError(
+                f"{name}: cannot decode {len(source)} bytes of audio with soundfile ({sf_error}); store the audio as "
+                "WAV, FLAC, OGG or MP3, or pass a file path"
+            ) from sf_error
         error = sf_error
     try:
         import asrfront  # decodes to 16 kHz mono itself

@@ -74,22 +74,16 @@ def _kaldi_mel_banks(num_mel_bins: int) -> np.ndarray:
     return banks.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def _kaldi_scaled_window() -> np.ndarray:
-    """Kaldi's symmetric Hamming window times the int16 scale, so one multiply does both."""
-    return (window_function(FBANK_FRAME_LENGTH, "hamming", periodic=False) * FBANK_WAVEFORM_SCALE).astype(np.float32)
-
-
 def kaldi_fbank(waveform: np.ndarray, num_mel_bins: int = 80) -> np.ndarray:
-    """Kaldi log-mel fbank `(kaldi_num_frames(len(waveform)), num_mel_bins)` of a 16 kHz waveform in [-1, 1].
-
-    Equals `torchaudio.compliance.kaldi.fbank(waveform * 32768, num_mel_bins=num_mel_bins, window_type="hamming",
-    dither=0.0)` (FunASR's `WavFrontend`), vectorised over frames in blocks of `FBANK_FRAMES_PER_BLOCK`.
-    """
+    """Kaldi log-mel fbank `(kaldi_num_frames(len(waveform)), num_mel_bins)` of a 16 kHz waveform in [-1, 1]: equals
+    `torchaudio.compliance.kaldi.fbank(waveform * 32768, num_mel_bins=num_mel_bins, window_type="hamming",
+    dither=0.0)` (FunASR's `WavFrontend`), vectorised over frames in blocks of `FBANK_FRAMES_PER_BLOCK`."""
     num_frames = kaldi_num_frames(waveform.shape[0])
     features = np.empty((num_frames, num_mel_bins), dtype=np.float32)
     all_frames = sliding_window_view(waveform, FBANK_FRAME_LENGTH)[::FBANK_FRAME_SHIFT] if num_frames else None
-    window, banks = _kaldi_scaled_window(), _kaldi_mel_banks(num_mel_bins)
+    # Kaldi's symmetric Hamming window times the int16 scale, so one multiply does both
+    window = (window_function(FBANK_FRAME_LENGTH, "hamming", periodic=False) * FBANK_WAVEFORM_SCALE).astype(np.float32)
+    banks = _kaldi_mel_banks(num_mel_bins)
     for start in range(0, num_frames, FBANK_FRAMES_PER_BLOCK):
         frames = all_frames[start : start + FBANK_FRAMES_PER_BLOCK]
         frames = frames - frames.mean(axis=1, keepdims=True, dtype=np.float32)

@@ -1,8 +1,6 @@
-"""PartProcessor: audio I/O, features, task prompts, tokenization and labels for PART.
-
-One code path (`build_prompt_ids`) makes the prompt for training and for inference, so a model never sees a prompt
-at test time that differs from the one it was trained on (a common cause of repetition loops in speech LLMs).
-"""
+"""PartProcessor: audio I/O, features, task prompts, tokenization and labels for PART. One code path
+(`build_prompt_ids`) makes the prompt for training and for inference, so a model never sees a prompt at test time
+that differs from the one it was trained on (a common cause of repetition loops in speech LLMs)."""
 
 from __future__ import annotations
 
@@ -180,7 +178,7 @@ class PartProcessor(ProcessorMixin):
         whose `target_language` differs from `language` (ISO 639 codes, per batch or per sample) is translated.
         `audio` is one clip or a list; `kwargs` (`target_text`, `output_labels`, `padding_side`, `return_tensors`) are
         as in `__call__`. Without targets the output goes straight into `model.generate(**inputs)`."""
-        if audio is None or any(clip is None for clip in (audio if _is_batch(audio) else [audio])):
+        if any(clip is None for clip in (audio if _is_batch(audio) else [audio])):
             raise ValueError(
                 "apply_transcription_request needs a clip for every sample; for text-only translation use "
                 "apply_text_translation_request."
@@ -250,18 +248,13 @@ class PartProcessor(ProcessorMixin):
         side = padding_side or ("right" if output_labels else "left")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-        values = (audio, text, task, source_language, target_language, target_text)
-        size = next((len(value) for value in values if _is_batch(value)), 1)
-        audios = _as_list(audio, size, "audio")
-        texts = _as_list(text, size, "text")
-        tasks = _as_list(task, size, "task")
-        sources = _as_list(source_language, size, "source_language")
-        targets = _as_list(target_language, size, "target_language")
-        target_texts = _as_list(target_text, size, "target_text")
+        columns = {"audio": audio, "text": text, "task": task, "source_language": source_language,
+                   "target_language": target_language, "target_text": target_text}
+        size = next((len(value) for value in columns.values() if _is_batch(value)), 1)
+        samples = zip(*(_as_list(value, size, name) for name, value in columns.items()))
         context = getattr(self.tokenizer, "model_max_length", None) or 10**9
         waveforms: list[np.ndarray] = []
         sequences, label_sequences = [], []
-        samples = zip(audios, texts, tasks, sources, targets, target_texts)
         for index, (clip, source_text, task_, source, target, target_text_) in enumerate(samples):
             if task_ is None:
                 task_ = "mt" if clip is None else "s2tt" if target not in (None, source) else "asr"
