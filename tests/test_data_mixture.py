@@ -18,6 +18,7 @@ from trainers.data import (
     LengthGrouping,
     MixtureComponent,
     MixtureDataset,
+    TokenBudget,
     mixture_probabilities,
     sample_length,
     validate_sample,
@@ -223,6 +224,19 @@ def test_load_state_dict_rejects_other_mixture():
     other_rank.load_state_dict(mixture.state_dict())
     with pytest.raises(ValueError, match="saved by process 0 of 2.*this is process 1 of 2"):
         take(other_rank, 1)
+
+
+def test_load_state_dict_rejects_a_state_of_another_format():
+    """A token-budget state of the previous release (no `format`; its `buffer_offset` counted global batches) would
+    resume at the wrong batch: it is refused, naming the way out."""
+    budget = TokenBudget(max_audio_seconds=60.0, buffer_size=16)
+    mixture = MixtureDataset(map_components(), seed=1, token_budget=budget)
+    take(mixture, 3)
+    state = mixture.state_dict()
+    MixtureDataset(map_components(), seed=1, token_budget=budget).load_state_dict(state)  # this release's: fine
+    del state["format"]
+    with pytest.raises(ValueError, match=r"format None .* reads format 2; restart the epoch, or resume by count"):
+        MixtureDataset(map_components(), seed=1, token_budget=budget).load_state_dict(state)
 
 
 def batches_of(mixture, batch_size, num_workers, count=None):

@@ -252,6 +252,7 @@ def processor_positions(processor: Any) -> Callable[[Mapping[str, Any]], int]:
 _CHOICE_STREAM, _ORDER_STREAM, _BATCH_ORDER_STREAM = 0, 1, 2
 _MAX_LOGGED_SKIPS = 10  # per component and process; later skips are only counted
 _NOT_READ = object()  # a map-style element that has not been fetched yet
+_STATE_FORMAT = 2  # 2: a batching mixture's `buffer_offset` counts this process's items of the buffer
 
 
 @dataclass
@@ -528,9 +529,9 @@ class MixtureDataset(IterableDataset):
 
     def _epoch_start(self) -> dict[str, Any]:
         """The state of the epoch's start, for any process (shard and cursor None)."""
-        return {"mixture": self._fingerprint(), "epoch": self.epoch, "shard": None, "worker_rotation": 0,
-                "cursor": None, "skipped": dict(self.skipped), "samples_yielded": 0, "buffer_index": 0,
-                "buffer_offset": 0, "batch_position": 0}
+        return {"format": _STATE_FORMAT, "mixture": self._fingerprint(), "epoch": self.epoch, "shard": None,
+                "worker_rotation": 0, "cursor": None, "skipped": dict(self.skipped), "samples_yielded": 0,
+                "buffer_index": 0, "buffer_offset": 0, "batch_position": 0}
 
     def _fingerprint(self) -> dict[str, Any]:
         """What fixes the sequence: a state only fits a mixture with the same fingerprint."""
@@ -545,6 +546,12 @@ class MixtureDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a `state_dict()` on the next iteration, exactly where it stopped."""
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"The state has format {state.get('format')!r} (saved by another release of part-speech) but this "
+                f"MixtureDataset reads format {_STATE_FORMAT}; restart the epoch, or resume by count with "
+                "resume_after_batches()."
+            )
         fingerprint = self._fingerprint()
         differences = sorted(key for key in fingerprint if state["mixture"].get(key) != fingerprint[key])
         if differences:
