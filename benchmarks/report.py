@@ -85,7 +85,7 @@ def figures(raw: dict) -> list[dict]:
     if peak("part", frozen=True) and peak("peer", frozen=True):
         add(figure("llm_frozen_peak_memory", "train step, LLM frozen: peak memory", mib(peak("part", True)),
                    mib(peak("peer", True)), peak("part", True) / peak("peer", True), "(context)"))
-        step = {name: memory[(name, True, False)]["step"]["delta"] for name in ("part", "peer")}
+        step = {name: memory[(name, True)]["step"]["delta"] for name in ("part", "peer")}
         add(figure("llm_frozen_step_memory", "  same, step high-water above pre-step RSS", mib(step["part"]),
                    mib(step["peer"]), step["part"] / step["peer"], "(context)"))
     generate = models.get("generate")

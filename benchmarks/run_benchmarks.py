@@ -71,6 +71,32 @@ def run_worker(command: list[str], environment: dict, timeout: int) -> dict:
     return json.loads(lines[-1])
 
 
+def write_report(raw: dict, meta: dict, output_dir: str) -> None:
+    """results.json (raw measurements first, so a failing report loses no measurement; `--report` rebuilds from
+    it), then the figures, RESULTS.md and the printed table."""
+    sys.path.insert(0, HERE)
+    from report import figures, measurements, results_markdown, results_table
+    from torch.utils.benchmark import Compare
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "results.json")
+
+    def save(rows: list[dict], timings: list) -> None:
+        with open(path, "w") as f:
+            json.dump({**meta, "figures": rows, "timings": [
+                {"label": m.label, "sub_label": m.sub_label, "description": m.description, "median_s": m.median,
+                 "iqr_s": m.iqr, "times_s": m.times} for m in timings], "raw": raw}, f, indent=2)
+
+    save([], [])
+    rows = figures(raw)
+    timings = measurements(raw, meta["machine"]["torch_threads"])
+    save(rows, timings)
+    compare = str(Compare(timings)).strip() if timings else ""
+    with open(os.path.join(output_dir, "RESULTS.md"), "w") as f:
+        f.write(results_markdown(raw, rows, meta, compare))
+    print("\n" + results_table(rows) + "\n\n" + compare)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="models,memory,scaling,zero3,batching")
@@ -92,7 +118,16 @@ def main() -> None:
                         help="wait up to this many seconds for the 1-min load average to fall below the core count")
     parser.add_argument("--output-dir", default=HERE)
     parser.add_argument("--timeout", type=int, default=900, help="per worker process, seconds")
+    parser.add_argument("--report", metavar="RESULTS_JSON", default=None,
+                        help="measure nothing: rebuild the figures, RESULTS.md and results.json (in --output-dir) "
+                             "from the raw measurements of an earlier run's results.json")
     args = parser.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        meta = {key: value for key, value in saved.items() if key not in ("figures", "timings", "raw")}
+        write_report(saved["raw"], meta, args.output_dir)
+        return
     repeats = dict(train=5, frozen=2, gen=5, fe=5, scaling=2, zero3=3, batching=3)
     if args.quick:
         repeats = dict(train=2, frozen=1, gen=2, fe=3, scaling=1, zero3=2, batching=1)
@@ -151,8 +186,6 @@ def main() -> None:
 
     sys.path.insert(0, HERE)  # after the workers, so the orchestrator stays light while they run
     from common import machine_info
-    from report import figures, measurements, results_markdown, results_table
-    from torch.utils.benchmark import Compare
 
     meta = {
         "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT),
@@ -169,20 +202,10 @@ def main() -> None:
             # average CPU cores the suite's own processes used; the rest of the load is other work on the machine
             "suite_cores_mean": suite_cores, "others_mean_estimate": statistics.fmean(loads) - suite_cores,
         },
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "timeout", "wait_for_quiet")},
+        "settings": {k: v for k, v in vars(args).items()
+                     if k not in ("output_dir", "timeout", "wait_for_quiet", "report")},
     }
-    rows = figures(raw)
-    timings = measurements(raw, args.threads or cores)
-    compare = str(Compare(timings)).strip() if timings else ""
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({**meta, "figures": rows, "timings": [
-            {"label": m.label, "sub_label": m.sub_label, "description": m.description, "median_s": m.median,
-             "iqr_s": m.iqr, "times_s": m.times} for m in timings], "raw": raw}, f, indent=2)
-    with open(os.path.join(args.output_dir, "RESULTS.md"), "w") as f:
-        f.write(results_markdown(raw, rows, meta, compare))
-
-    print("\n" + results_table(rows) + "\n\n" + compare)
+    write_report(raw, meta, args.output_dir)
     print(f"\nload average during the run: mean {statistics.fmean(loads):.2f}, max {max(loads):.2f} on {cores} cores "
           f"(the suite itself used {suite_cores:.2f} cores on average; other work ~"
           f"{max(statistics.fmean(loads) - suite_cores, 0):.2f}); 1-min load before the start {load_start[0]:.2f}; "
