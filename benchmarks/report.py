@@ -44,8 +44,8 @@ def figures(raw: dict) -> list[dict]:
         t = train["times"]
         per_s = {name: dims["batch_size"] / median(t[name]) for name in ("part", "peer", "collator")}
         add(figure("train_throughput", "train step throughput (PART/peer)", f"{per_s['part']:.2f} samples/s",
-                   f"{per_s['peer']:.2f} samples/s", ratio(t["peer"], t["part"]), ">= 1.25x",
-                   lambda r: r["median"] >= 1.25))
+                   f"{per_s['peer']:.2f} samples/s", ratio(t["peer"], t["part"]), ">= 3.0x",
+                   lambda r: r["median"] >= 3.0))
     memory = {(m["variant"], m["llm_frozen"]): m for m in raw.get("memory", []) if "variant" in m}
 
     def peak(variant, frozen=False):  # peak RSS above the interpreter + libraries: model, batch, step
@@ -84,7 +84,8 @@ def figures(raw: dict) -> list[dict]:
                    f"{median(t['peer']):.2f} s/step", ratio(t["peer"], t["part"]), "(context)"))
     if peak("part", frozen=True) and peak("peer", frozen=True):
         add(figure("llm_frozen_peak_memory", "train step, LLM frozen: peak memory", mib(peak("part", True)),
-                   mib(peak("peer", True)), peak("part", True) / peak("peer", True), "(context)"))
+                   mib(peak("peer", True)), peak("part", True) / peak("peer", True), "<= 0.35x",
+                   lambda r: r <= 0.35))
         step = {name: memory[(name, True)]["step"]["delta"] for name in ("part", "peer")}
         add(figure("llm_frozen_step_memory", "  same, step high-water above pre-step RSS", mib(step["part"]),
                    mib(step["peer"]), step["part"] / step["peer"], "(context)"))
@@ -95,7 +96,7 @@ def figures(raw: dict) -> list[dict]:
         decode = {name: (median(t[name]) - median(t[f"{name}_prefill"])) / (n - 1) for name in ("part", "peer")}
         add(figure("generation_throughput", f"generation new tokens/s (PART/peer, {n} tokens per clip)",
                    f"{tokens / median(t['part']):.1f} tok/s", f"{tokens / median(t['peer']):.1f} tok/s",
-                   ratio(t["peer"], t["part"]), ">= 1.0x", lambda r: r["median"] >= 1.0))
+                   ratio(t["peer"], t["part"]), ">= 1.5x", lambda r: r["median"] >= 1.5))
         add(figure("generation_rtf", "  real-time factor (lower is faster)", f"{median(t['part']) / audio:.3f}",
                    f"{median(t['peer']) / audio:.3f}", target="(context)"))
         add(figure("generation_prefill", "  prefill (generate 1 token)", f"{median(t['part_prefill']):.2f} s",
