@@ -1,15 +1,17 @@
 """The benchmark report (`benchmarks/report.py`, `run_benchmarks.py --report`): every figure is built from the raw
 measurements the workers write, and a saved results.json can be reported again without measuring."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-from report import figures  # noqa: E402
+# loaded by path: benchmarks/ is not a package, and putting it on sys.path would expose its `common` to every test
+_spec = importlib.util.spec_from_file_location("bench_report", os.path.join(ROOT, "benchmarks", "report.py"))
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
 
 MIB = 2**20
 
@@ -23,7 +25,7 @@ def memory_record(variant: str, llm_frozen: bool, peak_mib: float, step_mib: flo
 def test_memory_figures_from_the_memory_section():
     raw = {"memory": [memory_record("part", False, 800, 400), memory_record("peer", False, 2000, 1000),
                       memory_record("part", True, 300, 100), memory_record("peer", True, 1000, 500)]}
-    by_key = {row["key"]: row["value"] for row in figures(raw)}
+    by_key = {row["key"]: row["value"] for row in report.figures(raw)}
     assert by_key["train_peak_memory"] == 0.4 and by_key["train_step_memory"] == 0.4
     assert by_key["llm_frozen_peak_memory"] == 0.3 and by_key["llm_frozen_step_memory"] == 0.2
 
