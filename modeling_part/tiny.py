@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_part import PartConfig
@@ -13,6 +13,7 @@ from .modeling_part import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN, PartFo
 from .processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES, PartProcessor
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN]
+_HAN_CHARACTER = r"\p{Han}"
 _DEFAULT_TEXT = [
     "the quick brown fox jumps over the lazy dog",
     "der schnelle braune Fuchs springt über den faulen Hund",
@@ -24,10 +25,21 @@ _DEFAULT_TEXT = [
 ]
 
 
-def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512, model_max_length: int = 2048):
-    """Trains a byte-level BPE tokenizer (with the PART audio tokens and `<|endoftext|>` as eos/pad)."""
+def build_tokenizer(
+    texts: Iterable[str] = (), vocab_size: int = 512, model_max_length: int = 2048, split_han_characters: bool = False
+):
+    """Trains a byte-level BPE tokenizer (with the PART audio tokens and `<|endoftext|>` as eos/pad).
+
+    With `split_han_characters`, every Han character is a pre-token of its own, so that no token spans two of them.
+    Without it, a small corpus of unspaced Chinese lets BPE merge whole sentences into single tokens (real LLMs'
+    tokenizers learn mostly one- and two-character Chinese tokens from their large corpora)."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_HAN_CHARACTER), behavior="isolated"), byte_level])
+        if split_han_characters
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -96,6 +96,40 @@ def test_components_manifest_records_corpus_training_and_scores(components, corp
     assert not list(folder.glob("encoder/*.py"))  # the package provides PartFeatureExtractor: no exported source
 
 
+def test_text_of_test_split_is_the_corpus_test_text(corpus):
+    """`rebuild_llm` scores the LLM on the test split's text without the speech: the very rows it would read."""
+    columns = ["task", "source_language", "source_text", "text"]
+    expected = [r for r in corpus["test"].select_columns(columns).to_list() if r["task"] != "s2tt"]
+    assert pretrain.text_of_test_split(pretrain.corpus_spec(TINY)).to_list() == expected
+
+
+def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components, tmp_path):
+    import shutil
+
+    folder, _ = components
+    report = json.loads((folder / pretrain.MANIFEST).read_text())
+    copy = tmp_path / "components"
+    shutil.copytree(folder, copy)
+    spec = pretrain.corpus_spec(TINY)
+    llm = pretrain.LLMSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1,
+                               text_items=10)  # fmt: skip
+    rebuilt = pretrain.rebuild_llm(copy, spec, llm, seed=1)
+    manifest = json.loads((copy / pretrain.MANIFEST).read_text())
+    assert manifest == rebuilt and manifest["encoder"] == report["encoder"]
+    assert manifest["llm"]["settings"]["text_items"] == 10 and manifest["llm"]["examples"] != report["llm"]["examples"]
+    assert set(manifest["llm"]["test"]["copy_accuracy"]) == set(TINY["languages"])
+    for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors"):
+        assert (copy / name).read_bytes() == (folder / name).read_bytes()
+    with pytest.raises(ValueError, match="made for the corpus"):
+        pretrain.rebuild_llm(copy, {**spec, "seed": 1}, llm)
+    manifest["encoder"]["settings"]["ctc_labels"] = "tokens"
+    (copy / pretrain.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="a new tokenizer needs a new encoder"):
+        pretrain.rebuild_llm(copy, spec, llm)
+    with pytest.raises(FileNotFoundError, match="records no encoder"):
+        pretrain.rebuild_llm(tmp_path / "empty", spec, llm)
+
+
 def test_half_precision_components_load_in_float32(components, tmp_path):
     import shutil
 

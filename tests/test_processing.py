@@ -175,6 +175,27 @@ def test_processor_refuses_tokenizer_without_audio_tokens(tiny_part):
         PartProcessor(processor.feature_extractor, tokenizer_without)
 
 
+def test_tiny_tokenizer_keeps_chinese_characters_apart(tmp_path):
+    """Unspaced Chinese repeated in a small corpus: BPE merges whole sentences into single tokens; with
+    `split_han_characters` every token holds at most one Han character, text round-trips, and a saved tokenizer keeps
+    the split."""
+    from transformers import AutoTokenizer
+
+    from modeling_part.tiny import build_tokenizer
+
+    texts = ["价格是三加拿大元。", "今天是星期一。", "价格是十二欧元。", "火车三点半出发。"] * 50 + ["the price is three"] * 50
+    tokenizer = build_tokenizer(texts, vocab_size=600, split_han_characters=True)
+    tokenizer.save_pretrained(tmp_path)
+    for loaded in (tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
+        for text in [*texts[:4], "价格是三欧元。 the price"]:
+            ids = loaded(text, add_special_tokens=False)["input_ids"]
+            pieces = [loaded.decode([i]) for i in ids]
+            assert all(sum("\u4e00" <= c <= "\u9fff" for c in piece) <= 1 for piece in pieces), pieces
+            assert loaded.decode(ids) == text
+    merged = build_tokenizer(texts, vocab_size=600)  # the default, as the shipped demo stand-ins were made
+    assert len(merged("价格是三加拿大元。", add_special_tokens=False)["input_ids"]) < 4  # what the split prevents
+
+
 # ------------------------------------------------------------------ encoder output lengths from the encoder itself
 @strict
 class StridedEncoderConfig(PreTrainedConfig):

@@ -17,6 +17,7 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
 `examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
+`--llm_only` retrains the tokenizer and the LLM alone (`rebuild_llm`), keeping the encoder and building no corpus.
 Users with a network pass hub ids to `from_pretrained_components` instead; these functions only stand in for them.
 """
 
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -86,6 +88,7 @@ class LLMSettings:
     text_items: int = 20000  # items drawn for the text side (each rendered in every language), held-out ones excluded
     slot_repeat_probability: float = 0.2  # in the speech-task analogues, each slot token is doubled with this chance
     slot_noise: float = 0.0  # ... and Gaussian noise of up to this many embedding RMS is added to the slot embeddings
+    split_han_characters: bool = False  # the tokenizer keeps every Han character a token of its own (docs/demo.md)
 
 
 def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -149,9 +152,10 @@ def text_items(count: int, excluded: set, seed: int) -> list:
     return items
 
 
-def train_tokenizer(texts: Sequence[str], output_dir: str | Path, vocab_size: int = 4000):
-    """A byte-level BPE tokenizer trained on `texts`, saved to `output_dir`."""
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+def train_tokenizer(texts: Sequence[str], output_dir: str | Path, vocab_size: int = 4000,
+                    split_han_characters: bool = False):  # fmt: skip
+    """A byte-level BPE tokenizer trained on `texts`, saved to `output_dir` (see `build_tokenizer`)."""
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, split_han_characters=split_han_characters)
     tokenizer.save_pretrained(output_dir)
     return tokenizer
 
@@ -501,6 +505,46 @@ def corpus_spec(corpus_arguments: dict) -> dict:
     }  # fmt: skip
 
 
+def text_of_test_split(spec: dict):
+    """The text of the test split of the corpus `spec` describes, as its asr and mt rows hold it (task,
+    source_language, source_text, text): what `evaluate_llm` reads, without synthesising the speech."""
+    from datasets import Dataset
+
+    splits = make_item_splits(spec["languages"], 0, spec["dev_items"], spec["test_items"], spec["seed"])
+    rows = []
+    for language in spec["languages"]:
+        for item in splits.test:
+            text = render(item, language)
+            rows.append(dict(task="asr", source_language=language, source_text=text, text=text))
+            if language != TARGET_LANGUAGE:
+                rows.append(dict(task="mt", source_language=language, source_text=text,
+                                 text=render(item, TARGET_LANGUAGE)))  # fmt: skip
+    return Dataset.from_list(rows)
+
+
+def _text_side(spec: dict, output_dir: Path, llm: LLMSettings, seed: int) -> tuple[list, Any]:
+    """The LLM's text items (the content space minus the held-out items of `spec`) and the tokenizer trained on their
+    renderings, saved to `output_dir/llm`."""
+    items = text_items(llm.text_items, held_out_contents(spec), seed)
+    texts = [render(item, language) for item in items for language in spec["languages"]]
+    for language in spec["languages"]:  # the instructions too, so that prompts are a few tokens
+        texts += [_instruction("asr", language, language), _instruction("s2tt", language, TARGET_LANGUAGE),
+                  _instruction("mt", language, TARGET_LANGUAGE)]  # fmt: skip
+    return items, train_tokenizer(texts, output_dir / "llm", split_han_characters=llm.split_han_characters)
+
+
+def _llm(items: list, tokenizer, spec: dict, output_dir: Path, llm: LLMSettings, seed: int) -> dict:
+    """The LLM trained on `items` (saved to `output_dir/llm`), evaluated on the test split's text."""
+    report = pretrain_llm(llm_examples(items, spec["languages"], tokenizer, llm, seed), tokenizer, output_dir / "llm",
+                          llm, seed)  # fmt: skip
+    report["test"] = evaluate_llm(output_dir / "llm", text_of_test_split(spec))
+    return report
+
+
+def _write_manifest(output_dir: Path, report: dict) -> None:
+    (output_dir / MANIFEST).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
 def build_components(
     corpus, spec: dict, output_dir: str | Path, encoder: EncoderSettings, llm: LLMSettings, seed: int = 0
 ) -> dict:
@@ -508,22 +552,35 @@ def build_components(
     minus the held-out items of `spec`), evaluated on its test split, written to `output_dir` with a manifest."""
     output_dir = Path(output_dir)
     started = time.time()
-    items = text_items(llm.text_items, held_out_contents(spec), seed)
-    texts = [render(item, language) for item in items for language in spec["languages"]]
-    for language in spec["languages"]:  # the instructions too, so that prompts are a few tokens
-        texts += [_instruction("asr", language, language), _instruction("s2tt", language, TARGET_LANGUAGE),
-                  _instruction("mt", language, TARGET_LANGUAGE)]  # fmt: skip
-    tokenizer = train_tokenizer(texts, output_dir / "llm")
+    report: dict = {"corpus": spec, "seed": seed}
+    items, tokenizer = _text_side(spec, output_dir, llm, seed)
     asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
     asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
-    report: dict = {"corpus": spec, "seed": seed}
     report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, tokenizer)
     report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
-    examples = llm_examples(items, spec["languages"], tokenizer, llm, seed)
-    report["llm"] = pretrain_llm(examples, tokenizer, output_dir / "llm", llm, seed)
-    report["llm"]["test"] = evaluate_llm(output_dir / "llm", corpus["test"])
+    report["llm"] = _llm(items, tokenizer, spec, output_dir, llm, seed)
     report["seconds"] = time.time() - started
-    (output_dir / MANIFEST).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _write_manifest(output_dir, report)
+    return report
+
+
+def rebuild_llm(output_dir: str | Path, spec: dict, llm: LLMSettings, seed: int = 0) -> dict:
+    """Retrains the tokenizer and the LLM of the components in `output_dir`, keeping their encoder: it needs no
+    speech corpus. Refused when the encoder was made for another corpus or reads the tokenizer (CTC token labels)."""
+    output_dir = Path(output_dir)
+    path = output_dir / MANIFEST
+    report = json.loads(path.read_text()) if path.exists() else None
+    if report is None or "encoder" not in report:
+        raise FileNotFoundError(f"{path} records no encoder to keep; build all components (without --llm_only).")
+    if report["corpus"] != spec:
+        raise ValueError(f"The encoder in {output_dir} was made for the corpus {report['corpus']}, not {spec}; "
+                         "build all components (without --llm_only).")  # fmt: skip
+    if report["encoder"]["settings"]["ctc_labels"] != "characters":
+        raise ValueError("The encoder's CTC labels are the tokenizer's tokens: a new tokenizer needs a new encoder; "
+                         "build all components (without --llm_only).")  # fmt: skip
+    report["llm"] = _llm(*_text_side(spec, output_dir, llm, seed), spec, output_dir, llm, seed)
+    report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
+    _write_manifest(output_dir, report)
     return report
 
 
@@ -542,6 +599,10 @@ class ComponentArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the pretraining runs."})
     encoder_steps: int = field(default=EncoderSettings.steps, metadata={"help": "CTC steps."})
     llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
+    llm_split_han_characters: bool = field(default=False, metadata={"help": "Every Han character a token of its "
+                                           "own in the LLM's tokenizer (see docs/demo.md)."})  # fmt: skip
+    llm_only: bool = field(default=False, metadata={"help": "Retrain only the tokenizer and the LLM, keeping the "
+                           "encoder in output_dir (no speech corpus is built)."})  # fmt: skip
     half_precision: bool = field(default=True, metadata={"help": "Store weights in float16 (half the size)."})
 
 
@@ -553,11 +614,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args,) = HfArgumentParser(ComponentArguments).parse_args_into_dataclasses(args=argv)
     corpus_arguments = dict(languages=args.languages, train_items_per_language=args.train_items_per_language,
                             dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
-    corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
-    report = build_components(
-        corpus, corpus_spec(corpus_arguments), args.output_dir, EncoderSettings(steps=args.encoder_steps),
-        LLMSettings(steps=args.llm_steps), args.seed,
-    )
+    spec = corpus_spec(corpus_arguments)
+    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters)
+    if args.llm_only:
+        report = rebuild_llm(args.output_dir, spec, llm, args.seed)
+    else:
+        corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
+        report = build_components(corpus, spec, args.output_dir, EncoderSettings(steps=args.encoder_steps), llm,
+                                  args.seed)  # fmt: skip
     if args.half_precision:
         shrink_to_half_precision(args.output_dir)
     print(json.dumps({k: report[k]["test"] for k in ("encoder", "llm")}, indent=2, ensure_ascii=False))
@@ -578,7 +642,7 @@ def shrink_to_half_precision(components_dir: str | Path) -> None:
 
 __all__ = [
     "EncoderSettings", "LLMSettings", "build_components", "corpus_spec", "evaluate_encoder", "evaluate_llm",
-    "pretrain_encoder", "pretrain_llm", "train_tokenizer",
+    "pretrain_encoder", "pretrain_llm", "rebuild_llm", "text_of_test_split", "train_tokenizer",
 ]  # fmt: skip
 
 if __name__ == "__main__":
