@@ -13,7 +13,6 @@ from .modeling_part import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN, PartFo
 from .processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES, PartProcessor
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN]
-_HAN_CHARACTER = r"\p{Han}"
 _DEFAULT_TEXT = [
     "the quick brown fox jumps over the lazy dog",
     "der schnelle braune Fuchs springt über den faulen Hund",
@@ -36,7 +35,7 @@ def build_tokenizer(
     tokenizer = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_HAN_CHARACTER), behavior="isolated"), byte_level])
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"), byte_level])
         if split_han_characters
         else byte_level
     )
