@@ -130,6 +130,31 @@ def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components, tm
         pretrain.rebuild_llm(tmp_path / "empty", spec, llm)
 
 
+def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components, corpus, tmp_path):
+    import shutil
+
+    folder, _ = components
+    report = json.loads((folder / pretrain.MANIFEST).read_text())
+    copy = tmp_path / "components"
+    shutil.copytree(folder, copy)
+    spec = pretrain.corpus_spec(TINY)
+    encoder = pretrain.EncoderSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1)
+    rebuilt = pretrain.rebuild_encoder(corpus, spec, copy, encoder, seed=1)
+    manifest = json.loads((copy / pretrain.MANIFEST).read_text())
+    assert manifest == json.loads(json.dumps(rebuilt)) and manifest["llm"] == report["llm"]
+    assert manifest["encoder"]["settings"]["steps"] == 2 and set(manifest["encoder"]["test"]["cer"]) == set(TINY["languages"])
+    assert manifest["seconds"] == manifest["encoder"]["seconds"] + manifest["llm"]["seconds"]
+    for name in ("llm/model.safetensors", "llm/tokenizer.json"):
+        assert (copy / name).read_bytes() == (folder / name).read_bytes()
+    assert (copy / "encoder/model.safetensors").read_bytes() != (folder / "encoder/model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="made for the corpus"):
+        pretrain.rebuild_encoder(corpus, {**spec, "seed": 1}, copy, encoder)
+    with pytest.raises(FileNotFoundError, match="records no llm"):
+        pretrain.rebuild_encoder(corpus, spec, tmp_path / "empty", encoder)
+    with pytest.raises(ValueError, match="exclude each other"):
+        pretrain.main(["--llm_only", "--encoder_only", "--output_dir", str(copy)])
+
+
 def test_half_precision_components_load_in_float32(components, tmp_path):
     import shutil
 

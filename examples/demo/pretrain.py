@@ -17,7 +17,8 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
 `examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
-`--llm_only` retrains the tokenizer and the LLM alone (`rebuild_llm`), keeping the encoder and building no corpus.
+`--llm_only` retrains the tokenizer and the LLM alone (`rebuild_llm`), keeping the encoder and building no corpus;
+`--encoder_only` retrains the encoder alone (`rebuild_encoder`), keeping the tokenizer and the LLM.
 Users with a network pass hub ids to `from_pretrained_components` instead; these functions only stand in for them.
 """
 
@@ -541,6 +542,28 @@ def _llm(items: list, tokenizer, spec: dict, output_dir: Path, llm: LLMSettings,
     return report
 
 
+def _encoder(corpus, output_dir: Path, settings: EncoderSettings, seed: int, tokenizer) -> dict:
+    """The encoder trained on `corpus`' train ASR rows (saved to `output_dir/encoder`), evaluated on its test ones."""
+    asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
+    asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
+    report = pretrain_encoder(asr_train, output_dir / "encoder", settings, seed, tokenizer)
+    report["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
+    return report
+
+
+def _kept_manifest(output_dir: Path, spec: dict, kept: str) -> dict:
+    """The manifest of the components in `output_dir` whose `kept` component a rebuild keeps: refused when it records
+    none, or records another corpus."""
+    path = output_dir / MANIFEST
+    report = json.loads(path.read_text()) if path.exists() else None
+    if report is None or kept not in report:
+        raise FileNotFoundError(f"{path} records no {kept} to keep; build all components (without the --*_only flags).")
+    if report["corpus"] != spec:
+        raise ValueError(f"The {kept} in {output_dir} was made for the corpus {report['corpus']}, not {spec}; "
+                         "build all components (without the --*_only flags).")  # fmt: skip
+    return report
+
+
 def _write_manifest(output_dir: Path, report: dict) -> None:
     (output_dir / MANIFEST).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
@@ -554,10 +577,7 @@ def build_components(
     started = time.time()
     report: dict = {"corpus": spec, "seed": seed}
     items, tokenizer = _text_side(spec, output_dir, llm, seed)
-    asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
-    asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
-    report["encoder"] = pretrain_encoder(asr_train, output_dir / "encoder", encoder, seed, tokenizer)
-    report["encoder"]["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
+    report["encoder"] = _encoder(corpus, output_dir, encoder, seed, tokenizer)
     report["llm"] = _llm(items, tokenizer, spec, output_dir, llm, seed)
     report["seconds"] = time.time() - started
     _write_manifest(output_dir, report)
@@ -568,17 +588,25 @@ def rebuild_llm(output_dir: str | Path, spec: dict, llm: LLMSettings, seed: int 
     """Retrains the tokenizer and the LLM of the components in `output_dir`, keeping their encoder: it needs no
     speech corpus. Refused when the encoder was made for another corpus or reads the tokenizer (CTC token labels)."""
     output_dir = Path(output_dir)
-    path = output_dir / MANIFEST
-    report = json.loads(path.read_text()) if path.exists() else None
-    if report is None or "encoder" not in report:
-        raise FileNotFoundError(f"{path} records no encoder to keep; build all components (without --llm_only).")
-    if report["corpus"] != spec:
-        raise ValueError(f"The encoder in {output_dir} was made for the corpus {report['corpus']}, not {spec}; "
-                         "build all components (without --llm_only).")  # fmt: skip
+    report = _kept_manifest(output_dir, spec, "encoder")
     if report["encoder"]["settings"]["ctc_labels"] != "characters":
         raise ValueError("The encoder's CTC labels are the tokenizer's tokens: a new tokenizer needs a new encoder; "
                          "build all components (without --llm_only).")  # fmt: skip
     report["llm"] = _llm(*_text_side(spec, output_dir, llm, seed), spec, output_dir, llm, seed)
+    report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
+    _write_manifest(output_dir, report)
+    return report
+
+
+def rebuild_encoder(corpus, spec: dict, output_dir: str | Path, encoder: EncoderSettings, seed: int = 0) -> dict:
+    """Retrains the encoder of the components in `output_dir` on `corpus`, keeping their tokenizer and LLM (an
+    encoder with CTC token labels reads that tokenizer). Refused when the LLM was made for another corpus."""
+    from transformers import AutoTokenizer
+
+    output_dir = Path(output_dir)
+    report = _kept_manifest(output_dir, spec, "llm")
+    tokenizer = AutoTokenizer.from_pretrained(output_dir / "llm") if encoder.ctc_labels == "tokens" else None
+    report["encoder"] = _encoder(corpus, output_dir, encoder, seed, tokenizer)
     report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
     _write_manifest(output_dir, report)
     return report
@@ -603,6 +631,8 @@ class ComponentArguments:
                                            "own in the LLM's tokenizer (see docs/demo.md)."})  # fmt: skip
     llm_only: bool = field(default=False, metadata={"help": "Retrain only the tokenizer and the LLM, keeping the "
                            "encoder in output_dir (no speech corpus is built)."})  # fmt: skip
+    encoder_only: bool = field(default=False, metadata={"help": "Retrain only the encoder, keeping the tokenizer "
+                               "and the LLM in output_dir."})  # fmt: skip
     half_precision: bool = field(default=True, metadata={"help": "Store weights in float16 (half the size)."})
 
 
@@ -616,12 +646,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
     spec = corpus_spec(corpus_arguments)
     llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters)
+    encoder = EncoderSettings(steps=args.encoder_steps)
+    if args.llm_only and args.encoder_only:
+        raise ValueError("--llm_only and --encoder_only exclude each other: pass neither to rebuild both.")
     if args.llm_only:
         report = rebuild_llm(args.output_dir, spec, llm, args.seed)
     else:
         corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
-        report = build_components(corpus, spec, args.output_dir, EncoderSettings(steps=args.encoder_steps), llm,
-                                  args.seed)  # fmt: skip
+        if args.encoder_only:
+            report = rebuild_encoder(corpus, spec, args.output_dir, encoder, args.seed)
+        else:
+            report = build_components(corpus, spec, args.output_dir, encoder, llm, args.seed)
     if args.half_precision:
         shrink_to_half_precision(args.output_dir)
     print(json.dumps({k: report[k]["test"] for k in ("encoder", "llm")}, indent=2, ensure_ascii=False))
@@ -642,7 +677,7 @@ def shrink_to_half_precision(components_dir: str | Path) -> None:
 
 __all__ = [
     "EncoderSettings", "LLMSettings", "build_components", "corpus_spec", "evaluate_encoder", "evaluate_llm",
-    "pretrain_encoder", "pretrain_llm", "rebuild_llm", "text_of_test_split", "train_tokenizer",
+    "pretrain_encoder", "pretrain_llm", "rebuild_encoder", "rebuild_llm", "text_of_test_split", "train_tokenizer",
 ]  # fmt: skip
 
 if __name__ == "__main__":
