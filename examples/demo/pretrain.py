@@ -625,7 +625,8 @@ class ComponentArguments:
     test_items: int = field(default=40, metadata={"help": "Must match the demo's (held-out items)."})
     corpus_seed: int = field(default=0, metadata={"help": "Must match the demo's --seed (held-out items)."})
     seed: int = field(default=0, metadata={"help": "Seed of the pretraining runs."})
-    encoder_steps: int = field(default=EncoderSettings.steps, metadata={"help": "CTC steps."})
+    encoder_steps: int = field(default=6000, metadata={"help": "CTC steps (the shipped encoder's; twice the 3,000 "
+                               "of EncoderSettings, which the demo uses when it trains stand-ins itself)."})  # fmt: skip
     llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
     llm_split_han_characters: bool = field(default=False, metadata={"help": "Every Han character a token of its "
                                            "own in the LLM's tokenizer (see docs/demo.md)."})  # fmt: skip
