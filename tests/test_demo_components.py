@@ -40,6 +40,16 @@ def components(corpus, tmp_path_factory):
     return folder, report
 
 
+@pytest.fixture
+def components_copy(components, tmp_path):
+    """(the stand-ins' folder, its manifest, a copy of the folder to rebuild in)."""
+    import shutil
+
+    folder, _ = components
+    shutil.copytree(folder, tmp_path / "components")
+    return folder, json.loads((folder / pretrain.MANIFEST).read_text()), tmp_path / "components"
+
+
 def test_text_side_never_holds_a_held_out_item():
     held_out = pretrain.held_out_contents(pretrain.corpus_spec(TINY))
     splits = make_item_splits(TINY["languages"], 0, TINY["dev_items"], TINY["test_items"], TINY["seed"])
@@ -103,13 +113,8 @@ def test_text_of_test_split_is_the_corpus_test_text(corpus):
     assert pretrain.text_of_test_split(pretrain.corpus_spec(TINY)).to_list() == expected
 
 
-def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components, tmp_path):
-    import shutil
-
-    folder, _ = components
-    report = json.loads((folder / pretrain.MANIFEST).read_text())
-    copy = tmp_path / "components"
-    shutil.copytree(folder, copy)
+def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components_copy, tmp_path):
+    folder, report, copy = components_copy
     spec = pretrain.corpus_spec(TINY)
     llm = pretrain.LLMSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1,
                                text_items=10)  # fmt: skip
@@ -130,13 +135,8 @@ def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components, tm
         pretrain.rebuild_llm(tmp_path / "empty", spec, llm)
 
 
-def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components, corpus, tmp_path):
-    import shutil
-
-    folder, _ = components
-    report = json.loads((folder / pretrain.MANIFEST).read_text())
-    copy = tmp_path / "components"
-    shutil.copytree(folder, copy)
+def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components_copy, corpus, tmp_path):
+    folder, report, copy = components_copy
     spec = pretrain.corpus_spec(TINY)
     encoder = pretrain.EncoderSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1)
     rebuilt = pretrain.rebuild_encoder(corpus, spec, copy, encoder, seed=1)
