@@ -205,16 +205,36 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         return None if grad is None else grad * grad_output.to(grad.dtype), None, None, None, None
 
 
+def _is_plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` with whole plain-tensor parameters and no hooks: its weight may be used outside its forward."""
+    return (
+        type(module) is nn.Linear
+        and all(_is_plain_tensor(p) for p in module.parameters())
+        and not (module._forward_hooks or module._forward_pre_hooks)
+    )
+
+
+_FEW_ROWS = 64
+"""Up to this many rows (a generation step's batch x beams), a plain CPU head computes `weight @ hidden.T`."""
+
+
+def _output_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """`lm_head(hidden)`. For a plain linear head on CPU and at most `_FEW_ROWS` rows (every decoding step), the same
+    dot products as `(weight @ hidden.T).T`: BLAS then splits the vocabulary, not the few rows, over the threads, and
+    the step's largest matmul runs 2-3x faster (docs/design.md, "The output head at decoding")."""
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    if hidden.device.type != "cpu" or rows.shape[0] > _FEW_ROWS or not _is_plain_linear(lm_head):
+        return lm_head(hidden)
+    logits = (lm_head.weight @ rows.T).T
+    if lm_head.bias is not None:
+        logits = logits + lm_head.bias
+    return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+
+
 def _target_cross_entropy(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of `lm_head` over the target rows `hidden` (float32 logits); a frozen plain linear head
     takes `_FrozenHeadCrossEntropy`'s chunks."""
-    parameters = list(lm_head.parameters())
-    if (
-        type(lm_head) is nn.Linear
-        and not any(p.requires_grad for p in parameters)
-        and all(_is_plain_tensor(p) for p in parameters)
-        and not (lm_head._forward_hooks or lm_head._forward_pre_hooks)
-    ):
+    if _is_plain_linear(lm_head) and not any(p.requires_grad for p in lm_head.parameters()):
         chunk_rows = max(1, _LOGITS_PER_CHUNK // lm_head.out_features)
         return _FrozenHeadCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_rows)
     return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
@@ -620,7 +640,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
             loss = summed / torch.as_tensor(denominator, device=summed.device)
         else:
-            logits = lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+            logits = _output_logits(lm_head, slice_logits_to_keep(hidden_states, logits_to_keep))
 
         return PartCausalLMOutputWithPast(
             loss=loss,

@@ -695,3 +695,24 @@ def test_gradient_checkpointing_trains_the_whole_encoder(tiny_part, use_reentran
     model(**_training_batch(processor)).loss.backward()
     missing = [n for n, p in model.audio_tower.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_decoding_logits_take_the_few_rows_path(tiny_part, monkeypatch):
+    """Decoding steps compute the head as `weight @ hidden.T` (docs/design.md): the same logits within float32
+    rounding, and the head module's own forward (BLAS split over the rows) is not called."""
+    from modeling_part.modeling_part import _FEW_ROWS, _output_logits
+
+    model, processor = tiny_part
+    head = model.get_output_embeddings()
+    hidden = torch.randn(3, 5, head.in_features)[:, -1:]  # a strided slice, as logits_to_keep=1 leaves it
+    biased = torch.nn.Linear(head.in_features, 7)
+    for module in (head, biased):
+        torch.testing.assert_close(_output_logits(module, hidden), module(hidden), rtol=1e-5, atol=1e-5)
+    many = torch.randn(_FEW_ROWS + 1, head.in_features)
+    assert torch.equal(_output_logits(head, many), head(many))  # more rows: the module itself
+
+    calls = []
+    monkeypatch.setattr(head, "forward", lambda x: calls.append(x.shape) or F.linear(x, head.weight, head.bias))
+    batch = processor(audio=[make_audio(1.0), make_audio(1.4, 1)], sampling_rate=16000, task="asr", source_language="en")
+    model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert calls == []
