@@ -6,7 +6,8 @@ Sections (progress on stderr; the JSON result is the last stdout line):
              samples from WAV bytes) and the front end on the batch, so their rates compare with the step measured in
              the same rounds; with --ablation also PART with full logits;
              then the same with the LLM frozen (PART's stage 1-2 trainable set); in-process step memory for both
-  generate   batched greedy decoding, fixed number of new tokens (eos suppressed by min_new_tokens), and prefill
+  generate   batched greedy decoding and beam search, fixed number of new tokens (eos suppressed by
+             min_new_tokens), and prefill
   frontend   PartFeatureExtractor (asrfront, numpy) vs transformers' WhisperFeatureExtractor
   profile    torch.profiler top operators of one training step (and one generation), forward time per module
 
@@ -99,6 +100,10 @@ def train_section(state: dict, args) -> dict:
     return result
 
 
+BEAMS = 3
+"""Beams of the beam-search generation timings."""
+
+
 def generate_section(state: dict, args) -> dict:
     import torch
 
@@ -106,12 +111,12 @@ def generate_section(state: dict, args) -> dict:
                                                  audio=state["audio"])))
     n = args.new_tokens
 
-    def generate(name, tokens):
+    def generate(name, tokens, beams=1):
         def run():
             model, batch = state[name], prompts[name]
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                     num_beams=1)
+                                     num_beams=beams)
             new = out.shape[1] - (0 if name == "part" else batch["input_ids"].shape[1])  # PART returns new tokens
             if new != tokens:
                 raise RuntimeError(f"{name} generated {new} tokens, expected {tokens}")
@@ -123,10 +128,11 @@ def generate_section(state: dict, args) -> dict:
     log(f"generation: {args.gen_repeats} interleaved rounds, batch {state['dims'].batch_size}, {n} new tokens each "
         f"(prompt lengths {prompt_length})")
     times = interleave({"part": generate("part", n), "peer": generate("peer", n), "part_prefill": generate("part", 1),
-                        "peer_prefill": generate("peer", 1)}, args.gen_repeats, label="generate")
+                        "peer_prefill": generate("peer", 1), "part_beam": generate("part", n, BEAMS),
+                        "peer_beam": generate("peer", n, BEAMS)}, args.gen_repeats, label="generate")
     state["part"].train()
     state["peer"].train()
-    return {"times": times, "new_tokens": n, "prompt_length": prompt_length}
+    return {"times": times, "new_tokens": n, "prompt_length": prompt_length, "beams": BEAMS}
 
 
 def frontend_section(state: dict, args) -> dict:

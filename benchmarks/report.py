@@ -97,6 +97,10 @@ def figures(raw: dict) -> list[dict]:
         add(figure("generation_throughput", f"generation new tokens/s (PART/peer, {n} tokens per clip)",
                    f"{tokens / median(t['part']):.1f} tok/s", f"{tokens / median(t['peer']):.1f} tok/s",
                    ratio(t["peer"], t["part"]), ">= 1.5x", lambda r: r["median"] >= 1.5))
+        if "part_beam" in t:  # runs before the beam timings were added have none
+            add(figure("generation_beam_throughput", f"  same, beam search ({generate['beams']} beams)",
+                       f"{tokens / median(t['part_beam']):.1f} tok/s", f"{tokens / median(t['peer_beam']):.1f} tok/s",
+                       ratio(t["peer_beam"], t["part_beam"]), "(context)"))
         add(figure("generation_rtf", "  real-time factor (lower is faster)", f"{median(t['part']) / audio:.3f}",
                    f"{median(t['peer']) / audio:.3f}", target="(context)"))
         add(figure("generation_prefill", "  prefill (generate 1 token)", f"{median(t['part_prefill']):.2f} s",
@@ -208,6 +212,9 @@ def measurements(raw: dict, threads: int) -> list:
         times = models["generate"]["times"]
         add("generation", f"{models['generate']['new_tokens']} new tokens", times, {"part": "PART", "peer": "peer"})
         add("generation", "prefill (1 token)", times, {"part_prefill": "PART", "peer_prefill": "peer"})
+        if "part_beam" in times:
+            add("generation", f"{models['generate']['new_tokens']} new tokens, {models['generate']['beams']} beams",
+                times, {"part_beam": "PART", "peer_beam": "peer"})
     for name, values in models.get("frontend", {}).get("times", {}).items():
         add("front end (batch)", name, {name: values}, {name: "time per call"})
     for axis in raw.get("scaling", []):
@@ -255,7 +262,8 @@ def results_markdown(raw: dict, rows: list[dict], meta: dict, compare: str) -> s
             **dims, **setup, ffn=dims["llm_width"] // 4, swiglu=4 * dims["llm_width"],
             part_m=setup["parameters"]["part"] / 1e6, peer_m=setup["parameters"]["peer"] / 1e6,
             part_attention=", ".join(setup["attention"]["part"]), peer_attention=", ".join(setup["attention"]["peer"]),
-            prompt=f"; generation prompt length PART {prompt['part']}, peer {prompt['peer']}" if prompt else "")]
+            prompt=f"; generation prompt length PART {prompt['part']}, peer {prompt['peer']}" if prompt else "",
+            beams=f" and beam search ({beams} beams)" if (beams := models.get("generate", {}).get("beams")) else "")]
     memory = [m for m in raw.get("memory", []) if "variant" in m]
     if memory:
         out += ["\n## Peak memory, one fresh process per variant\n", table(
@@ -346,8 +354,8 @@ LFR frame); LLM sequence length PART {sequence_length[part]}, peer {sequence_len
 - Training step: forward + backward from `zero_grad(set_to_none=True)`, all parameters trainable unless "LLM frozen" \
 (the trainable set of PART's stages 1-2: encoder + adapter); no optimizer step (ZeRO-3 includes AdamW). PART \
 computes the LM head on target positions only; the peer computes full logits and transformers' causal-LM loss. "Full \
-logits" is PART with the peer's loss path. Generation: batched greedy decoding, `min_new_tokens = \
-max_new_tokens`, KV cache, features precomputed.
+logits" is PART with the peer's loss path. Generation: batched greedy decoding{beams}, \
+`min_new_tokens = max_new_tokens`, KV cache, features precomputed.
 - Timing (`common.interleave`): both models in one process with the same threads and inputs; after one warm-up call \
 each, every round runs every variant once, alternating the order (A B, B A, ...); front-end and collator calls \
 (milliseconds) are timed per round with `torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.2)`, the \

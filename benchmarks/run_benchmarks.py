@@ -32,7 +32,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ESTIMATES = {"models": 150, "memory": 90, "scaling": 150, "zero3": 80,
+ESTIMATES = {"models": 180, "memory": 90, "scaling": 150, "zero3": 80,
              "batching": 120}  # seconds on an idle 2-core machine
 
 
