@@ -221,7 +221,7 @@ _FEW_ROWS = 64
 def _output_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """`lm_head(hidden)`. For a plain linear head on CPU and at most `_FEW_ROWS` rows (every decoding step), the same
     dot products as `(weight @ hidden.T).T`: BLAS then splits the vocabulary, not the few rows, over the threads, and
-    the step's largest matmul runs 2-3x faster (docs/design.md, "The output head at decoding")."""
+    the step's largest matmul runs 1.1-6x faster on CPU (docs/design.md, "The output head at decoding")."""
     rows = hidden.reshape(-1, hidden.shape[-1])
     if hidden.device.type != "cpu" or rows.shape[0] > _FEW_ROWS or not _is_plain_linear(lm_head):
         return lm_head(hidden)
