@@ -1,12 +1,13 @@
 """`make real-dimensions`: PART at the paper's PART-2B shape, built from configs alone (random weights, no download),
-measured on CPU.
+measured on CPU (or, with `--device cuda`, on one GPU).
 
 The shape: a SenseVoice-large-sized SAN-M encoder (transformers' `fun_asr_nano_encoder`), PART's default adapter and a
 Qwen2.5-1.5B-shaped LLM (`qwen2`); every number in `SHAPES["full"]` names its source in `SOURCES`. Reported:
 parameters per group, trainable parameters in each stage of the `part` preset, then, each phase in a fresh process so
 that every peak is its own: training steps of stage 1 and of stage 3 (two each; the first one allocates), stage 3 again
 with activation checkpointing, and greedy generation. Memory is the process's resident set (high-water marks per step
-and over the process's life); times are wall and CPU seconds.
+and over the process's life); times are wall and CPU seconds. On a GPU the model, its inputs and the optimizer live on
+the device, and memory is the device's: PyTorch's allocated high-water marks per step and per phase.
 
 A step uses AdamW (fused, the Trainer's default) where weights, gradients and AdamW's state fill at most 80% of
 `--memory-budget-gib` (default: 90% of the memory available at the start). Otherwise it applies SGD during the
@@ -14,7 +15,7 @@ backward pass (no gradients held together, no state) and the report adds the exa
 measured peak as a projection. A phase whose resident set passes the budget is stopped, and reported as such.
 
 Usage: python benchmarks/real_dimensions.py [--dtype float32|bfloat16] [--threads N] [--stages 1,3,3+checkpointing]
-       [--scale full|small|tiny] [--memory-budget-gib G] [--output benchmarks/real_dimensions.json]
+       [--scale full|small|tiny] [--device cpu|cuda] [--memory-budget-gib G] [--output benchmarks/real_dimensions.json]
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def part_config(scale: str, audio_token_id: int):
     )
 
 
-def build_model(config, dtype, seed: int = 0):
+def build_model(config, dtype, seed: int = 0, device: str = "cpu"):
     """Random-weight model, each parameter allocated once: built on the meta device, then given storage
     (`to_empty`) and initialised by the model's own `init_weights` (which also ties the embeddings). Building
     directly would run every layer's default init and then transformers' init: twice the time, same memory."""
@@ -150,7 +151,7 @@ def build_model(config, dtype, seed: int = 0):
 
     with torch.device("meta"):
         model = PartForSpeechToText._from_config(config, dtype=dtype)
-    model.to_empty(device="cpu")
+    model.to_empty(device=device)
     torch.manual_seed(seed)
     model.init_weights()
     llm = model.language_model
@@ -253,7 +254,7 @@ def _prepare(options, phase: str):
     dtype = getattr(torch, options.dtype)
     log(f"{phase}: building the model ({options.scale}, {options.dtype}) ...")
     started = time.perf_counter()
-    model = build_model(config, dtype, seed=options.seed)
+    model = build_model(config, dtype, seed=options.seed, device=options.device)
     model.add_lora(_stage(STAGE_ALIASES["1"])[0].lora)  # the preset's LoRA, attached before stage 1 as PartTrainer does
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -261,8 +262,12 @@ def _prepare(options, phase: str):
     processor = build_processor(config, tokenizer)
     train, infer = batches(processor, tokenizer, options.clip_seconds, options.target_tokens)
     result["inputs"] = describe_inputs(config, train, infer)
+    train, infer = ({key: value.to(options.device) for key, value in inputs.items()} for inputs in (train, infer))
     release_memory()
     result["rss_after_build"] = rss_bytes()
+    if _on_gpu(options):
+        result["device_name"] = torch.cuda.get_device_name()
+        result["device_bytes_after_build"] = torch.cuda.memory_allocated()
     result["parameter_bytes"] = _tensor_bytes(model.parameters())
     log(f"{phase}: built in {result['build_seconds']:.0f} s, RSS {result['rss_after_build'] / GIB:.2f} GiB")
     PROGRESS.clear()
@@ -275,16 +280,31 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _measured(fn) -> tuple:
+def _on_gpu(options) -> bool:
+    return options.device != "cpu"
+
+
+def _measured(fn, gpu: bool = False) -> tuple:
     """Runs `fn()`; returns (its value, {"seconds": wall time, "cpu_seconds": this process's CPU time (less
     sensitive than wall time to other processes on a shared machine), "peak_rss": RSS high-water mark while it ran,
-    None where the mark cannot be reset}).`"""
+    None where the mark cannot be reset}). With `gpu`, the device is synchronised around `fn` and "peak_device" is
+    PyTorch's allocated high-water mark on it while `fn` ran."""
+    import torch
+
     release_memory()
     can_reset = reset_peak()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     value = fn()
+    if gpu:
+        torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
-    return value, {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": hwm_bytes() if can_reset else None}
+    measured = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": hwm_bytes() if can_reset else None}
+    if gpu:
+        measured["peak_device"] = torch.cuda.max_memory_allocated()
+    return value, measured
 
 
 OPTIMIZERS = ("auto", "adamw", "sgd", "sgd_in_backward")
@@ -333,9 +353,11 @@ def run_stage(options, phase: str) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradient_bytes = _tensor_bytes(trainable)
     adamw_state_bytes = 2 * gradient_bytes + 4 * len(trainable)  # exp_avg, exp_avg_sq, a float32 step per tensor
-    budget = options.memory_budget_gib * GIB
-    optimizer_name = choose_optimizer(options.optimizer, result["rss_after_build"], gradient_bytes,
-                                      adamw_state_bytes, budget)
+    gpu = _on_gpu(options)
+    budget = (0.9 * torch.cuda.get_device_properties(options.device).total_memory if gpu
+              else options.memory_budget_gib * GIB)
+    built = result["device_bytes_after_build"] if gpu else result["rss_after_build"]
+    optimizer_name = choose_optimizer(options.optimizer, built, gradient_bytes, adamw_state_bytes, budget)
     optimizer = None
     if optimizer_name == "adamw":
         optimizer = torch.optim.AdamW(trainable, lr=stage.peak_learning_rate(RUN_LEARNING_RATE)[0], weight_decay=0.0, fused=True)
@@ -375,7 +397,7 @@ def run_stage(options, phase: str) -> dict:
         log(f"{phase}: step {index + 1}/{options.steps} ({counts['trainable'] / 1e6:.1f} M trainable, "
             f"{optimizer_name}) ...")
         PROGRESS["running"] = f"step {index + 1}"
-        loss, measured = _measured(step)
+        loss, measured = _measured(step, gpu)
         steps.append({**measured, "loss": loss})
         peak = f", RSS high-water {measured['peak_rss'] / GIB:.2f} GiB" if measured["peak_rss"] else ""
         log(f"{phase}: step {index + 1}: {measured['seconds']:.1f} s ({measured['cpu_seconds']:.0f} CPU s), "
@@ -385,12 +407,15 @@ def run_stage(options, phase: str) -> dict:
     optimizer_state_bytes = sum(t.numel() * t.element_size() for s in state for t in s.values() if torch.is_tensor(t))
     result.update({"steps": steps, "optimizer_state_bytes": optimizer_state_bytes,
                    "process_peak": process_peak_bytes()})
+    if gpu:
+        result["process_peak_device"] = max([built, *(s["peak_device"] for s in steps)])
     # What AdamW would hold on top of the measured peak: its state (exact), and with SGD in backward all gradients
     # at once too (exact sizes; an upper bound, since activations are partly freed by the time gradients complete).
+    peak = result["process_peak_device" if gpu else "process_peak"]
     if optimizer_name == "sgd":
-        result["projected_adamw_process_peak"] = result["process_peak"] + adamw_state_bytes
+        result["projected_adamw_process_peak"] = peak + adamw_state_bytes
     elif optimizer_name == "sgd_in_backward":
-        result["projected_adamw_process_peak"] = result["process_peak"] + gradient_bytes + adamw_state_bytes
+        result["projected_adamw_process_peak"] = peak + gradient_bytes + adamw_state_bytes
     return result
 
 
@@ -432,7 +457,7 @@ def run_generate(options) -> dict:
     runs = []
     for _ in range(2):
         clock = StepClock()
-        output, measured = _measured(lambda: generate(new_tokens, clock))
+        output, measured = _measured(lambda: generate(new_tokens, clock), _on_gpu(options))
         steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
         runs.append({**measured, "first_token_seconds": steps[0], "decode_step_seconds": steps[1:]})
     best = min(runs, key=lambda run: run["seconds"])
@@ -452,6 +477,9 @@ def run_generate(options) -> dict:
         "peak_rss": max(peaks) if peaks else None,
         "process_peak": process_peak_bytes(),
     })
+    if _on_gpu(options):
+        result["peak_device"] = max(run["peak_device"] for run in runs)
+        result["process_peak_device"] = max(result["peak_device"], result["device_bytes_after_build"])
     log(f"generate: {output.shape[1]} tokens in {best['seconds']:.1f} s ({result['tokens_per_second']:.2f} tokens/s "
         f"over the batch), first token {best['first_token_seconds']:.1f} s")
     return result
@@ -493,7 +521,8 @@ def _child_command(options, phase: str) -> list[str]:
                "--dtype", options.dtype, "--threads", str(options.threads), "--steps", str(options.steps),
                "--new-tokens", str(options.new_tokens), "--target-tokens", str(options.target_tokens),
                "--clip-seconds", ",".join(str(s) for s in options.clip_seconds), "--optimizer", options.optimizer,
-               "--memory-budget-gib", str(options.memory_budget_gib), "--seed", str(options.seed)]
+               "--memory-budget-gib", str(options.memory_budget_gib), "--seed", str(options.seed),
+               "--device", options.device]
     return command
 
 
@@ -518,6 +547,7 @@ def measure(options) -> dict:
         "command": " ".join(["python", os.path.relpath(os.path.abspath(__file__), ROOT), *options.argv]),
         "scale": options.scale,
         "dtype": options.dtype,
+        "device": options.device,
         "threads": options.threads,
         "shape": shape(options.scale),
         "sources": SOURCES if options.scale == "full" else {},
@@ -542,6 +572,9 @@ def measure(options) -> dict:
         # other processes' load makes CPU timings slower: the 1-minute load average around each phase
         report["phases"][phase]["load_average"] = [load_before, os.getloadavg()[0]]
     report["machine"] = machine_info()
+    device_name = next((p["device_name"] for p in report["phases"].values() if "device_name" in p), None)
+    if device_name:
+        report["machine"]["device"] = device_name
     return report
 
 
@@ -560,10 +593,14 @@ def _gib(value) -> str:
 
 def format_report(report: dict) -> str:
     counts = report["parameters"]
+    gpu = report.get("device", "cpu") != "cpu"  # then memory columns are the device's (PyTorch's allocated bytes)
+    built_key, peak_key, process_key = (("device_bytes_after_build", "peak_device", "process_peak_device") if gpu
+                                        else ("rss_after_build", "peak_rss", "process_peak"))
     batch = report["batch"]
     lines = [
         f"PART at {report['scale']} dimensions (random weights), {report['dtype']}, "
-        f"{report['threads']} threads on {report['machine']['cores']} cores; batch of "
+        + (f"on {report['machine']['device']}" if gpu else
+           f"{report['threads']} threads on {report['machine']['cores']} cores") + "; batch of "
         f"{len(batch['clip_seconds'])} clips ({' + '.join(f'{s:g}' for s in batch['clip_seconds'])} s), "
         f"{batch['target_tokens']} target tokens + eos each",
         "",
@@ -577,13 +614,14 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<20}{stage['trainable']:>16,}{100 * stage['share']:>7.1f}%  "
                      f"{' + '.join(stage['trainable_groups'])}")
     width = max([18, *(len(name) + 2 for name in report["phases"])])
-    header = (f"{'phase':<{width}}{'optimizer':<17}{'build':>7}{'RSS built':>11}{'step 1':>17}{'step 2':>17}"
+    built_label = "GPU built" if gpu else "RSS built"
+    header = (f"{'phase':<{width}}{'optimizer':<17}{'build':>7}{built_label:>11}{'step 1':>17}{'step 2':>17}"
               f"{'step peak':>11}{'proc. peak':>11}{'load':>6}")
     lines += ["", header]
     notes = []
     for name, phase in report["phases"].items():
         load = max(phase.get("load_average") or [float("nan")])
-        built = _gib(phase.get("rss_after_build"))
+        built = _gib(phase.get(built_key))
         stopped = "error" in phase
         if stopped:
             where = f" during {phase['running']}" if phase.get("running") else ""
@@ -597,15 +635,15 @@ def format_report(report: dict) -> str:
                                 if phase["optimizer"] == "sgd_in_backward" else "")
                              + f"AdamW state {_gib(phase['adamw_state_bytes'])})")
         if name == "generate":
-            steps, optimizer, step_peak = [], "-", phase.get("peak_rss")
+            steps, optimizer, step_peak = [], "-", phase.get(peak_key)
         else:
             steps, optimizer = phase.get("steps", []), phase.get("optimizer", "-")
-            step_peak = max((s["peak_rss"] for s in steps if s["peak_rss"]), default=None)
+            step_peak = max((s[peak_key] for s in steps if s.get(peak_key)), default=None)
         cells = [f"{_seconds(s['seconds'])} ({s['cpu_seconds']:.0f} cpu)" for s in steps[:2]]
         if len(cells) < 2:
             cells.append("stopped" if stopped else "-")
         cells += ["-"] * (2 - len(cells))
-        process = "stopped" if stopped else _gib(phase.get("process_peak"))
+        process = "stopped" if stopped else _gib(phase.get(process_key))
         lines.append(f"{name:<{width}}{optimizer:<17}{_seconds(phase.get('build_seconds')):>7}{built:>11}"
                      + "".join(f"{cell:>17}" for cell in cells)
                      + f"{_gib(step_peak):>11}{process:>11}{load:>6.1f}")
@@ -630,9 +668,11 @@ def format_report(report: dict) -> str:
         lines.append(f"inputs: {inputs['feature_frames']} feature frames x {inputs['feature_dim']} -> "
                      f"{inputs['audio_tokens']} audio tokens; training sequence of {inputs['train_sequence_length']} "
                      f"positions, {inputs['target_positions']} in the loss")
-    lines.append("build: random init on CPU; steps: wall time (this process's CPU seconds), step 1 allocates "
-                 "(optimizer state, allocator); step peak: RSS high-water mark during the steps (generate: during "
-                 "generation); proc. peak: the phase process's lifetime RSS high-water mark; load: 1-minute load average")
+    memory = "the device's allocated bytes (torch.cuda)" if gpu else "RSS"
+    lines.append(f"build: random init on {report.get('device', 'cpu')}; steps: wall time (this process's CPU seconds), "
+                 f"step 1 allocates (optimizer state, allocator); RSS built, step peak, proc. peak: {memory} after the "
+                 "build, its high-water mark during the steps (generate: during generation) and over the phase "
+                 "process's life; load: 1-minute load average")
     lines += [f"note: {note}" for note in notes]
     if not report["isolated_phases"]:
         lines.append("note: phases ran in one process (--in-process): peaks include earlier phases' allocations")
@@ -657,6 +697,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="dtype of every weight, LoRA included (so of gradients and AdamW state too)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu, or a CUDA device (cuda, cuda:1): model, inputs and "
+                        "optimizer there; memory columns then report the device's allocated bytes")
     parser.add_argument("--stages", default="1,3,3+checkpointing",
                         help="stages of the part preset to step: 1, 2a, 2b, 3 (or full names), comma-separated; a "
                         "+checkpointing suffix (e.g. 3+checkpointing) steps that stage with activation checkpointing")
@@ -688,6 +730,12 @@ def parse_args(argv=None):
         options.memory_budget_gib = 0.9 * _available_bytes() / GIB
     if options.steps < 1:
         parser.error("--steps must be at least 1")
+    if options.device != "cpu":
+        import torch
+
+        if not options.device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {options.device!r}: use cpu, or cuda[:N] on a machine where "
+                         "torch.cuda.is_available()")
     return options
 
 

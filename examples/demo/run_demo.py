@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import sys
@@ -92,6 +93,10 @@ class DemoArguments:
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Corpus languages."})
     train_items_per_language: int = field(default=500, metadata={"help": "Corpus size (training items/language)."})
     test_items: int = field(default=40, metadata={"help": "Test items per language."})
+    synthesis_workers: int = field(
+        default_factory=lambda: os.cpu_count() or 2,
+        metadata={"help": "Corpus synthesis processes (default: one per CPU core); the audio does not depend on it."},
+    )
     encoder_steps: int = field(
         default=EncoderSettings.steps, metadata={"help": "CTC steps of the encoder, when the stand-ins are trained here."}
     )
@@ -356,6 +361,7 @@ def prepare(args: DemoArguments) -> tuple[object, str, str, dict]:
         dev_items=args.test_items,
         test_items=args.test_items,
         seed=args.seed,
+        num_workers=args.synthesis_workers,
         reuse_existing=True,
         other_engine_test=args.other_engine_test,
         train_pico_share=args.train_pico_share,
