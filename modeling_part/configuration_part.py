@@ -136,10 +136,9 @@ class PartAdapterConfig(PreTrainedConfig):
                 f"adapter_config.hidden_size ({self.hidden_size}) must be divisible by "
                 f"adapter_config.num_attention_heads ({self.num_attention_heads}); pick a head count that divides it."
             )
-        if self.downsample_stride is not None and self.downsample_stride < 1:
-            raise ValueError(f"adapter_config.downsample_stride must be >= 1, got {self.downsample_stride}.")
-        if self.downsample_kernel_size is not None and self.downsample_kernel_size < 1:
-            raise ValueError(f"adapter_config.downsample_kernel_size must be >= 1, got {self.downsample_kernel_size}.")
+        for field in ("downsample_stride", "downsample_kernel_size"):
+            if (value := getattr(self, field)) is not None and value < 1:
+                raise ValueError(f"adapter_config.{field} must be >= 1, got {value}.")
 
     @property
     def kernel_size(self) -> int:

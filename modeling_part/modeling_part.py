@@ -675,8 +675,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             elif input_ids is not None:
                 kwargs["max_new_tokens"] = budget + 2 * input_ids.shape[-1]
         if input_features is not None:
-            kwargs["input_features"] = input_features
-            kwargs["feature_attention_mask"] = feature_attention_mask
+            kwargs.update(input_features=input_features, feature_attention_mask=feature_attention_mask)
         outputs = super().generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
         )
@@ -726,13 +725,9 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         """Switches the LLM's LoRA on or off, leaving the trainable set as it is (peft's switch would change it)."""
         if not self.has_lora:
             raise ValueError("The LLM has no LoRA; add_lora() first.")
-        lora_parameters = [p for name, p in self.language_model.named_parameters() if ".lora_" in name]
-        requires_grad = [p.requires_grad for p in lora_parameters]
-        if enabled:
-            self.lora_tuner.enable_adapter_layers()
-        else:
-            self.lora_tuner.disable_adapter_layers()
-        for parameter, flag in zip(lora_parameters, requires_grad):
+        requires_grad = {p: p.requires_grad for name, p in self.language_model.named_parameters() if ".lora_" in name}
+        (self.lora_tuner.enable_adapter_layers if enabled else self.lora_tuner.disable_adapter_layers)()
+        for parameter, flag in requires_grad.items():
             parameter.requires_grad_(flag)
 
     def merge_lora(self, safe_merge: bool = False) -> None:

@@ -127,9 +127,8 @@ class PartSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                         "it in chunks cut where the speech pauses."
                     )
             source_rate = audio_file.samplerate if audio_file is not None else rate
-            chunks = [Chunk(0, len(source))]  # a file is opened for chunk_length_s only
-            if chunk_length_s is not None:
-                chunks = plan_chunks(source, chunk_length_s, stride_length_s, rate)
+            chunks = (plan_chunks(source, chunk_length_s, stride_length_s, rate) if chunk_length_s is not None
+                      else [Chunk(0, len(source))])  # a file is opened for chunk_length_s only
             if not chunks:  # no speech anywhere
                 yield {"is_last": True, "chunks": [], "sampling_rate": source_rate, "inputs": None}
             for first in range(0, len(chunks), chunk_batch_size):  # model inputs for chunk_batch_size chunks at a time

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model, is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 from transformers.utils import logging
 
 from .callbacks import PartStageCallback, write_json
@@ -688,16 +688,9 @@ def _collate_one_batch(collator, items: list[list[Mapping[str, Any]]]) -> Any:
 
 
 def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest `checkpoint-N` in `folder` (staging leftovers of interrupted saves are ignored)."""
-    if not os.path.isdir(folder):
-        return None
-    steps = [
-        int(name.split("-")[-1])
-        for name in os.listdir(folder)
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.split("-")[-1].isdigit()
-        and os.path.isfile(os.path.join(folder, name, "trainer_state.json"))
-    ]
-    return os.path.join(folder, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+    """The newest `checkpoint-N` in `folder` with its `trainer_state.json` (staging leftovers are ignored)."""
+    complete = [c for c in sort_checkpoints(folder) if os.path.isfile(os.path.join(c, TRAINER_STATE_NAME))]
+    return complete[-1] if complete else None
 
 
 def _checkpoint_step(checkpoint: str) -> int:
