@@ -593,6 +593,7 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
+        audio_repeats: int = 1,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PartCausalLMOutputWithPast:
         r"""
@@ -603,6 +604,8 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch, seq)`): target ids, `ignore_index` elsewhere. With labels the LM
             head runs on target positions only and `logits` is not returned.
         num_items_in_batch: target tokens of the whole (accumulated) batch, as the Trainer passes it.
+        audio_repeats: each clip's audio embeddings serve this many consecutive samples (`generate` with beams or
+            several return sequences copies the prompts, not the audio, which is then encoded once per clip).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
@@ -611,10 +614,11 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
         audio_token_lengths = None
         if input_features is not None:  # after the text embeddings, where rank alignment runs its silent clip
             audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
-            audio_token_lengths = audio.audio_token_lengths
-            inputs_embeds = self._merge_audio_embeddings(
-                input_ids, inputs_embeds, audio.pooler_output, audio_token_lengths
-            )
+            audio_embeddings, audio_token_lengths = audio.pooler_output, audio.audio_token_lengths
+            if audio_repeats > 1:
+                audio_embeddings = audio_embeddings.repeat_interleave(audio_repeats, dim=0)
+                audio_token_lengths = audio_token_lengths.repeat_interleave(audio_repeats, dim=0)
+            inputs_embeds = self._merge_audio_embeddings(input_ids, inputs_embeds, audio_embeddings, audio_token_lengths)
         elif input_ids is not None and self.config.audio_token_id is not None:
             if cache is None or cache.get_seq_length() == 0:  # no audio: the prompt must hold no placeholders
                 self._check_placeholder_counts(input_ids == self.config.audio_token_id, input_ids.new_zeros(0))
@@ -684,6 +688,18 @@ class PartForSpeechToText(PartPreTrainedModel, GenerationMixin):
             return outputs[:, prompt_length:]
         outputs.sequences = outputs.sequences[:, prompt_length:]
         return outputs
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.LongTensor | None = None, **model_kwargs):
+        """As `GenerationMixin`'s, but the audio is not copied for each beam: `forward` encodes each clip once and
+        repeats its embeddings (`audio_repeats`) for the copies of its prompt."""
+        audio = {key: model_kwargs.pop(key) for key in ("input_features", "feature_attention_mask") if key in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if expand_size > 1 and audio.get("input_features") is not None:
+            audio["audio_repeats"] = expand_size
+        return input_ids, {**model_kwargs, **audio}
 
     # LoRA through peft's own tuner (`peft.tuners.lora.LoraModel`; why not `add_adapter`: docs/design.md), kept
     # outside the module tree (no duplicate parameters in the state dict); its layers live in `language_model`.

@@ -294,6 +294,23 @@ def test_decode_steps_run_only_the_llm(tiny_part, monkeypatch):
     assert counts[1]["audio_tower"] == counts[1]["adapter"] == 1
 
 
+def test_beam_search_encodes_each_clip_once(tiny_part):
+    """Beams copy the prompts, not the audio: the audio tower runs on the batch's clips, not on one copy per beam (or
+    per returned sequence), and the beams' output is that of the clips' audio."""
+    model, processor = tiny_part
+    clips = [make_audio(1.0), make_audio(1.4, 1)]
+    batch = processor(audio=clips, sampling_rate=16000, task="asr", source_language="en")
+    tower_batches = []
+    model.audio_tower.register_forward_hook(lambda module, args, kwargs, output: tower_batches.append(
+        kwargs["input_features"].shape[0]), with_kwargs=True)
+    beams = model.generate(**batch, max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False)
+    assert tower_batches == [len(clips)] and beams.shape[0] == 3 * len(clips)
+    for index, clip in enumerate(clips):  # each clip alone gives its beams of the batch
+        alone = processor(audio=[clip], sampling_rate=16000, task="asr", source_language="en")
+        expected = model.generate(**alone, max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False)
+        assert beams[3 * index:3 * index + 3, :expected.shape[1]].tolist() == expected.tolist()
+
+
 def test_generation_with_beam_search_and_whisper_encoder(tiny_whisper_part):
     model, processor = tiny_whisper_part
     batch = processor(audio=[make_audio(1.0), make_audio(2.0, 1)], sampling_rate=16000, task="asr", source_language="en")
