@@ -69,3 +69,16 @@ def test_over_budget_stage_steps_sgd_in_backward_and_projects_adamw():
     assert math.isfinite(result["steps"][0]["loss"])
     projected = result["process_peak"] + result["gradient_bytes"] + result["adamw_state_bytes"]
     assert result["projected_adamw_process_peak"] == projected
+
+
+def test_device_option_needs_a_cuda_device(capsys):
+    """`--device` takes cpu or cuda[:N]; asking for a GPU where there is none is a clear error, not a crash later."""
+    import torch
+
+    if torch.cuda.is_available():  # the GPU path itself is measured by hand (docs/benchmarks.md), not in CI
+        pytest.skip("a CUDA device is present: the refusal cannot be shown here")
+    for device in ("cuda", "mps"):
+        with pytest.raises(SystemExit):
+            real_dimensions.parse_args(["--scale", "tiny", "--device", device])
+        assert f"--device {device!r}" in capsys.readouterr().err
+    assert real_dimensions.parse_args(["--scale", "tiny"]).device == "cpu"
