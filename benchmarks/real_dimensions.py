@@ -284,6 +284,12 @@ def _on_gpu(options) -> bool:
     return options.device != "cpu"
 
 
+def _memory_keys(gpu: bool) -> tuple[str, str, str]:
+    """Result keys of the memory after the build, a step's peak and the phase's peak: the device's or the RSS."""
+    return ("device_bytes_after_build", "peak_device", "process_peak_device") if gpu else (
+        "rss_after_build", "peak_rss", "process_peak")
+
+
 def _measured(fn, gpu: bool = False) -> tuple:
     """Runs `fn()`; returns (its value, {"seconds": wall time, "cpu_seconds": this process's CPU time (less
     sensitive than wall time to other processes on a shared machine), "peak_rss": RSS high-water mark while it ran,
@@ -356,7 +362,7 @@ def run_stage(options, phase: str) -> dict:
     gpu = _on_gpu(options)
     budget = (0.9 * torch.cuda.get_device_properties(options.device).total_memory if gpu
               else options.memory_budget_gib * GIB)
-    built = result["device_bytes_after_build"] if gpu else result["rss_after_build"]
+    built = result[_memory_keys(gpu)[0]]
     optimizer_name = choose_optimizer(options.optimizer, built, gradient_bytes, adamw_state_bytes, budget)
     optimizer = None
     if optimizer_name == "adamw":
@@ -594,8 +600,7 @@ def _gib(value) -> str:
 def format_report(report: dict) -> str:
     counts = report["parameters"]
     gpu = report.get("device", "cpu") != "cpu"  # then memory columns are the device's (PyTorch's allocated bytes)
-    built_key, peak_key, process_key = (("device_bytes_after_build", "peak_device", "process_peak_device") if gpu
-                                        else ("rss_after_build", "peak_rss", "process_peak"))
+    built_key, peak_key, process_key = _memory_keys(gpu)
     batch = report["batch"]
     lines = [
         f"PART at {report['scale']} dimensions (random weights), {report['dtype']}, "
@@ -669,10 +674,10 @@ def format_report(report: dict) -> str:
                      f"{inputs['audio_tokens']} audio tokens; training sequence of {inputs['train_sequence_length']} "
                      f"positions, {inputs['target_positions']} in the loss")
     memory = "the device's allocated bytes (torch.cuda)" if gpu else "RSS"
-    lines.append(f"build: random init on {report.get('device', 'cpu')}; steps: wall time (this process's CPU seconds), "
-                 f"step 1 allocates (optimizer state, allocator); RSS built, step peak, proc. peak: {memory} after the "
-                 "build, its high-water mark during the steps (generate: during generation) and over the phase "
-                 "process's life; load: 1-minute load average")
+    lines.append(f"build: random init on {report.get('device', 'cpu')}; steps: wall time (this process's CPU "
+                 f"seconds), step 1 allocates (optimizer state, allocator); {built_label}, step peak, proc. peak: "
+                 f"{memory} after the build, its high-water mark during the steps (generate: during generation) and "
+                 "over the phase process's life; load: 1-minute load average")
     lines += [f"note: {note}" for note in notes]
     if not report["isolated_phases"]:
         lines.append("note: phases ran in one process (--in-process): peaks include earlier phases' allocations")
