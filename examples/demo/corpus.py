@@ -18,6 +18,7 @@ band-limiting, noise). Both 0 (the default here) is the espeak-only corpus.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -121,7 +122,10 @@ class DemoCorpusArguments:
     dev_items: int = field(default=40, metadata={"help": "Dev items, spoken in every language."})
     test_items: int = field(default=40, metadata={"help": "Test items, spoken in every language."})
     seed: int = field(default=0, metadata={"help": "Seed for texts, speakers and prosody; same seed, same bytes."})
-    num_workers: int = field(default=2, metadata={"help": "Synthesis processes (espeak-ng is single threaded)."})
+    num_workers: int = field(
+        default_factory=lambda: os.cpu_count() or 2,
+        metadata={"help": "Synthesis processes (espeak-ng is single threaded); default: one per CPU core."},
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar and print a summary."})
     reuse_existing: bool = field(
         default=False, metadata={"help": "Load the corpus in output_dir if it was built with the same arguments."}
@@ -387,7 +391,7 @@ def build_corpus(
     dev_items: int = 40,
     test_items: int = 40,
     seed: int = 0,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: bool = True,
     reuse_existing: bool = False,
     other_engine_test: bool = False,
@@ -403,13 +407,15 @@ def build_corpus(
     `train_pico_share` and `train_augment_share` (see `plan_training_voices`) change train and dev only (the test split
     comes first in the synthesis order, so its bytes stay as they are); with both 0 the corpus is the espeak-only one.
     Pico's training utterances are synthesised in a batch of their own, after espeak's.
-    The same arguments (apart from `num_workers` and `progress`) give identical texts and audio bytes.
+    The same arguments (apart from `num_workers`, default one per CPU core, and `progress`) give identical texts and
+    audio bytes.
     An existing corpus in `output_dir` is replaced, or with `reuse_existing=True` loaded when it was
     built with the same arguments; any other non-empty directory is refused.
     """
     import datasets
     from datasets import DatasetDict, load_from_disk
 
+    num_workers = num_workers or os.cpu_count() or 2
     output_dir = Path(output_dir)
     languages = list(languages)
     config = dict(
