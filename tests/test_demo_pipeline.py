@@ -18,8 +18,10 @@ from examples.demo.run_demo import (  # noqa: E402
     load_encoder_with_dropout,
     main as demo_main,
     results_table,
+    run_settings,
     scores_by_engine_and_voice,
 )
+from examples.demo.run_paper import finished_run  # noqa: E402
 from examples.demo.run_paper import main as paper_main  # noqa: E402
 from modeling_part.modeling_part import build_audio_tower  # noqa: E402
 from modeling_part.tiny import tiny_part_config  # noqa: E402
@@ -91,11 +93,34 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert cross["lora"]["r"] == 4 and cross["lora"]["lora_alpha"] == 8 and cross["lr_scale"] == 0.5
     table = (tmp_path / "paper" / "results.md").read_text()
     assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
+    settings = json.loads((run / "results.json").read_text())["settings"]
+    assert settings["adapter_stride"] == 3 and settings["train_items_per_language"] == 6 and "output_dir" not in settings
+    # a finished run trained with other settings is refused, not mixed into the table
+    with pytest.raises(ValueError, match=r"other settings \(lora_rank=4 against this run's lora_rank=8\)"):
+        paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
+                    "--components_dir", str(tmp_path / "components"), "--presets", "part", "--seeds", "0", *TINY,
+                    "--adapter_stride", "3", "--lora_rank", "8"])
 
     # stand-ins made for another corpus are refused: their pretraining may have seen this test split
     with pytest.raises(ValueError, match="were made for the corpus"):
         demo_main(["--output_dir", str(tmp_path / "other"), "--components_dir", str(tmp_path / "components"),
                    *TINY, "--seed", "1"])
+
+
+def test_finished_run_reuses_only_a_run_with_the_same_settings(tmp_path):
+    settings = run_settings(DemoArguments(train_items_per_language=1000))
+    assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 4000
+    run = tmp_path / "part" / "seed0"
+    assert finished_run(run, settings) is None
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(ValueError, match="records no settings"):
+        finished_run(run, settings)
+    (run / "results.json").write_text(json.dumps({"metrics": {"test_asr_avg_error": 20.0}, "settings": settings}))
+    assert finished_run(run, settings)["metrics"] == {"test_asr_avg_error": 20.0}
+    other = run_settings(DemoArguments(train_items_per_language=500, output_dir="elsewhere"))
+    with pytest.raises(ValueError, match=r"train_items_per_language=1000 against this run's train_items_per_language=500"):
+        finished_run(run, other)
 
 
 def _split(rows):
