@@ -15,13 +15,13 @@ from examples.demo.run_demo import (  # noqa: E402
     DemoArguments,
     chance_metrics,
     demo_schedule,
+    finished_run,
     load_encoder_with_dropout,
     main as demo_main,
     results_table,
     run_settings,
     scores_by_engine_and_voice,
 )
-from examples.demo.run_paper import finished_run  # noqa: E402
 from examples.demo.run_paper import main as paper_main  # noqa: E402
 from modeling_part.modeling_part import build_audio_tower  # noqa: E402
 from modeling_part.tiny import tiny_part_config  # noqa: E402
@@ -101,27 +101,45 @@ def test_demo_pipeline_end_to_end(tmp_path):
                     "--components_dir", str(tmp_path / "components"), "--presets", "part", "--seeds", "0", *TINY,
                     "--adapter_stride", "3", "--lora_rank", "8"])
 
+    # the demo rerun into its folder with other settings is refused: it would resume (report) the finished run
+    with pytest.raises(ValueError, match=r"other settings \(lora_rank=64 against this run's lora_rank=8\)"):
+        demo_main(["--output_dir", str(tmp_path), *TINY, *shares, "--lora_rank", "8"])
+
     # stand-ins made for another corpus are refused: their pretraining may have seen this test split
     with pytest.raises(ValueError, match="were made for the corpus"):
         demo_main(["--output_dir", str(tmp_path / "other"), "--components_dir", str(tmp_path / "components"),
                    *TINY, "--seed", "1"])
 
 
-def test_finished_run_reuses_only_a_run_with_the_same_settings(tmp_path):
+def test_finished_run_reuses_or_resumes_only_a_run_with_the_same_settings(tmp_path):
     settings = run_settings(DemoArguments(train_items_per_language=1000))
     assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 4000
     run = tmp_path / "part" / "seed0"
-    assert finished_run(run, settings) is None
+    assert finished_run(run, "part", 0, settings) is None
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(ValueError, match="records no settings"):
-        finished_run(run, settings)
-    (run / "results.json").write_text(json.dumps({"metrics": {"test_asr_avg_error": 20.0}, "settings": settings}))
-    assert finished_run(run, settings)["metrics"] == {"test_asr_avg_error": 20.0}
+        finished_run(run, "part", 0, settings)
+    done = {"schedule": "part", "seed": 0, "settings": settings, "metrics": {"test_asr_avg_error": 20.0}}
+    (run / "results.json").write_text(json.dumps(done))
+    assert finished_run(run, "part", 0, settings)["metrics"] == {"test_asr_avg_error": 20.0}
     other = run_settings(DemoArguments(train_items_per_language=500, output_dir="elsewhere"))
     with pytest.raises(ValueError, match=r"train_items_per_language=1000 against this run's train_items_per_language=500"):
-        finished_run(run, other)
+        finished_run(run, "part", 0, other)
+    with pytest.raises(ValueError, match=r"run's seed=0 against this run's run's seed=1"):
+        finished_run(run, "part", 1, settings)
 
+    # an interrupted run (checkpoints, no results) is resumed only with the settings it started with
+    (run / "results.json").unlink()
+    (run / "stage-0-1_adapter").mkdir()
+    with pytest.raises(ValueError, match="recorded no settings"):
+        finished_run(run, "part", 0, settings)
+    (run / "run_settings.json").write_text(json.dumps({"schedule": "part", "seed": 0, "settings": settings}))
+    assert finished_run(run, "part", 0, settings) is None
+    with pytest.raises(ValueError, match=r"other settings \(train_items_per_language=1000 against"):
+        finished_run(run, "part", 0, other)
+    with pytest.raises(ValueError, match=r"run's schedule='part' against this run's run's schedule='baseline_2stage'"):
+        finished_run(run, "baseline_2stage", 0, settings)
 
 def _split(rows):
     keys = ("task", "source_language", "target_language", "text")

@@ -122,9 +122,8 @@ class DemoCorpusArguments:
     dev_items: int = field(default=40, metadata={"help": "Dev items, spoken in every language."})
     test_items: int = field(default=40, metadata={"help": "Test items, spoken in every language."})
     seed: int = field(default=0, metadata={"help": "Seed for texts, speakers and prosody; same seed, same bytes."})
-    num_workers: int = field(
-        default_factory=lambda: os.cpu_count() or 2,
-        metadata={"help": "Synthesis processes (espeak-ng is single threaded); default: one per CPU core."},
+    num_workers: int | None = field(
+        default=None, metadata={"help": "Synthesis processes (espeak-ng is single threaded); default: one per CPU core."},
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar and print a summary."})
     reuse_existing: bool = field(

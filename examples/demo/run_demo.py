@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
 import sys
@@ -98,8 +97,8 @@ class DemoArguments:
                   "74.0 against 82.5 ASR on the never-heard Pico voices; docs/demo.md)."},
     )
     test_items: int = field(default=40, metadata={"help": "Test items per language."})
-    synthesis_workers: int = field(
-        default_factory=lambda: os.cpu_count() or 2,
+    synthesis_workers: int | None = field(
+        default=None,
         metadata={"help": "Corpus synthesis processes (default: one per CPU core); the audio does not depend on it."},
     )
     encoder_steps: int = field(
@@ -178,10 +177,37 @@ RUN_INDEPENDENT_SETTINGS = frozenset(
 
 
 def run_settings(args: DemoArguments) -> dict:
-    """The `DemoArguments` a run's results depend on (the training seed is recorded apart), as JSON reads them back:
-    `results.json`'s "settings", which `make paper` compares before it reuses a finished run."""
+    """The `DemoArguments` a run's results depend on (the run's own schedule and seed are recorded apart), as JSON
+    reads them back: the "settings" of `results.json` and `run_settings.json`, compared by `finished_run`."""
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoArguments)}
     return json.loads(json.dumps({k: v for k, v in settings.items() if k not in RUN_INDEPENDENT_SETTINGS}))
+
+
+def finished_run(run_dir: Path, schedule: str, seed: int, settings: dict) -> dict | None:
+    """The `results.json` of the finished run in `run_dir`, or None if it has not finished, after checking that the
+    run there (finished, or interrupted and to be resumed) has this schedule, seed and `settings` (`run_settings`):
+    reusing or resuming a run trained otherwise would mix two runs unseen."""
+    records = [run_dir / name for name in ("results.json", "run_settings.json") if (run_dir / name).exists()]
+    if not records:
+        if any(run_dir.glob("stage-*")):
+            raise ValueError(f"{run_dir} holds checkpoints of a run that recorded no settings, so it cannot be resumed "
+                             "safely; remove the folder to train it again.")
+        return None
+    recorded = json.loads(records[0].read_text())
+    if "settings" not in recorded:
+        raise ValueError(f"{records[0]} records no settings (a run from before they were recorded), so it cannot be "
+                         f"reused safely; add its settings to it, or remove {run_dir} to train the run again.")
+    expected = {**settings, "run's schedule": schedule, "run's seed": seed}
+    found = {**recorded["settings"], "run's schedule": recorded.get("schedule"), "run's seed": recorded.get("seed")}
+    differ = sorted(k for k in expected.keys() | found.keys() if found.get(k) != expected.get(k))
+    if differ:
+        raise ValueError(
+            f"{run_dir} holds a run trained with other settings ("
+            + ", ".join(f"{k}={found.get(k)!r}" for k in differ) + " against this run's "
+            + ", ".join(f"{k}={expected.get(k)!r}" for k in differ)
+            + "); pass another --output_dir, or remove the folder to train it again."
+        )
+    return recorded if records[0].name == "results.json" else None
 
 
 def corpus_components(split) -> list[MixtureComponent]:
@@ -472,6 +498,11 @@ def train_and_evaluate(
     `args.other_engine_test` and a Pico split in `corpus`, also scores the final model on it
     (`predictions_test_pico.jsonl`, `test_pico_*` metrics) and per engine and voice (`scores_by_engine_and_voice`).
     """
+    settings = run_settings(args)
+    finished_run(run_dir, schedule, seed, settings)  # a run already there must be this one
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"schedule": schedule, "seed": seed, "settings": settings}
+    (run_dir / "run_settings.json").write_text(json.dumps(record, indent=2))
     set_seed(seed)
     adapter = {"hidden_size": args.adapter_width, "num_attention_heads": 4, "intermediate_size": 4 * args.adapter_width,
                "downsample_stride": args.adapter_stride}  # fmt: skip
@@ -530,7 +561,7 @@ def train_and_evaluate(
     plot_losses(summary, run_dir / "loss_per_stage.png")
     stages = read_stage_metrics(run_dir)
     stages[summary["stages"][-1]["name"]] = metrics
-    results = {"schedule": schedule, "seed": seed, "settings": run_settings(args), "metrics": metrics, "stage_metrics": stages,
+    results = {**record, "metrics": metrics, "stage_metrics": stages,
                f"{PICO_TEST_SPLIT}_metrics": other_metrics, "engine_voice_metrics": engines,
                "training_seconds": summary["total_seconds"], "evaluation_seconds": evaluation_seconds,
                "other_engine_seconds": other_seconds}  # fmt: skip

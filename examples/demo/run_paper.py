@@ -27,6 +27,7 @@ from transformers import HfArgumentParser  # noqa: E402
 from examples.demo.run_demo import (  # noqa: E402
     DemoArguments,
     chance_metrics,
+    finished_run,
     prepare,
     run_settings,
     train_and_evaluate,
@@ -108,28 +109,6 @@ def results_table(
     return "\n".join(lines), stats
 
 
-def finished_run(run_dir: Path, settings: dict) -> dict | None:
-    """The `results.json` of a finished run in `run_dir` (None if there is none); refuses one trained with other
-    settings (`run_settings`), which would mix into the table unseen."""
-    done = run_dir / "results.json"
-    if not done.exists():
-        return None
-    result = json.loads(done.read_text())
-    recorded = result.get("settings")
-    if recorded is None:
-        raise ValueError(f"{done} records no settings (a run from before they were recorded), so it cannot be "
-                         f"reused safely; add its settings to it, or remove {run_dir} to train the run again.")
-    differ = sorted(k for k in settings.keys() | recorded.keys() if recorded.get(k) != settings.get(k))
-    if differ:
-        raise ValueError(
-            f"{run_dir} holds a run trained with other settings ("
-            + ", ".join(f"{k}={recorded.get(k)!r}" for k in differ) + " against this run's "
-            + ", ".join(f"{k}={settings.get(k)!r}" for k in differ)
-            + "); pass another --output_dir, or remove the folder to train it again."
-        )
-    return result
-
-
 def _train_in_workers(pending: list[tuple[str, int]], argv: Sequence[str], out: Path, workers: int) -> None:
     """Trains the pending (preset, seed) runs, `workers` at a time, each in a process of its own (this script with
     `--presets P --seeds S --workers 1`), with `cores // workers` torch threads; logs go to `<run folder>.log`."""
@@ -160,14 +139,14 @@ def run_paper(args: PaperArguments, argv: Sequence[str] = ()) -> dict:
     out = Path(args.output_dir)
     corpus, encoder_path, llm_path, _ = prepare(args)
     settings = run_settings(args)
-    pending = [(p, s) for p in args.presets for s in args.seeds if finished_run(out / p / f"seed{s}", settings) is None]
+    pending = [(p, s) for p in args.presets for s in args.seeds if finished_run(out / p / f"seed{s}", p, s, settings) is None]
     if args.workers > 1 and len(pending) > 1:
         _train_in_workers(pending, argv, out, args.workers)
     runs: dict[str, list[dict]] = {}
     for preset in args.presets:
         for seed in args.seeds:
             run_dir = out / preset / f"seed{seed}"
-            result = finished_run(run_dir, settings)
+            result = finished_run(run_dir, preset, seed, settings)
             if result is None:
                 print(f"\n===== {preset}, seed {seed} =====")
                 result = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, preset, seed)
