@@ -102,8 +102,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
                     "--adapter_stride", "3", "--lora_rank", "8"])
 
     # the demo rerun into its folder with other settings is refused: it would resume (report) the finished run
-    with pytest.raises(ValueError, match=r"other settings \(lora_rank=64 against this run's lora_rank=8\)"):
-        demo_main(["--output_dir", str(tmp_path), *TINY, *shares, "--lora_rank", "8"])
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate=0.001 against this run's learning_rate=0.002\)"):
+        demo_main(["--output_dir", str(tmp_path), *TINY, *shares, "--learning_rate", "0.002"])
 
     # stand-ins made for another corpus are refused: their pretraining may have seen this test split
     with pytest.raises(ValueError, match="were made for the corpus"):
