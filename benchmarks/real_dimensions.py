@@ -585,10 +585,6 @@ def measure(options) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- report
-def _millions(count: int) -> str:
-    return f"{count / 1e6:,.1f} M"
-
-
 def _seconds(value) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
