@@ -113,7 +113,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 def test_finished_run_reuses_or_resumes_only_a_run_with_the_same_settings(tmp_path):
     settings = run_settings(DemoArguments(train_items_per_language=1000))
-    assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 4000
+    assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 5000
     run = tmp_path / "part" / "seed0"
     assert finished_run(run, "part", 0, settings) is None
     run.mkdir(parents=True)

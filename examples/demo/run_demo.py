@@ -72,7 +72,9 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where everything is written."})
     seed: int = field(default=0, metadata={"help": "Seed for the corpus, the components and PART training."})
     schedule: str = field(default="part", metadata={"help": "A preset or a JSON/YAML schedule file."})
-    max_steps: int = field(default=4000, metadata={"help": "PART optimizer steps over all stages."})
+    max_steps: int = field(
+        default=5000, metadata={"help": "PART optimizer steps over all stages (4,000 before 4 December 2026; docs/demo.md)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "PART training batch size."})
     max_tokens_per_batch: int = field(
         default=0,

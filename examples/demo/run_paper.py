@@ -44,7 +44,7 @@ class PaperArguments(DemoArguments):
     output_dir: str = field(default="outputs/paper", metadata={"help": "Where every run and the table go."})
     max_steps: int = field(
         default=DemoArguments.max_steps,
-        metadata={"help": "PART optimizer steps per run: the demo's budget (the 15 runs take about 3.5-5 h on 2 cores, "
+        metadata={"help": "PART optimizer steps per run: the demo's budget (the 15 runs take about 4.5-6 h on 2 cores, "
                   "resumable; --max_steps 1000 gives a quick comparison in about 1-1.5 h)."},
     )
     presets: list[str] = field(default_factory=lambda: list(PRESETS), metadata={"help": "Schedules to compare."})
