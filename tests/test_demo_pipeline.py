@@ -82,11 +82,13 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert results["timings"]["total"] >= results["timings"]["PART training (all stages)"] > 0
     assert json.loads((tmp_path / "components" / "components.json").read_text())["corpus"]["languages"] == ["en", "de", "zh"]
 
-    # make paper on the same corpus and components: two systems, one seed, a table with deltas vs PART
+    # make paper on the same corpus and components: two systems, one seed, trained in two worker processes; a table
+    # with deltas vs PART
     stats = paper_main(["--output_dir", str(tmp_path / "paper"), "--corpus_dir", str(tmp_path / "corpus"),
                         "--components_dir", str(tmp_path / "components"), "--presets", "part", "baseline_2stage",
-                        "--seeds", "0", *TINY, "--adapter_stride", "3", "--lora_rank", "4"])
+                        "--seeds", "0", "--workers", "2", *TINY, "--adapter_stride", "3", "--lora_rank", "4"])
     assert set(stats) == {"part", "baseline_2stage"}
+    assert (tmp_path / "paper" / "baseline_2stage" / "seed0.log").exists()  # the worker processes' logs
     run = tmp_path / "paper" / "part" / "seed0"
     assert json.loads((run / "config.json").read_text())["adapter_config"]["downsample_stride"] == 3
     cross = json.loads((run / "training_summary.json").read_text())["schedule"]["stages"][-1]

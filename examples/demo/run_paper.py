@@ -44,16 +44,17 @@ class PaperArguments(DemoArguments):
     output_dir: str = field(default="outputs/paper", metadata={"help": "Where every run and the table go."})
     max_steps: int = field(
         default=DemoArguments.max_steps,
-        metadata={"help": "PART optimizer steps per run: the demo's budget (the 15 runs take about 4.5-6 h on 2 cores, "
-                  "resumable; --max_steps 1000 gives a quick comparison in about 1-1.5 h)."},
+        metadata={"help": "PART optimizer steps per run: the demo's budget (the 15 runs take about 6 h on 2 cores, "
+                  "resumable; --max_steps 1000 gives a quick comparison in about 1.5 h)."},
     )
     presets: list[str] = field(default_factory=lambda: list(PRESETS), metadata={"help": "Schedules to compare."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (init, data order)."})
     evaluate_stages: bool = field(default=False, metadata={"help": "Also score the test split after every stage."})
     workers: int = field(
-        default=2,
-        metadata={"help": "Runs trained at once, each in its own process with one torch thread per worker's share of "
-                  "the cores (the demo's small models train about as fast on one core as on two)."},
+        default=1,
+        metadata={"help": "Runs trained at once, each in its own process on its share of the cores. Default 1: every "
+                  "run on all cores, as `make demo` trains (the torch thread count moves a run's results like a "
+                  "seed, so one table should use one setting); more workers suit a machine with many cores."},
     )
 
 
