@@ -22,7 +22,7 @@ from examples.demo.run_demo import (  # noqa: E402
     run_settings,
     scores_by_engine_and_voice,
 )
-from examples.demo.run_paper import main as paper_main  # noqa: E402
+from examples.demo.run_paper import main as paper_main, verdicts  # noqa: E402
 from modeling_part.modeling_part import build_audio_tower  # noqa: E402
 from modeling_part.tiny import tiny_part_config  # noqa: E402
 from trainers.stages import load_schedule  # noqa: E402
@@ -95,6 +95,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert cross["lora"]["r"] == 4 and cross["lora"]["lora_alpha"] == 8 and cross["lr_scale"] == 0.5
     table = (tmp_path / "paper" / "results.md").read_text()
     assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
+    assert "vs baseline_2stage" in table and "one seed on a side" in table  # the verdicts (test_verdicts_...)
     settings = json.loads((run / "results.json").read_text())["settings"]
     assert settings["adapter_stride"] == 3 and settings["train_items_per_language"] == 6 and "output_dir" not in settings
     # a finished run trained with other settings is refused, not mixed into the table
@@ -226,3 +227,23 @@ def test_load_encoder_with_dropout_sets_the_configs_dropout_and_keeps_it_when_ne
     assert kept.config.hidden_dropout == 0.1 and 0.1 in rates(kept)
     with pytest.raises(ValueError, match="--encoder_dropout"):
         load_encoder_with_dropout(str(tmp_path / "encoder"), 1.0)
+
+
+def test_verdicts_say_whether_a_difference_lies_beyond_the_seed_spread():
+    def run(asr, bleu):
+        return {"metrics": {"test_asr_avg_error": asr, "test_s2tt_avg_bleu": bleu}}
+
+    runs = {
+        "part": [run(28.4, 45.8), run(21.4, 60.7), run(22.9, 55.5)],
+        "baseline_2stage": [run(33.2, 45.0), run(33.9, 49.0), run(34.8, 41.6)],
+        "no_task_staging": [run(28.0, 47.4)],
+        "no_task_staging_no_lora": [run(29.5, 46.5)],
+    }
+    lines = verdicts(runs)
+    assert "- ASR average error %: part 24.2 vs baseline_2stage 34.0: part better by 9.7, beyond the seed spread" in lines[0]
+    assert "S2TT average BLEU: part 54.0 vs baseline_2stage 45.2: part better by 8.8, within the seed spread" in lines[4]
+    # each ablation step against the one before it (higher error: worse), and a lower BLEU for PART is named so
+    assert any("no_task_staging 28.0 vs no_task_staging_no_lora 29.5: no_task_staging better by 1.5, one seed" in line
+               for line in lines)
+    runs["baseline_2stage"] = [run(20.0, 70.0), run(21.0, 71.0)]
+    assert "baseline_2stage better by 3.7, beyond the seed spread" in verdicts(runs)[0]

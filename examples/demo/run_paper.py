@@ -1,6 +1,7 @@
 """`make paper`: PART, Baseline-2stage and the paper's three cumulative ablations on the demo's corpus and stand-ins,
 at the demo's budget and settings on several seeds, reported in the shape of the paper's tables (per language,
-averages, deltas vs PART, mean ± spread).
+averages, deltas vs PART, mean ± spread), with a verdict per task average: whether PART beats each system, and each
+ablation step the one before it, beyond the seed spread.
 
 Every run is resumable (its folder is reused), so an interrupted `make paper` continues where it stopped.
 
@@ -110,6 +111,38 @@ def results_table(
     return "\n".join(lines), stats
 
 
+VERDICT_METRICS = {"asr_avg_error": ("ASR average error %", -1), "s2tt_avg_bleu": ("S2TT average BLEU", 1)}
+"""The task averages `verdicts` compares, with their titles and signs (1: higher is better)."""
+ABLATION_CHAIN = ("part", "no_task_staging", "no_task_staging_no_lora", "no_task_staging_no_lora_no_progressive")
+"""The paper's cumulative ablations: each drops one more of PART's parts than the one before."""
+
+
+def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
+    """Per task average: `reference` against every other system, then each step of `ABLATION_CHAIN` against the one
+    before it; each line gives the means over seeds, their difference and whether it lies beyond the seed spread
+    (every seed of the better system beats every seed of the other)."""
+    steps = list(zip(ABLATION_CHAIN, ABLATION_CHAIN[1:]))[1:]  # the first step is a `reference` pair already
+    pairs = [(reference, system) for system in runs if system != reference] + steps
+    lines = []
+    for metric, (title, sign) in VERDICT_METRICS.items():
+        for first, second in pairs:
+            ours, theirs = ([r["metrics"][f"test_{metric}"] for r in runs.get(system, []) if f"test_{metric}" in
+                             r["metrics"]] for system in (first, second))
+            if not ours or not theirs:
+                continue
+            gain = sign * (statistics.mean(ours) - statistics.mean(theirs))
+            winner, better, worse = (first, ours, theirs) if gain > 0 else (second, theirs, ours)
+            if len(ours) < 2 or len(theirs) < 2:
+                spread = "one seed on a side: no spread to compare with"
+            elif min(sign * v for v in better) > max(sign * v for v in worse):
+                spread = "beyond the seed spread (every seed of the better system beats every seed of the other)"
+            else:
+                spread = "within the seed spread (the seeds' ranges overlap)"
+            lines.append(f"- {title}: {first} {statistics.mean(ours):.1f} vs {second} {statistics.mean(theirs):.1f}: "
+                         f"{winner} better by {abs(gain):.1f}, {spread}.")
+    return lines
+
+
 def _train_in_workers(pending: list[tuple[str, int]], argv: Sequence[str], out: Path, workers: int) -> None:
     """Trains the pending (preset, seed) runs, `workers` at a time, each in a process of its own (this script with
     `--presets P --seeds S --workers 1`), with `cores // workers` torch threads; logs go to `<run folder>.log`."""
@@ -160,9 +193,11 @@ def run_paper(args: PaperArguments, argv: Sequence[str] = ()) -> dict:
         "difference from `part`. `chance` answers every test item with a random training text of the same task "
         "and languages (a system that does not listen).\n"
     )
-    (out / "results.md").write_text(note + "\n" + table + "\n")
-    (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats, "chance": chance}, indent=2, default=str))
-    print("\n" + note + "\n" + table)
+    comparison = verdicts(runs)
+    (out / "results.md").write_text(note + "\n" + table + "\n\n" + "\n".join(comparison) + "\n")
+    (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats, "chance": chance,
+                                                  "verdicts": comparison}, indent=2, default=str))
+    print("\n" + note + "\n" + table + "\n\n" + "\n".join(comparison))
     print(f"\nDone in {(time.time() - started) / 60:.1f} min; table in {out / 'results.md'}")
     return stats
 
