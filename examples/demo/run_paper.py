@@ -138,8 +138,9 @@ def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
                 spread = "beyond the seed spread (every seed of the better system beats every seed of the other)"
             else:
                 spread = "within the seed spread (the seeds' ranges overlap)"
+            verdict = f"{winner} better by {abs(gain):.1f}, {spread}" if gain else "equal means"
             lines.append(f"- {title}: {first} {statistics.mean(ours):.1f} vs {second} {statistics.mean(theirs):.1f}: "
-                         f"{winner} better by {abs(gain):.1f}, {spread}.")
+                         f"{verdict}.")
     return lines
 
 
@@ -194,10 +195,11 @@ def run_paper(args: PaperArguments, argv: Sequence[str] = ()) -> dict:
         "and languages (a system that does not listen).\n"
     )
     comparison = verdicts(runs)
-    (out / "results.md").write_text(note + "\n" + table + "\n\n" + "\n".join(comparison) + "\n")
+    report = note + "\n" + table + "\n\n" + "\n".join(comparison) + "\n"
+    (out / "results.md").write_text(report)
     (out / "results.json").write_text(json.dumps({"arguments": vars(args), "stats": stats, "chance": chance,
                                                   "verdicts": comparison}, indent=2, default=str))
-    print("\n" + note + "\n" + table + "\n\n" + "\n".join(comparison))
+    print("\n" + report)
     print(f"\nDone in {(time.time() - started) / 60:.1f} min; table in {out / 'results.md'}")
     return stats
 
