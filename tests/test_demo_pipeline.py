@@ -94,8 +94,11 @@ def test_demo_pipeline_end_to_end(tmp_path):
     cross = json.loads((run / "training_summary.json").read_text())["schedule"]["stages"][-1]
     assert cross["lora"]["r"] == 4 and cross["lora"]["lora_alpha"] == 8 and cross["lr_scale"] == 0.5
     table = (tmp_path / "paper" / "results.md").read_text()
-    assert "(Δ" in table and "asr_avg_error" in table and "| chance |" in table
+    assert "(Δ" in table and "(1 seed)" in table and "asr_avg_error" in table and "| chance |" in table
     assert "vs baseline_2stage" in table and "one seed on a side" in table  # the verdicts (test_verdicts_...)
+    assert "| **pico_asr_avg_error** |" in table and "| pico_bleu_de-en |" in table  # Pico's test voices, with chance
+    pico_row = next(line for line in table.splitlines() if line.startswith("| pico_wer_de |"))
+    assert not pico_row.endswith("| – |") and "- Pico test voices: S2TT average BLEU: part" in table  # chance, verdict
     settings = json.loads((run / "results.json").read_text())["settings"]
     assert settings["adapter_stride"] == 3 and settings["train_items_per_language"] == 6 and "output_dir" not in settings
     # a finished run trained with other settings is refused, not mixed into the table
@@ -247,3 +250,8 @@ def test_verdicts_say_whether_a_difference_lies_beyond_the_seed_spread():
                for line in lines)
     runs["baseline_2stage"] = [run(20.0, 70.0), run(21.0, 71.0)]
     assert "baseline_2stage better by 3.7, beyond the seed spread" in verdicts(runs)[0]
+    # the scores of Pico's test voices (a run's `test_pico_metrics`) get verdicts of their own
+    pico = {system: [{"metrics": {}, "test_pico_metrics": {"test_pico_asr_avg_error": error}} for error in errors]
+            for system, errors in (("part", (70.0, 76.0)), ("baseline_2stage", (78.0, 77.0)))}
+    assert verdicts(pico) == ["- Pico test voices: ASR average error %: part 73.0 vs baseline_2stage 77.5: part better by "
+                              "4.5, beyond the seed spread (every seed of the better system beats every seed of the other)."]

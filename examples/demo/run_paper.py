@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 
 from transformers import HfArgumentParser  # noqa: E402
 
+from examples.demo.corpus import PICO_TEST_SPLIT  # noqa: E402
 from examples.demo.run_demo import (  # noqa: E402
     DemoArguments,
     chance_metrics,
@@ -59,28 +60,33 @@ class PaperArguments(DemoArguments):
     )
 
 
-def _row_key(name: str) -> tuple[int, str]:
+def _scores(result: dict) -> dict[str, float]:
+    """A run's test scores by metric name without the `test_` prefix: the test split's, then (`pico_...`) those of
+    the same test texts spoken by Pico's test voices."""
+    scores = {**result["metrics"], **result.get("test_pico_metrics", {})}
+    return {k[len("test_"):]: v for k, v in scores.items() if k.startswith("test_")}
+
+
+def _row_key(name: str) -> tuple[int, int, str]:
+    engine, metric = (1, name[len("pico_"):]) if name.startswith("pico_") else (0, name)
     for rank, prefix in enumerate(ROW_ORDER):
-        if name.startswith(prefix):
-            return rank, name
-    return len(ROW_ORDER), name
+        if metric.startswith(prefix):
+            return engine, rank, metric
+    return engine, len(ROW_ORDER), metric
 
 
 def results_table(
     runs: dict[str, list[dict]], reference: str = "part", chance: dict[str, float] | None = None
 ) -> tuple[str, dict]:
-    """Markdown table: one row per metric, one column per system (mean ± std over seeds, Δ vs `reference`), and a
-    last column with the chance level (`chance_metrics`), if given."""
-    metrics = sorted(
-        {k[len("test_"):] for rs in runs.values() for r in rs for k in r["metrics"]
-         if k[len("test_"):].startswith(ROW_ORDER)},
-        key=_row_key,
-    )
+    """Markdown table: one row per metric (the test split's, then Pico's test voices'), one column per system (mean
+    ± std over seeds, Δ vs `reference`), and a last column with the chance level (`chance_metrics`), if given."""
+    names = {name for rs in runs.values() for r in rs for name in _scores(r)}
+    metrics = sorted((name for name in names if _row_key(name)[1] < len(ROW_ORDER)), key=_row_key)
     stats: dict[str, dict[str, dict[str, float]]] = {}
     for system, results in runs.items():
         stats[system] = {}
         for metric in metrics:
-            values = [r["metrics"][f"test_{metric}"] for r in results if f"test_{metric}" in r["metrics"]]
+            values = [r[metric] for r in map(_scores, results) if metric in r]
             if values:
                 stats[system][metric] = {
                     "mean": statistics.mean(values),
@@ -98,20 +104,25 @@ def results_table(
             if entry is None:
                 cells.append("–")
                 continue
-            cell = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+            cell = f"{entry['mean']:.1f} ± {entry['std']:.1f}" if entry["n"] > 1 else f"{entry['mean']:.1f} (1 seed)"
             base = stats.get(reference, {}).get(metric)
             if system != reference and base is not None:
                 cell += f" (Δ {entry['mean'] - base['mean']:+.1f})"
             cells.append(cell)
         if chance:
             cells.append(f"{chance[metric]:.1f}" if metric in chance else "–")
-        bold = metric in ("asr_avg_error", "s2tt_avg_bleu")
+        bold = metric.endswith(("asr_avg_error", "s2tt_avg_bleu"))
         name = f"**{metric}**" if bold else metric
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines), stats
 
 
-VERDICT_METRICS = {"asr_avg_error": ("ASR average error %", -1), "s2tt_avg_bleu": ("S2TT average BLEU", 1)}
+VERDICT_METRICS = {
+    "asr_avg_error": ("ASR average error %", -1),
+    "s2tt_avg_bleu": ("S2TT average BLEU", 1),
+    "pico_asr_avg_error": ("Pico test voices: ASR average error %", -1),
+    "pico_s2tt_avg_bleu": ("Pico test voices: S2TT average BLEU", 1),
+}
 """The task averages `verdicts` compares, with their titles and signs (1: higher is better)."""
 ABLATION_CHAIN = ("part", "no_task_staging", "no_task_staging_no_lora", "no_task_staging_no_lora_no_progressive")
 """The paper's cumulative ablations: each drops one more of PART's parts than the one before."""
@@ -126,8 +137,8 @@ def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
     lines = []
     for metric, (title, sign) in VERDICT_METRICS.items():
         for first, second in pairs:
-            ours, theirs = ([r["metrics"][f"test_{metric}"] for r in runs.get(system, []) if f"test_{metric}" in
-                             r["metrics"]] for system in (first, second))
+            ours, theirs = ([r[metric] for r in map(_scores, runs.get(system, [])) if metric in r]
+                            for system in (first, second))
             if not ours or not theirs:
                 continue
             gain = sign * (statistics.mean(ours) - statistics.mean(theirs))
@@ -187,12 +198,18 @@ def run_paper(args: PaperArguments, argv: Sequence[str] = ()) -> dict:
                 result = train_and_evaluate(args, corpus, encoder_path, llm_path, run_dir, preset, seed)
             runs.setdefault(preset, []).append(result)
     chance = chance_metrics(corpus["train"], corpus["test"], seed=args.seed)
+    if PICO_TEST_SPLIT in corpus:
+        pico_chance = chance_metrics(corpus["train"], corpus[PICO_TEST_SPLIT], seed=args.seed)
+        chance.update({f"pico_{name}": value for name, value in pico_chance.items()})
     table, stats = results_table(runs, chance=chance)
     note = (
         f"Seeds {args.seeds}; {args.max_steps} PART steps per run, batch {args.batch_size}; test split of the demo "
         f"corpus ({args.test_items} items per language). Mean ± standard deviation over seeds; Δ is the mean's "
         "difference from `part`. `chance` answers every test item with a random training text of the same task "
-        "and languages (a system that does not listen).\n"
+        "and languages (a system that does not listen). Rows `pico_*`: the same test texts (Pico's languages) spoken by "
+        "Pico's test voices, "
+        + ("an engine no training utterance uses.\n" if not args.train_pico_share else
+           f"held out from its training voices (which speak {args.train_pico_share:.0%} of the training utterances).\n")
     )
     comparison = verdicts(runs)
     report = note + "\n" + table + "\n\n" + "\n".join(comparison) + "\n"
