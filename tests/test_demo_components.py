@@ -155,6 +155,63 @@ def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components
         pretrain.main(["--llm_only", "--encoder_only", "--output_dir", str(copy)])
 
 
+def test_a_killed_pretraining_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    """`_train_loop` with a state file: killed after step 5 (state saved at step 4), rerun from scratch, it ends with
+    the weights and losses of the run that was never interrupted (batches, dropout and a generator resumed)."""
+
+    def train(state_path, kill_at=None, fingerprint=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+        generator, calls = torch.Generator().manual_seed(1), []
+
+        def loss_fn(batch):
+            calls.append(batch)
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt
+            inputs = torch.tensor(batch, dtype=torch.float32).unsqueeze(-1).repeat(1, 4)
+            return model(inputs + torch.randn(inputs.shape, generator=generator)).pow(2).mean()
+
+        losses, _ = pretrain._train_loop(model, pretrain._forever(list(range(10)), 3, seed=0), loss_fn, 8, 1e-2, 2,
+                                         "test", state_path, fingerprint, [generator], save_every=2)  # fmt: skip
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    expected_losses, expected = train(None)
+    state = tmp_path / pretrain.TRAINING_STATE
+    with pytest.raises(KeyboardInterrupt):
+        train(state, kill_at=6, fingerprint={"steps": 8})
+    assert len(torch.load(state, weights_only=False)["losses"]) == 4
+    losses, weights = train(state, fingerprint={"steps": 8})
+    assert losses == expected_losses and all(torch.equal(a, b) for a, b in zip(weights, expected))
+    with pytest.raises(ValueError, match="started with other settings"):
+        train(state, fingerprint={"steps": 9})
+
+
+def test_an_interrupted_components_build_leaves_the_folder_as_it_was_and_resumes(components_copy, corpus, monkeypatch):
+    """`build_components` trains in `.building` and moves the components in at the end: killed in the LLM's
+    training, the folder keeps its old components; rerun, it reuses the encoder it finished and completes."""
+    folder, report, copy = components_copy
+    spec = pretrain.corpus_spec(TINY)
+    encoder = pretrain.EncoderSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1)
+    llm = pretrain.LLMSettings(hidden_size=32, num_layers=1, num_heads=2, steps=2, batch_size=4, warmup_steps=1,
+                               text_items=10)  # fmt: skip
+    before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
+    pretrain_llm, pretrain_encoder = pretrain.pretrain_llm, pretrain.pretrain_encoder
+    monkeypatch.setattr(pretrain, "pretrain_llm", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.build_components(corpus, spec, copy, encoder, llm, seed=1)
+    assert {path: path.read_bytes() for path in copy.rglob("*") if path.is_file() and pretrain.BUILDING not in
+            path.parts} == before and (copy / pretrain.BUILDING / "encoder" / pretrain.FINISHED).exists()  # fmt: skip
+    monkeypatch.setattr(pretrain, "pretrain_llm", pretrain_llm)
+    monkeypatch.setattr(pretrain, "pretrain_encoder", lambda *args: pytest.fail("the finished encoder is retrained"))
+    rebuilt = pretrain.build_components(corpus, spec, copy, encoder, llm, seed=1)
+    assert json.loads((copy / pretrain.MANIFEST).read_text()) == json.loads(json.dumps(rebuilt))
+    assert rebuilt["encoder"]["settings"]["steps"] == 2 and rebuilt["llm"]["settings"]["text_items"] == 10
+    assert sorted(path.name for path in copy.iterdir()) == ["components.json", "encoder", "llm"]
+    assert not list(copy.rglob(pretrain.FINISHED)) and not list(copy.rglob(pretrain.TRAINING_STATE))
+    assert (copy / "encoder/model.safetensors").read_bytes() != (folder / "encoder/model.safetensors").read_bytes()
+    monkeypatch.setattr(pretrain, "pretrain_encoder", pretrain_encoder)
+
+
 def test_half_precision_components_load_in_float32(components, tmp_path):
     import shutil
 

@@ -18,7 +18,9 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
 `examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
 `--llm_only` retrains the tokenizer and the LLM alone (`rebuild_llm`), keeping the encoder and building no corpus;
-`--encoder_only` retrains the encoder alone (`rebuild_encoder`), keeping the tokenizer and the LLM.
+`--encoder_only` retrains the encoder alone (`rebuild_encoder`), keeping the tokenizer and the LLM. A build trains in
+`<output_dir>/.building` and moves the components in when all are done; killed, it resumes when rerun (a finished
+component is reused, a training run continues from its last saved state).
 Users with a network pass hub ids to `from_pretrained_components` instead; these functions only stand in for them.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -58,6 +61,9 @@ MANIFEST = "components.json"
 """The file in a components folder that records how they were made, on which corpus, and their scores."""
 
 TARGET_LANGUAGE = "en"
+
+TRAINING_STATE = "training_state.pt"
+"""The resumable state a pretraining run keeps in its output folder until it has saved its outputs (`_train_loop`)."""
 
 
 @dataclass
@@ -98,13 +104,39 @@ def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def _train_loop(model: nn.Module, batches: Iterator, loss_fn, steps: int, lr: float, warmup: int, desc: str) -> list[float]:
-    """AdamW with warm-up + cosine decay and gradient clipping; returns the per-step losses."""
+def _train_loop(
+    model: nn.Module, batches: Iterator, loss_fn, steps: int, lr: float, warmup: int, desc: str,
+    state_path: Path | None = None, fingerprint: dict | None = None, generators: Sequence[torch.Generator] = (),
+    save_every: int = 250,
+) -> tuple[list[float], float]:  # fmt: skip
+    """AdamW with warm-up + cosine decay and gradient clipping; returns the per-step losses and the seconds earlier,
+    interrupted processes spent on them (0 unless resumed).
+
+    With `state_path`, the training state (weights, optimizer, schedule, losses, torch's and `generators`' random
+    states) is written there atomically every `save_every` steps, and a state found there is resumed from: the
+    batches already drawn are drawn again and skipped, so a killed run ends with the weights an uninterrupted one
+    would have. A state saved with another `fingerprint` (what the run depends on) is refused. The caller removes the
+    state once it has saved its outputs."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear_warmup_cosine(s, warmup, steps))
+    losses: list[float] = []
+    earlier_seconds, started = 0.0, time.time()
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"{state_path} holds a run started with other settings ({state['fingerprint']}, not "
+                             f"{fingerprint}): delete it to start afresh, or resume with those settings.")  # fmt: skip
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        losses, earlier_seconds = state["losses"], state["seconds"]
+        torch.set_rng_state(state["torch_rng"])
+        for generator, generator_state in zip(generators, state["generators"]):
+            generator.set_state(generator_state)
+        for _ in losses:
+            next(batches)
     model.train()
-    losses = []
-    bar = tqdm(range(steps), desc=desc)
+    bar = tqdm(range(len(losses), steps), desc=desc, initial=len(losses), total=steps)
     for _ in bar:
         loss = loss_fn(next(batches))
         loss.backward()
@@ -115,8 +147,15 @@ def _train_loop(model: nn.Module, batches: Iterator, loss_fn, steps: int, lr: fl
         losses.append(loss.item())
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if state_path is not None and len(losses) % save_every == 0 and len(losses) < steps:
+            state = dict(fingerprint=fingerprint, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), losses=losses, torch_rng=torch.get_rng_state(),
+                         generators=[generator.get_state() for generator in generators],
+                         seconds=earlier_seconds + time.time() - started)  # fmt: skip
+            torch.save(state, state_path.with_name(state_path.name + ".tmp"))
+            os.replace(state_path.with_name(state_path.name + ".tmp"), state_path)
     model.eval()
-    return losses
+    return losses, earlier_seconds
 
 
 def _forever(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
@@ -291,9 +330,12 @@ def pretrain_encoder(
         target_lengths = torch.tensor([len(t) for _, t in batch])
         return model(features, mask, targets, target_lengths)
 
-    losses = _train_loop(
+    state_path = Path(output_dir) / TRAINING_STATE
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    losses, earlier_seconds = _train_loop(
         model, _forever(samples, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,
-        settings.warmup_steps, "pretraining the speech encoder (CTC)",
+        settings.warmup_steps, "pretraining the speech encoder (CTC)", state_path,
+        {"settings": asdict(settings), "seed": seed, "samples": len(samples), "labels": vocab_size}, [generator],
     )
     model.encoder.save_pretrained(output_dir)
     feature_extractor._auto_class = None  # no exported copy of its source: the installed package provides the class
@@ -304,9 +346,10 @@ def pretrain_encoder(
         {"weight": model.head.weight.contiguous(), "bias": model.head.bias.contiguous()},
         str(Path(output_dir) / CTC_HEAD), metadata={**metadata, "upsampling": str(upsampling)},
     )
+    state_path.unlink(missing_ok=True)
     return {"ctc_labels": metadata["labels"], "ctc_loss_first": float(np.mean(losses[:20])), "ctc_loss_last": float(np.mean(losses[-20:])),
             "utterances": len(texts), "training_samples": len(samples), "labels_longer_than_frames": too_long,
-            "settings": asdict(settings), "seconds": time.time() - started}  # fmt: skip
+            "settings": asdict(settings), "seconds": earlier_seconds + time.time() - started}  # fmt: skip
 
 
 def load_ctc_model(encoder_dir: str | Path) -> tuple[CTCModel, Callable[[list[int]], str]]:
@@ -447,14 +490,18 @@ def pretrain_llm(
             embeddings = embeddings + opened.unsqueeze(-1) * scale * torch.randn_like(embeddings)
         return model(inputs_embeds=embeddings, attention_mask=mask, labels=labels).loss
 
-    losses = _train_loop(
+    state_path = Path(output_dir) / TRAINING_STATE
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    losses, earlier_seconds = _train_loop(
         model, _forever(sequences, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,
-        settings.warmup_steps, "pretraining the LLM",
+        settings.warmup_steps, "pretraining the LLM", state_path,
+        {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": len(tokenizer)},
     )
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    state_path.unlink(missing_ok=True)
     return {"lm_loss_first": float(np.mean(losses[:20])), "lm_loss_last": float(np.mean(losses[-20:])),
-            "examples": len(sequences), "settings": asdict(settings), "seconds": time.time() - started}  # fmt: skip
+            "examples": len(sequences), "settings": asdict(settings), "seconds": earlier_seconds + time.time() - started}  # fmt: skip
 
 
 @torch.no_grad()
@@ -534,21 +581,62 @@ def _text_side(spec: dict, output_dir: Path, llm: LLMSettings, seed: int) -> tup
     return items, train_tokenizer(texts, output_dir / "llm", split_han_characters=llm.split_han_characters)
 
 
+FINISHED = "finished.json"
+"""In a component's folder under `BUILDING`: its report, once it is trained and scored (an interrupted build reuses it)."""
+BUILDING = ".building"
+"""Where a build trains its components (resumable) before it moves them into the components folder, all at once."""
+
+
+def _finished(folder: Path, fingerprint: dict, train: Callable[[], dict]) -> dict:
+    """The report of the component in `folder`: the one an interrupted build finished there with the same
+    `fingerprint`, or `train()`'s (recorded in `folder/FINISHED`)."""
+    fingerprint = json.loads(json.dumps(fingerprint))
+    path = folder / FINISHED
+    if path.exists() and json.loads(path.read_text())["fingerprint"] == fingerprint:
+        return json.loads(path.read_text())["report"]
+    report = train()
+    path.write_text(json.dumps({"fingerprint": fingerprint, "report": report}, ensure_ascii=False))
+    return report
+
+
 def _llm(items: list, tokenizer, spec: dict, output_dir: Path, llm: LLMSettings, seed: int) -> dict:
     """The LLM trained on `items` (saved to `output_dir/llm`), evaluated on the test split's text."""
-    report = pretrain_llm(llm_examples(items, spec["languages"], tokenizer, llm, seed), tokenizer, output_dir / "llm",
-                          llm, seed)  # fmt: skip
-    report["test"] = evaluate_llm(output_dir / "llm", text_of_test_split(spec))
-    return report
+
+    def train() -> dict:
+        report = pretrain_llm(llm_examples(items, spec["languages"], tokenizer, llm, seed), tokenizer,
+                              output_dir / "llm", llm, seed)  # fmt: skip
+        return {**report, "test": evaluate_llm(output_dir / "llm", text_of_test_split(spec))}
+
+    return _finished(output_dir / "llm", {"spec": spec, "settings": asdict(llm), "seed": seed}, train)
 
 
-def _encoder(corpus, output_dir: Path, settings: EncoderSettings, seed: int, tokenizer) -> dict:
+def _encoder(corpus, spec: dict, output_dir: Path, settings: EncoderSettings, seed: int, tokenizer) -> dict:
     """The encoder trained on `corpus`' train ASR rows (saved to `output_dir/encoder`), evaluated on its test ones."""
-    asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
-    asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
-    report = pretrain_encoder(asr_train, output_dir / "encoder", settings, seed, tokenizer)
-    report["test"] = evaluate_encoder(output_dir / "encoder", asr_test)
-    return report
+
+    def train() -> dict:
+        asr_train = corpus["train"].filter(lambda task: task == "asr", input_columns="task")
+        asr_test = corpus["test"].filter(lambda task: task == "asr", input_columns="task")
+        report = pretrain_encoder(asr_train, output_dir / "encoder", settings, seed, tokenizer)
+        return {**report, "test": evaluate_encoder(output_dir / "encoder", asr_test)}
+
+    fingerprint = {"spec": spec, "settings": asdict(settings), "seed": seed, "vocabulary": len(tokenizer) if tokenizer else None}
+    return _finished(output_dir / "encoder", fingerprint, train)
+
+
+def _install(output_dir: Path, names: Sequence[str], report: dict) -> None:
+    """Moves the components `names` built in `output_dir/BUILDING` into `output_dir`, replacing the old ones, and
+    writes the manifest: until then an interrupted build leaves the components folder as it was."""
+    import shutil
+
+    for name in names:
+        built, target, old = output_dir / BUILDING / name, output_dir / name, output_dir / BUILDING / f"{name}.old"
+        shutil.rmtree(old, ignore_errors=True)  # left by a build killed while it moved this component
+        if target.exists():
+            os.replace(target, old)
+        os.replace(built, target)
+        (target / FINISHED).unlink()
+    _write_manifest(output_dir, report)
+    shutil.rmtree(output_dir / BUILDING)
 
 
 def _kept_manifest(output_dir: Path, spec: dict, kept: str) -> dict:
@@ -574,13 +662,12 @@ def build_components(
     """Tokenizer, encoder and LLM trained on `corpus` (its train split's speech; text drawn from the content space
     minus the held-out items of `spec`), evaluated on its test split, written to `output_dir` with a manifest."""
     output_dir = Path(output_dir)
-    started = time.time()
     report: dict = {"corpus": spec, "seed": seed}
-    items, tokenizer = _text_side(spec, output_dir, llm, seed)
-    report["encoder"] = _encoder(corpus, output_dir, encoder, seed, tokenizer)
-    report["llm"] = _llm(items, tokenizer, spec, output_dir, llm, seed)
-    report["seconds"] = time.time() - started
-    _write_manifest(output_dir, report)
+    items, tokenizer = _text_side(spec, output_dir / BUILDING, llm, seed)
+    report["encoder"] = _encoder(corpus, spec, output_dir / BUILDING, encoder, seed, tokenizer)
+    report["llm"] = _llm(items, tokenizer, spec, output_dir / BUILDING, llm, seed)
+    report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
+    _install(output_dir, ["encoder", "llm"], report)
     return report
 
 
@@ -592,9 +679,9 @@ def rebuild_llm(output_dir: str | Path, spec: dict, llm: LLMSettings, seed: int 
     if report["encoder"]["settings"]["ctc_labels"] != "characters":
         raise ValueError("The encoder's CTC labels are the tokenizer's tokens: a new tokenizer needs a new encoder; "
                          "build all components (without --llm_only).")  # fmt: skip
-    report["llm"] = _llm(*_text_side(spec, output_dir, llm, seed), spec, output_dir, llm, seed)
+    report["llm"] = _llm(*_text_side(spec, output_dir / BUILDING, llm, seed), spec, output_dir / BUILDING, llm, seed)
     report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
-    _write_manifest(output_dir, report)
+    _install(output_dir, ["llm"], report)
     return report
 
 
@@ -606,9 +693,9 @@ def rebuild_encoder(corpus, spec: dict, output_dir: str | Path, encoder: Encoder
     output_dir = Path(output_dir)
     report = _kept_manifest(output_dir, spec, "llm")
     tokenizer = AutoTokenizer.from_pretrained(output_dir / "llm") if encoder.ctc_labels == "tokens" else None
-    report["encoder"] = _encoder(corpus, output_dir, encoder, seed, tokenizer)
+    report["encoder"] = _encoder(corpus, spec, output_dir / BUILDING, encoder, seed, tokenizer)
     report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
-    _write_manifest(output_dir, report)
+    _install(output_dir, ["encoder"], report)
     return report
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from transformers.utils import logging  # noqa: E402
 
 from examples.demo.corpus import PICO_TEST_SPLIT, build_corpus, speaker_name  # noqa: E402
 from examples.demo.pretrain import (  # noqa: E402
+    BUILDING,
     CTC_HEAD,
     MANIFEST,
     SHIPPED_COMPONENTS,
@@ -260,12 +260,11 @@ def prepare_components(args: DemoArguments, corpus, out: Path) -> tuple[str, str
             f"The stand-ins in {folder} were made for the corpus {report['corpus']}, not this demo's {spec}: their "
             "pretraining may have seen this test split. Pass another --components_dir (they are trained there)."
         )
-    if args.components_dir and folder.exists() and any(folder.iterdir()):
+    if args.components_dir and folder.exists() and any(path.name != BUILDING for path in folder.iterdir()):
         raise FileExistsError(f"--components_dir {folder} holds no {MANIFEST} and is not empty; pass an empty or new folder.")
-    shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's leftovers in output_dir/components
     settings = (EncoderSettings(steps=args.encoder_steps),
                 LLMSettings(steps=args.llm_steps, text_items=args.llm_text_items))  # fmt: skip
-    report = build_components(corpus, spec, folder, *settings, seed=args.seed)
+    report = build_components(corpus, spec, folder, *settings, seed=args.seed)  # resumes an interrupted build
     return str(folder / "encoder"), str(folder / "llm"), report
 
 
