@@ -26,6 +26,7 @@ Users with a network pass hub ids to `from_pretrained_components` instead; these
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -156,6 +157,11 @@ def _train_loop(
             os.replace(state_path.with_name(state_path.name + ".tmp"), state_path)
     model.eval()
     return losses, earlier_seconds
+
+
+def _digest(tokenizer) -> str:
+    """A fingerprint of `tokenizer`'s vocabulary: a resumed run must read the tokens it started with."""
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
 
 def _forever(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
@@ -495,13 +501,14 @@ def pretrain_llm(
     losses, earlier_seconds = _train_loop(
         model, _forever(sequences, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,
         settings.warmup_steps, "pretraining the LLM", state_path,
-        {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": len(tokenizer)},
+        {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": _digest(tokenizer)},
     )
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     state_path.unlink(missing_ok=True)
     return {"lm_loss_first": float(np.mean(losses[:20])), "lm_loss_last": float(np.mean(losses[-20:])),
-            "examples": len(sequences), "settings": asdict(settings), "seconds": earlier_seconds + time.time() - started}  # fmt: skip
+            "examples": len(sequences), "settings": asdict(settings),
+            "seconds": earlier_seconds + time.time() - started}  # fmt: skip
 
 
 @torch.no_grad()
@@ -619,7 +626,8 @@ def _encoder(corpus, spec: dict, output_dir: Path, settings: EncoderSettings, se
         report = pretrain_encoder(asr_train, output_dir / "encoder", settings, seed, tokenizer)
         return {**report, "test": evaluate_encoder(output_dir / "encoder", asr_test)}
 
-    fingerprint = {"spec": spec, "settings": asdict(settings), "seed": seed, "vocabulary": len(tokenizer) if tokenizer else None}
+    labels = _digest(tokenizer) if tokenizer is not None else "characters"
+    fingerprint = {"spec": spec, "settings": asdict(settings), "seed": seed, "labels": labels}
     return _finished(output_dir / "encoder", fingerprint, train)
 
 
