@@ -614,7 +614,8 @@ def _llm(items: list, tokenizer, spec: dict, output_dir: Path, llm: LLMSettings,
                               output_dir / "llm", llm, seed)  # fmt: skip
         return {**report, "test": evaluate_llm(output_dir / "llm", text_of_test_split(spec))}
 
-    return _finished(output_dir / "llm", {"spec": spec, "settings": asdict(llm), "seed": seed}, train)
+    fingerprint = {"spec": spec, "settings": asdict(llm), "seed": seed, "vocabulary": _digest(tokenizer)}
+    return _finished(output_dir / "llm", fingerprint, train)
 
 
 def _encoder(corpus, spec: dict, output_dir: Path, settings: EncoderSettings, seed: int, tokenizer) -> dict:
