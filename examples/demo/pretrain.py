@@ -599,8 +599,9 @@ def _finished(folder: Path, fingerprint: dict, train: Callable[[], dict]) -> dic
     `fingerprint`, or `train()`'s (recorded in `folder/FINISHED`)."""
     fingerprint = json.loads(json.dumps(fingerprint))
     path = folder / FINISHED
-    if path.exists() and json.loads(path.read_text())["fingerprint"] == fingerprint:
-        return json.loads(path.read_text())["report"]
+    finished = json.loads(path.read_text()) if path.exists() else {}
+    if finished.get("fingerprint") == fingerprint:
+        return finished["report"]
     report = train()
     path.write_text(json.dumps({"fingerprint": fingerprint, "report": report}, ensure_ascii=False))
     return report
