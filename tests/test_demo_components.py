@@ -86,6 +86,20 @@ def test_llm_examples_are_laid_out_as_the_processor_lays_out_prompts(components)
 
     noisy, _ = pretrain.text_example(tokenizer, "copy", "de", text, text, repeat=1.0, rng=random.Random(0))
     assert noisy[1 : 1 + 2 * len(text_ids)] == [t for t in text_ids for _ in range(2)]
+    # a shuffled copy: the slot and the answer are one permutation of the text's tokens, the rest of the prompt as is
+    shuffled, shuffled_answer = pretrain.text_example(tokenizer, "copy", "de", text, text, rng=random.Random(0), shuffle=True)
+    plain, _ = pretrain.text_example(tokenizer, "copy", "de", text, text)
+    assert shuffled_answer != text_ids and sorted(shuffled_answer) == sorted(text_ids)
+    assert shuffled == [plain[0], *shuffled_answer, *plain[1 + len(text_ids) :]]
+    with pytest.raises(ValueError, match="shuffle needs kind='copy'"):
+        pretrain.text_example(tokenizer, "translate", "de", text, english, rng=random.Random(0), shuffle=True)
+    # llm_examples: every item gives text and copy in each language, mt and translate out of English, and with
+    # shuffled_copy_share 1 a shuffled twin of every copy
+    items = pretrain.text_items(5, set(), seed=0)
+    for share, per_item in ((0.0, 2 + 4), (1.0, 3 + 5)):
+        settings = pretrain.LLMSettings(shuffled_copy_share=share)
+        examples = pretrain.llm_examples(items, ["en", "de"], tokenizer, settings, seed=0)
+        assert len(examples) == per_item * len(items)
 
 
 def test_components_manifest_records_corpus_training_and_scores(components, corpus):
@@ -153,6 +167,35 @@ def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components
         pretrain.rebuild_encoder(corpus, spec, tmp_path / "empty", encoder)
     with pytest.raises(ValueError, match="exclude each other"):
         pretrain.main(["--llm_only", "--encoder_only", "--output_dir", str(copy)])
+
+
+def test_token_budget_batches_cover_each_epoch_within_the_budget():
+    """`_forever` with a TokenBudget (the LLM's `max_tokens_per_batch`): each epoch's batches hold every sequence
+    once, each batch padded to its longest stays within the budget, and they are the same for the same seed."""
+    rng = np.random.default_rng(0)
+    sequences = [(list(range(int(n))), 0) for n in rng.integers(3, 40, size=250)]
+    budget = pretrain.TokenBudget(max_tokens=120, buffer_size=100, positions_fn=lambda s: len(s[0]),
+                                  seconds_fn=lambda s: 0.0)  # fmt: skip
+
+    def epochs(seed):
+        batches, drawn = [], 0
+        for batch in pretrain._forever(sequences, 4, seed, budget):
+            batches.append(batch)
+            drawn += len(batch)
+            if drawn == 2 * len(sequences):
+                return batches
+            assert drawn < 2 * len(sequences)  # an epoch ends where a batch ends
+
+    batches = epochs(seed=0)
+    assert all(len(batch) * max(len(s) for s, _ in batch) <= 120 for batch in batches)
+    assert sum(len(b) for b in batches) == 2 * len(sequences) and len(batches) < 2 * len(sequences) / 4
+    seen, first_epoch = [], []
+    for batch in batches:
+        if len(seen) < len(sequences):
+            first_epoch += batch
+        seen += batch
+    assert sorted(map(id, first_epoch)) == sorted(map(id, sequences))
+    assert [[id(s) for s in b] for b in epochs(seed=0)] == [[id(s) for s in b] for b in batches]
 
 
 def test_a_killed_pretraining_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):

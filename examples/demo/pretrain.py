@@ -53,6 +53,7 @@ from examples.demo.texts import LANGUAGES, make_item_splits, render, sample_item
 from modeling_part import PartFeatureExtractor, load_audio  # noqa: E402
 from modeling_part.processing_part import DEFAULT_PROMPT_TEMPLATES, LANGUAGE_NAMES  # noqa: E402
 from modeling_part.tiny import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, build_tokenizer  # noqa: E402
+from trainers.data import TokenBudget  # noqa: E402
 from trainers.metrics import TextNormalizer, compute_speech_metrics  # noqa: E402
 
 SHIPPED_COMPONENTS = Path(__file__).resolve().parent / "components"
@@ -97,6 +98,8 @@ class LLMSettings:
     slot_repeat_probability: float = 0.2  # in the speech-task analogues, each slot token is doubled with this chance
     slot_noise: float = 0.0  # ... and Gaussian noise of up to this many embedding RMS is added to the slot embeddings
     split_han_characters: bool = False  # the tokenizer keeps every Han character a token of its own (docs/demo.md)
+    shuffled_copy_share: float = 0.0  # this share of copy examples get a twin with the text's tokens shuffled
+    max_tokens_per_batch: int = 0  # > 0: batches of up to this many padded tokens, cut from length-sorted buffers
 
 
 def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -164,20 +167,26 @@ def _digest(tokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
 
-def _forever(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
-    """Shuffled batches, epoch after epoch (the batch size is capped at the number of items)."""
+def _forever(items: Sequence, batch_size: int, seed: int, budget: TokenBudget | None = None) -> Iterator[list]:
+    """Shuffled batches, epoch after epoch: of `batch_size` items (capped at the number of items), or with `budget`
+    cut within it from each buffer of `budget.buffer_size` shuffled items, sorted by length (`TokenBudget`)."""
     if not items:
         raise ValueError("No training items: the demo corpus split is empty for this pretraining step.")
     batch_size = min(batch_size, len(items))
-    rng = random.Random(seed)
+    rng, batch_order = random.Random(seed), np.random.default_rng(seed)
     order = list(range(len(items)))
     while True:
         rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield [items[i] for i in order[start : start + batch_size]]
+        if budget is None:
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                yield [items[i] for i in order[start : start + batch_size]]
+            continue
+        for start in range(0, len(order), budget.buffer_size):
+            buffer = [items[i] for i in order[start : start + budget.buffer_size]]
+            for batch in budget.make_batches(buffer, batch_order):
+                yield [buffer[i] for i in batch]
 
 
-# ---------------------------------------------------------------------------------------------------- text side
 def held_out_contents(corpus_spec: dict) -> set:
     """The semantic contents of the dev and test items of the corpus `corpus_spec` describes (no text of them may be
     used for pretraining)."""
@@ -420,27 +429,34 @@ def _instruction(task: str, source: str, target: str, source_text: str = "") -> 
 
 
 def text_example(tokenizer, kind: str, source: str, source_text: str, target_text: str, repeat: float = 0.0,
-                 rng: random.Random | None = None) -> tuple[list[int], list[int]]:  # fmt: skip
+                 rng: random.Random | None = None, shuffle: bool = False) -> tuple[list[int], list[int]]:  # fmt: skip
     """(prompt ids, answer ids) of one text-side example, laid out as `PartProcessor.build_prompt_ids` lays out PART's
     prompts (no chat template): `kind` "text" (no prompt), "mt", or "copy"/"translate", where `source_text` stands
-    between the audio delimiters in place of the audio (each of its tokens doubled with probability `repeat`)."""
+    between the audio delimiters in place of the audio (each of its tokens doubled with probability `repeat`). With
+    `shuffle` (copy only), the source's tokens are shuffled by `rng`, in the slot and the answer alike: a copy that
+    the language cannot predict, only the slot."""
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     if kind == "text":
         return [], encode(source_text)
     if kind == "mt":
         return encode(_instruction("mt", source, TARGET_LANGUAGE, source_text) + "\n"), encode(target_text)
     task, target = ("asr", source) if kind == "copy" else ("s2tt", TARGET_LANGUAGE)
+    source_ids, answer = encode(source_text), encode(target_text)
+    if shuffle:
+        if kind != "copy" or rng is None:
+            raise ValueError("text_example: shuffle needs kind='copy' and an rng.")
+        source_ids = answer = rng.sample(source_ids, len(source_ids))
     slot = []
-    for token in encode(source_text):
+    for token in source_ids:
         slot += [token, token] if rng is not None and rng.random() < repeat else [token]
     bos, eos = tokenizer.convert_tokens_to_ids([AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN])
-    return [bos, *slot, eos, *encode(_instruction(task, source, target) + "\n")], encode(target_text)
+    return [bos, *slot, eos, *encode(_instruction(task, source, target) + "\n")], answer
 
 
 def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings: LLMSettings, seed: int) -> list:
     """Tokenised (prompt, answer) examples from `items`: for each item and language, its plain text, its copy
     (transcription analogue) and, for a language other than English, its translation as `mt` and as the speech
-    translation analogue."""
+    translation analogue; `settings.shuffled_copy_share` of the copies get a twin with shuffled tokens."""
     rng = random.Random(seed)
     examples = []
     for item in tqdm(items, desc="LLM text examples"):
@@ -451,6 +467,9 @@ def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings:
             for kind in kinds:
                 target = text if kind in ("text", "copy") else english
                 examples.append(text_example(tokenizer, kind, language, text, target, settings.slot_repeat_probability, rng))
+                if kind == "copy" and settings.shuffled_copy_share and rng.random() < settings.shuffled_copy_share:
+                    examples.append(text_example(tokenizer, kind, language, text, target,
+                                                 settings.slot_repeat_probability, rng, shuffle=True))  # fmt: skip
     return examples
 
 
@@ -496,10 +515,14 @@ def pretrain_llm(
             embeddings = embeddings + opened.unsqueeze(-1) * scale * torch.randn_like(embeddings)
         return model(inputs_embeds=embeddings, attention_mask=mask, labels=labels).loss
 
+    budget = None
+    if settings.max_tokens_per_batch > 0:
+        budget = TokenBudget(max_tokens=settings.max_tokens_per_batch, buffer_size=50 * settings.batch_size,
+                             positions_fn=lambda sequence: len(sequence[0]), seconds_fn=lambda sequence: 0.0)  # fmt: skip
     state_path = Path(output_dir) / TRAINING_STATE
     state_path.parent.mkdir(parents=True, exist_ok=True)
     losses, earlier_seconds = _train_loop(
-        model, _forever(sequences, settings.batch_size, seed), loss_fn, settings.steps, settings.learning_rate,
+        model, _forever(sequences, settings.batch_size, seed, budget), loss_fn, settings.steps, settings.learning_rate,
         settings.warmup_steps, "pretraining the LLM", state_path,
         {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": _digest(tokenizer)},
     )
@@ -727,6 +750,11 @@ class ComponentArguments:
     llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
     llm_split_han_characters: bool = field(default=False, metadata={"help": "Every Han character a token of its "
                                            "own in the LLM's tokenizer (see docs/demo.md)."})  # fmt: skip
+    llm_shuffled_copy_share: float = field(default=LLMSettings.shuffled_copy_share, metadata={"help": "This share of "
+                                           "the LLM's copy examples get a twin with shuffled tokens."})  # fmt: skip
+    llm_max_tokens_per_batch: int = field(default=LLMSettings.max_tokens_per_batch, metadata={"help": "> 0: the "
+                                          "LLM's batches hold up to this many padded tokens (length-sorted), "
+                                          "instead of llm batch size 48."})  # fmt: skip
     llm_only: bool = field(default=False, metadata={"help": "Retrain only the tokenizer and the LLM, keeping the "
                            "encoder in output_dir (no speech corpus is built)."})  # fmt: skip
     encoder_only: bool = field(default=False, metadata={"help": "Retrain only the encoder, keeping the tokenizer "
@@ -743,7 +771,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     corpus_arguments = dict(languages=args.languages, train_items_per_language=args.train_items_per_language,
                             dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
     spec = corpus_spec(corpus_arguments)
-    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters)
+    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters,
+                      shuffled_copy_share=args.llm_shuffled_copy_share,
+                      max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
     encoder = EncoderSettings(steps=args.encoder_steps)
     if args.llm_only and args.encoder_only:
         raise ValueError("--llm_only and --encoder_only exclude each other: pass neither to rebuild both.")
