@@ -754,7 +754,7 @@ class ComponentArguments:
                                            "the LLM's copy examples get a twin with shuffled tokens."})  # fmt: skip
     llm_max_tokens_per_batch: int = field(default=LLMSettings.max_tokens_per_batch, metadata={"help": "> 0: the "
                                           "LLM's batches hold up to this many padded tokens (length-sorted), "
-                                          "instead of llm batch size 48."})  # fmt: skip
+                                          "instead of batches of 48 examples."})  # fmt: skip
     llm_only: bool = field(default=False, metadata={"help": "Retrain only the tokenizer and the LLM, keeping the "
                            "encoder in output_dir (no speech corpus is built)."})  # fmt: skip
     encoder_only: bool = field(default=False, metadata={"help": "Retrain only the encoder, keeping the tokenizer "
