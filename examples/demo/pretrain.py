@@ -187,6 +187,7 @@ def _forever(items: Sequence, batch_size: int, seed: int, budget: TokenBudget | 
                 yield [buffer[i] for i in batch]
 
 
+# ---------------------------------------------------------------------------------------------------- text side
 def held_out_contents(corpus_spec: dict) -> set:
     """The semantic contents of the dev and test items of the corpus `corpus_spec` describes (no text of them may be
     used for pretraining)."""
