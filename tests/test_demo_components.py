@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -332,6 +334,11 @@ def test_shipped_stand_ins_are_made_for_the_default_demo_and_load():
     manifest = json.loads((pretrain.SHIPPED_COMPONENTS / pretrain.MANIFEST).read_text())
     assert manifest["corpus"] == demo_corpus_spec(DemoArguments())
     assert manifest["encoder"]["test"]["avg_cer"] < 20 and manifest["llm"]["test"]["mt_avg_bleu"] > 80
+    encoder, llm = pretrain.component_settings(pretrain.ComponentArguments())  # what `make components` trains
+    trained = json.loads(json.dumps({"encoder": asdict(encoder), "llm": asdict(llm)}))
+    assert {name: manifest[name]["settings"] for name in trained} == trained
+    tokenizer = AutoTokenizer.from_pretrained(pretrain.SHIPPED_COMPONENTS / "llm")
+    assert len(tokenizer("今天是十月二日")["input_ids"]) == 7  # one token per Han character
     model = PartForSpeechToText.from_pretrained_components(
         audio_encoder=str(pretrain.SHIPPED_COMPONENTS / "encoder"), llm=str(pretrain.SHIPPED_COMPONENTS / "llm")
     )

@@ -97,9 +97,10 @@ class LLMSettings:
     text_items: int = 20000  # items drawn for the text side (each rendered in every language), held-out ones excluded
     slot_repeat_probability: float = 0.2  # in the speech-task analogues, each slot token is doubled with this chance
     slot_noise: float = 0.0  # ... and Gaussian noise of up to this many embedding RMS is added to the slot embeddings
-    split_han_characters: bool = False  # the tokenizer keeps every Han character a token of its own (docs/demo.md)
+    split_han_characters: bool = True  # the tokenizer keeps every Han character a token of its own (docs/demo.md)
     shuffled_copy_share: float = 0.0  # this share of copy examples get a twin with the text's tokens shuffled
-    max_tokens_per_batch: int = 0  # > 0: batches of up to this many padded tokens, cut from length-sorted buffers
+    max_tokens_per_batch: int = 1700  # > 0: batches of up to this many padded tokens, cut from length-sorted buffers;
+    # 0: batches of `batch_size` examples (which also sizes the sorting buffers: 50 batches)
 
 
 def _linear_warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -749,18 +750,27 @@ class ComponentArguments:
     encoder_steps: int = field(default=6000, metadata={"help": "CTC steps (the shipped encoder's; twice the 3,000 "
                                "of EncoderSettings, which the demo uses when it trains stand-ins itself)."})  # fmt: skip
     llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
-    llm_split_han_characters: bool = field(default=False, metadata={"help": "Every Han character a token of its "
-                                           "own in the LLM's tokenizer (see docs/demo.md)."})  # fmt: skip
+    llm_split_han_characters: bool = field(default=LLMSettings.split_han_characters, metadata={"help": "Every Han "
+                                           "character a token of its own in the LLM's tokenizer (see docs/demo.md); "
+                                           "--no_llm_split_han_characters lets BPE merge them."})  # fmt: skip
     llm_shuffled_copy_share: float = field(default=LLMSettings.shuffled_copy_share, metadata={"help": "This share of "
                                            "the LLM's copy examples get a twin with shuffled tokens."})  # fmt: skip
     llm_max_tokens_per_batch: int = field(default=LLMSettings.max_tokens_per_batch, metadata={"help": "> 0: the "
-                                          "LLM's batches hold up to this many padded tokens (length-sorted), "
-                                          "instead of batches of 48 examples."})  # fmt: skip
+                                          "LLM's batches hold up to this many padded tokens (length-sorted); 0: "
+                                          "batches of 48 examples."})  # fmt: skip
     llm_only: bool = field(default=False, metadata={"help": "Retrain only the tokenizer and the LLM, keeping the "
                            "encoder in output_dir (no speech corpus is built)."})  # fmt: skip
     encoder_only: bool = field(default=False, metadata={"help": "Retrain only the encoder, keeping the tokenizer "
                                "and the LLM in output_dir."})  # fmt: skip
     half_precision: bool = field(default=True, metadata={"help": "Store weights in float16 (half the size)."})
+
+
+def component_settings(args: ComponentArguments) -> tuple[EncoderSettings, LLMSettings]:
+    """The encoder's and the LLM's training settings that `args` ask for (`make components`: the shipped ones)."""
+    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters,
+                      shuffled_copy_share=args.llm_shuffled_copy_share,
+                      max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
+    return EncoderSettings(steps=args.encoder_steps), llm
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -772,10 +782,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     corpus_arguments = dict(languages=args.languages, train_items_per_language=args.train_items_per_language,
                             dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
     spec = corpus_spec(corpus_arguments)
-    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters,
-                      shuffled_copy_share=args.llm_shuffled_copy_share,
-                      max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
-    encoder = EncoderSettings(steps=args.encoder_steps)
+    encoder, llm = component_settings(args)
     if args.llm_only and args.encoder_only:
         raise ValueError("--llm_only and --encoder_only exclude each other: pass neither to rebuild both.")
     if args.llm_only:
