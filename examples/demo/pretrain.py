@@ -1,7 +1,8 @@
 """The demo's pretrained components: PART starts from a pretrained speech encoder and a pretrained LLM, and none can be
 downloaded here, so the demo makes small stand-ins with the two properties PART relies on.
 
-- `train_tokenizer`: a byte-level BPE tokenizer on the demo's text (with the PART audio tokens).
+- `train_tokenizer`: a byte-level BPE tokenizer on the demo's text (with the PART audio tokens), every Han character
+  a token of its own by default.
 - `pretrain_encoder`: a SenseVoice-style encoder (`fun_asr_nano_encoder`) trained with CTC on the ASR training
   transcripts, with speed perturbation, additive noise and SpecAugment, so that it recognises the demo speech on its
   own, held-out voices included (`evaluate_encoder`: greedy CTC CER and word error). Its CTC labels are characters,
@@ -13,7 +14,8 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
   `<|audio_bos|>` and `<|audio_eos|>` in place of the audio: copy it (transcription) or translate it (speech
   translation). The slot's tokens are sometimes doubled and its embeddings noised, since adapter outputs only
   approximate token embeddings. So it follows PART's instructions and copies and translates, as Qwen2.5 does (`evaluate_llm`: text MT
-  BLEU and copy accuracy). Text costs no synthesis: it is drawn from every item the held-out splits do not use.
+  BLEU and copy accuracy). Text costs no synthesis: it is drawn from every item the held-out splits do not use. By
+  default its batches are cut by a budget of padded tokens from length-sorted buffers (`trainers.data.TokenBudget`).
 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
 `examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
