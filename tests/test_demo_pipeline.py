@@ -117,8 +117,18 @@ def test_demo_pipeline_end_to_end(tmp_path):
                    *TINY, "--seed", "1"])
 
 
+def _stand_ins(folder: Path, llm_weights: bytes = b"llm") -> tuple[str, str]:
+    for name, files in {"encoder": {"model.safetensors": b"encoder", "ctc_head.safetensors": b"head"},
+                        "llm": {"model.safetensors": llm_weights, "tokenizer.json": b"{}"}}.items():  # fmt: skip
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for file, content in files.items():
+            (folder / name / file).write_bytes(content)
+    return str(folder / "encoder"), str(folder / "llm")
+
+
 def test_finished_run_reuses_or_resumes_only_a_run_with_the_same_settings(tmp_path):
-    settings = run_settings(DemoArguments(train_items_per_language=1000))
+    stand_ins = _stand_ins(tmp_path / "components")
+    settings = run_settings(DemoArguments(train_items_per_language=1000), *stand_ins)
     assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 5000
     run = tmp_path / "part" / "seed0"
     assert finished_run(run, "part", 0, settings) is None
@@ -129,9 +139,18 @@ def test_finished_run_reuses_or_resumes_only_a_run_with_the_same_settings(tmp_pa
     done = {"schedule": "part", "seed": 0, "settings": settings, "metrics": {"test_asr_avg_error": 20.0}}
     (run / "results.json").write_text(json.dumps(done))
     assert finished_run(run, "part", 0, settings)["metrics"] == {"test_asr_avg_error": 20.0}
-    other = run_settings(DemoArguments(train_items_per_language=500, output_dir="elsewhere"))
+    other = run_settings(DemoArguments(train_items_per_language=500, output_dir="elsewhere"), *stand_ins)
     with pytest.raises(ValueError, match=r"train_items_per_language=1000 against this run's train_items_per_language=500"):
         finished_run(run, "part", 0, other)
+
+    # other stand-ins (here: another LLM) are other settings; the encoder's CTC head, which PART never loads, is not
+    retrained = run_settings(DemoArguments(train_items_per_language=1000), *_stand_ins(tmp_path / "new", b"llm 2"))
+    with pytest.raises(ValueError, match=r"other settings \(stand-ins="):
+        finished_run(run, "part", 0, retrained)
+    (tmp_path / "components" / "encoder" / "ctc_head.safetensors").write_bytes(b"another head")
+    assert run_settings(DemoArguments(train_items_per_language=1000), *stand_ins) == settings
+    hub = run_settings(DemoArguments(train_items_per_language=1000), "FunAudioLLM/Fun-ASR-Nano-2512", "Qwen/Qwen3-0.6B")
+    assert hub["stand-ins"] not in (settings["stand-ins"], retrained["stand-ins"])
     with pytest.raises(ValueError, match=r"run's seed=0 against this run's run's seed=1"):
         finished_run(run, "part", 1, settings)
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import sys
@@ -178,11 +179,28 @@ RUN_INDEPENDENT_SETTINGS = frozenset(
 """`DemoArguments` that change neither what a run trains nor how its final model is scored."""
 
 
-def run_settings(args: DemoArguments) -> dict:
-    """The `DemoArguments` a run's results depend on (the run's own schedule and seed are recorded apart), as JSON
-    reads them back: the "settings" of `results.json` and `run_settings.json`, compared by `finished_run`."""
+def stand_ins_digest(encoder_path: str, llm_path: str) -> str:
+    """A digest of what PART loads from the encoder and the LLM: every file of each local folder but the encoder's
+    CTC head (which only scores the encoder alone), or the path itself for a hub id."""
+    digest = hashlib.sha256()
+    for path in (encoder_path, llm_path):
+        folder = Path(path)
+        if not folder.is_dir():
+            digest.update(f"hub id {path}\0".encode())
+            continue
+        for file in sorted(p for p in folder.iterdir() if p.is_file() and p.name != CTC_HEAD):
+            digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+        digest.update(b"\1")  # the end of a folder
+    return digest.hexdigest()[:16]
+
+
+def run_settings(args: DemoArguments, encoder_path: str, llm_path: str) -> dict:
+    """What a run's results depend on besides its own schedule and seed (recorded apart): the `DemoArguments` and the
+    stand-ins' digest (`stand_ins_digest`), as JSON reads them back: the "settings" of `results.json` and
+    `run_settings.json`, compared by `finished_run`."""
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoArguments)}
-    return json.loads(json.dumps({k: v for k, v in settings.items() if k not in RUN_INDEPENDENT_SETTINGS}))
+    settings = {k: v for k, v in settings.items() if k not in RUN_INDEPENDENT_SETTINGS}
+    return json.loads(json.dumps({**settings, "stand-ins": stand_ins_digest(encoder_path, llm_path)}))
 
 
 def finished_run(run_dir: Path, schedule: str, seed: int, settings: dict) -> dict | None:
@@ -499,7 +517,7 @@ def train_and_evaluate(
     `args.other_engine_test` and a Pico split in `corpus`, also scores the final model on it
     (`predictions_test_pico.jsonl`, `test_pico_*` metrics) and per engine and voice (`scores_by_engine_and_voice`).
     """
-    settings = run_settings(args)
+    settings = run_settings(args, encoder_path, llm_path)
     finished_run(run_dir, schedule, seed, settings)  # a run already there must be this one
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"schedule": schedule, "seed": seed, "settings": settings}

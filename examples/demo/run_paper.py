@@ -184,7 +184,7 @@ def run_paper(args: PaperArguments, argv: Sequence[str] = ()) -> dict:
     started = time.time()
     out = Path(args.output_dir)
     corpus, encoder_path, llm_path, _ = prepare(args)
-    settings = run_settings(args)
+    settings = run_settings(args, encoder_path, llm_path)
     pending = [(p, s) for p in args.presets for s in args.seeds if finished_run(out / p / f"seed{s}", p, s, settings) is None]
     if args.workers > 1 and len(pending) > 1:
         _train_in_workers(pending, argv, out, args.workers)
