@@ -176,7 +176,8 @@ class DemoArguments:
 RUN_INDEPENDENT_SETTINGS = frozenset(
     {"output_dir", "corpus_dir", "components_dir", "synthesis_workers", "eval_batch_size", "evaluate_stages"}
 )
-"""`DemoArguments` that change neither what a run trains nor how its final model is scored."""
+"""`DemoArguments` that change neither what a run trains nor how its final model is scored (`evaluate_stages`: up
+to floating-point rounding, see docs/paper.md)."""
 
 
 def stand_ins_digest(encoder_path: str, llm_path: str) -> str:
