@@ -431,6 +431,21 @@ def test_stage_evaluation_scores_the_chosen_stages_once_in_order(tmp_path):
         StageEvaluationCallback([])
 
 
+def test_stage_evaluation_does_not_change_what_the_run_trains(tmp_path):
+    """Scoring after each stage draws no random numbers: with LoRA dropout in the last stage, a run with
+    StageEvaluationCallback trains to the same weights as one without (so `evaluate_stages` is run-independent)."""
+    import torch
+
+    from trainers.callbacks import StageEvaluationCallback
+
+    weights = []
+    for callbacks in ([], [StageEvaluationCallback(_eval_samples(), max_new_tokens=3)]):
+        trainer = tiny_trainer(tmp_path / str(len(callbacks)), callbacks=callbacks, lora_dropout=0.2)
+        trainer.train()
+        weights.append(trainer.model.state_dict())
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def _eval_samples():
     from part_fixtures import tiny_components
 
