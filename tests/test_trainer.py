@@ -433,7 +433,7 @@ def test_stage_evaluation_scores_the_chosen_stages_once_in_order(tmp_path):
 
 def test_stage_evaluation_does_not_change_what_the_run_trains(tmp_path):
     """Scoring after each stage draws no random numbers: with LoRA dropout in the last stage, a run with
-    StageEvaluationCallback trains to the same weights as one without (so `evaluate_stages` is run-independent)."""
+    StageEvaluationCallback trains to the same weights as one without."""
     import torch
 
     from trainers.callbacks import StageEvaluationCallback
