@@ -101,6 +101,8 @@ class LLMSettings:
     slot_noise: float = 0.0  # ... and Gaussian noise of up to this many embedding RMS is added to the slot embeddings
     split_han_characters: bool = True  # the tokenizer keeps every Han character a token of its own (docs/demo.md)
     shuffled_copy_share: float = 0.0  # this share of copy examples get a twin with the text's tokens shuffled
+    repeated_copy_languages: tuple[str, ...] = ()  # the copy examples of these languages are drawn `copy_repeats`
+    copy_repeats: int = 1  # times each (each draw its own slot-token doubling), the others once
     max_tokens_per_batch: int = 1700  # > 0: batches of up to this many padded tokens, cut from length-sorted buffers;
     # 0: batches of `batch_size` examples (which also sizes the sorting buffers: 50 batches)
 
@@ -460,7 +462,12 @@ def text_example(tokenizer, kind: str, source: str, source_text: str, target_tex
 def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings: LLMSettings, seed: int) -> list:
     """Tokenised (prompt, answer) examples from `items`: for each item and language, its plain text, its copy
     (transcription analogue) and, for a language other than English, its translation as `mt` and as the speech
-    translation analogue; `settings.shuffled_copy_share` of the copies get a twin with shuffled tokens."""
+    translation analogue; `settings.shuffled_copy_share` of the copies get a twin with shuffled tokens, and the
+    copies of `settings.repeated_copy_languages` are drawn `settings.copy_repeats` times."""
+    unknown = set(settings.repeated_copy_languages) - set(languages)
+    if settings.copy_repeats < 1 or unknown:
+        raise ValueError(f"LLMSettings: copy_repeats must be >= 1 (got {settings.copy_repeats}) and "
+                         f"repeated_copy_languages among {list(languages)} (not {sorted(unknown)}).")  # fmt: skip
     rng = random.Random(seed)
     examples = []
     for item in tqdm(items, desc="LLM text examples"):
@@ -470,7 +477,10 @@ def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings:
             kinds = ["text", "copy"] + (["mt", "translate"] if language != TARGET_LANGUAGE else [])
             for kind in kinds:
                 target = text if kind in ("text", "copy") else english
-                examples.append(text_example(tokenizer, kind, language, text, target, settings.slot_repeat_probability, rng))
+                repeated = kind == "copy" and language in settings.repeated_copy_languages
+                for _ in range(settings.copy_repeats if repeated else 1):
+                    examples.append(text_example(tokenizer, kind, language, text, target,
+                                                 settings.slot_repeat_probability, rng))  # fmt: skip
                 if kind == "copy" and settings.shuffled_copy_share and rng.random() < settings.shuffled_copy_share:
                     examples.append(text_example(tokenizer, kind, language, text, target,
                                                  settings.slot_repeat_probability, rng, shuffle=True))  # fmt: skip
@@ -757,6 +767,11 @@ class ComponentArguments:
                                            "--no_llm_split_han_characters lets BPE merge them."})  # fmt: skip
     llm_shuffled_copy_share: float = field(default=LLMSettings.shuffled_copy_share, metadata={"help": "This share of "
                                            "the LLM's copy examples get a twin with shuffled tokens."})  # fmt: skip
+    llm_repeated_copy_languages: list[str] = field(default_factory=list, metadata={"help": "Languages whose copy "
+                                                   "examples the LLM draws --llm_copy_repeats times (e.g. zh ja: "
+                                                   "the languages it copies worst; see docs/demo.md)."})  # fmt: skip
+    llm_copy_repeats: int = field(default=LLMSettings.copy_repeats, metadata={"help": "How many times each copy "
+                                  "example of --llm_repeated_copy_languages is drawn."})  # fmt: skip
     llm_max_tokens_per_batch: int = field(default=LLMSettings.max_tokens_per_batch, metadata={"help": "> 0: the "
                                           "LLM's batches hold up to this many padded tokens (length-sorted); 0: "
                                           "batches of 48 examples."})  # fmt: skip
@@ -771,7 +786,8 @@ def component_settings(args: ComponentArguments) -> tuple[EncoderSettings, LLMSe
     """The encoder's and the LLM's training settings that `args` ask for (`make components`: the shipped ones)."""
     llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters,
                       shuffled_copy_share=args.llm_shuffled_copy_share,
-                      max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
+                      repeated_copy_languages=tuple(args.llm_repeated_copy_languages),
+                      copy_repeats=args.llm_copy_repeats, max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
     return EncoderSettings(steps=args.encoder_steps), llm
 
 
