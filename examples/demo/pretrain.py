@@ -639,7 +639,7 @@ def _finished(folder: Path, fingerprint: dict, train: Callable[[], dict]) -> dic
     finished = json.loads(path.read_text()) if path.exists() else {}
     if finished.get("fingerprint") == fingerprint:
         return finished["report"]
-    report = train()
+    report = json.loads(json.dumps(train()))  # as JSON holds it (lists for tuples), as a resumed build returns it
     path.write_text(json.dumps({"fingerprint": fingerprint, "report": report}, ensure_ascii=False))
     return report
 
