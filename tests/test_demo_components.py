@@ -109,9 +109,9 @@ def test_llm_examples_are_laid_out_as_the_processor_lays_out_prompts(components)
     bos = tokenizer.convert_tokens_to_ids(pretrain.AUDIO_BOS_TOKEN)
     german = [tokenizer(render(item, "de"), add_special_tokens=False)["input_ids"] for item in items]
     german_copies = [prompt for prompt, answer in examples if prompt[:1] == [bos] and answer in german]
-    english_copies = [prompt for prompt, answer in examples if prompt[:1] == [bos] and answer not in german
+    english_answers = [prompt for prompt, answer in examples if prompt[:1] == [bos] and answer not in german
                       and tokenizer.decode(answer) in {render(item, "en") for item in items}]  # fmt: skip
-    assert len(german_copies) == 3 * len(items) and len(english_copies) == 2 * len(items)  # en: copy and translate
+    assert len(german_copies) == 3 * len(items) and len(english_answers) == 2 * len(items)  # en copy, de translate
     assert any(len({tuple(p) for p in german_copies[3 * i : 3 * i + 3]}) > 1 for i in range(len(items)))
     for bad in (dict(copy_repeats=0), dict(repeated_copy_languages=("zh",), copy_repeats=2)):
         with pytest.raises(ValueError, match="copy_repeats must be >= 1"):
