@@ -93,6 +93,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert json.loads((run / "config.json").read_text())["adapter_config"]["downsample_stride"] == 3
     cross = json.loads((run / "training_summary.json").read_text())["schedule"]["stages"][-1]
     assert cross["lora"]["r"] == 4 and cross["lora"]["lora_alpha"] == 8 and cross["lr_scale"] == 0.5
+    assert cross["lora"]["lora_dropout"] == 0.0  # the demo's, not the schedule's 0.05
     table = (tmp_path / "paper" / "results.md").read_text()
     assert "(Δ" in table and "(1 seed)" in table and "asr_avg_error" in table and "| chance |" in table
     assert "vs baseline_2stage" in table and "one seed on a side" in table  # the verdicts (test_verdicts_...)
@@ -129,7 +130,7 @@ def _stand_ins(folder: Path, llm_weights: bytes = b"llm") -> tuple[str, str]:
 def test_finished_run_reuses_or_resumes_only_a_run_with_the_same_settings(tmp_path):
     stand_ins = _stand_ins(tmp_path / "components")
     settings = run_settings(DemoArguments(train_items_per_language=1000), *stand_ins)
-    assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 5000
+    assert "output_dir" not in settings and "synthesis_workers" not in settings and settings["max_steps"] == 3500
     run = tmp_path / "part" / "seed0"
     assert finished_run(run, "part", 0, settings) is None
     run.mkdir(parents=True)
