@@ -275,3 +275,8 @@ def test_verdicts_say_whether_a_difference_lies_beyond_the_seed_spread():
             for system, errors in (("part", (70.0, 76.0)), ("baseline_2stage", (78.0, 77.0)))}
     assert verdicts(pico) == ["- Pico test voices: ASR average error %: part 73.0 vs baseline_2stage 77.5: part better by "
                               "4.5, beyond the seed spread (every seed of the better system beats every seed of the other)."]
+    # runs that carry their seed are paired seed by seed: overlapping ranges, yet PART better on every shared seed
+    paired = {"part": [{**run(e, 0.0), "seed": s} for s, e in ((0, 10.7), (1, 13.8), (2, 8.3))],
+              "no_task_staging": [{**run(e, 0.0), "seed": s} for s, e in ((0, 16.4), (1, 17.1), (2, 10.6), (3, 1.0))]}
+    assert verdicts(paired)[0] == ("- ASR average error %: part 10.9 vs no_task_staging 11.3: part better by 0.3, within "
+                                   "the seed spread (the seeds' ranges overlap); paired by seed, part better on 3 of 3.")

@@ -131,7 +131,9 @@ ABLATION_CHAIN = ("part", "no_task_staging", "no_task_staging_no_lora", "no_task
 def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
     """Per task average: `reference` against every other system, then each step of `ABLATION_CHAIN` against the one
     before it; each line gives the means over seeds, their difference and whether it lies beyond the seed spread
-    (every seed of the better system beats every seed of the other)."""
+    (every seed of the better system beats every seed of the other), then, where two or more seeds are shared, on how
+    many of them the first system beats the second seed by seed (a seed sets the data order and the new weights'
+    initial values in every system, so its runs are paired: a count, not a significance test)."""
     steps = list(zip(ABLATION_CHAIN, ABLATION_CHAIN[1:]))[1:]  # the first step is a `reference` pair already
     pairs = [(reference, system) for system in runs if system != reference] + steps
     lines = []
@@ -150,6 +152,12 @@ def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
             else:
                 spread = "within the seed spread (the seeds' ranges overlap)"
             verdict = f"{winner} better by {abs(gain):.1f}, {spread}" if gain else "equal means"
+            ours_by_seed, theirs_by_seed = ({r["seed"]: _scores(r)[metric] for r in runs.get(system, [])
+                                             if "seed" in r and metric in _scores(r)} for system in (first, second))
+            shared = ours_by_seed.keys() & theirs_by_seed.keys()
+            if len(shared) >= 2:
+                wins = sum(sign * (ours_by_seed[s] - theirs_by_seed[s]) > 0 for s in shared)
+                verdict += f"; paired by seed, {first} better on {wins} of {len(shared)}"
             lines.append(f"- {title}: {first} {statistics.mean(ours):.1f} vs {second} {statistics.mean(theirs):.1f}: "
                          f"{verdict}.")
     return lines
