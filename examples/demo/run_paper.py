@@ -139,8 +139,9 @@ def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
     lines = []
     for metric, (title, sign) in VERDICT_METRICS.items():
         for first, second in pairs:
-            ours, theirs = ([r[metric] for r in map(_scores, runs.get(system, [])) if metric in r]
-                            for system in (first, second))
+            ours_by_run, theirs_by_run = ([(r.get("seed"), scores[metric]) for r in runs.get(system, [])
+                                           if metric in (scores := _scores(r))] for system in (first, second))
+            ours, theirs = ([value for _, value in by_run] for by_run in (ours_by_run, theirs_by_run))
             if not ours or not theirs:
                 continue
             gain = sign * (statistics.mean(ours) - statistics.mean(theirs))
@@ -152,8 +153,8 @@ def verdicts(runs: dict[str, list[dict]], reference: str = "part") -> list[str]:
             else:
                 spread = "within the seed spread (the seeds' ranges overlap)"
             verdict = f"{winner} better by {abs(gain):.1f}, {spread}" if gain else "equal means"
-            ours_by_seed, theirs_by_seed = ({r["seed"]: _scores(r)[metric] for r in runs.get(system, [])
-                                             if "seed" in r and metric in _scores(r)} for system in (first, second))
+            ours_by_seed, theirs_by_seed = ({seed: value for seed, value in by_run if seed is not None}
+                                             for by_run in (ours_by_run, theirs_by_run))
             shared = ours_by_seed.keys() & theirs_by_seed.keys()
             if len(shared) >= 2:
                 wins = sum(sign * (ours_by_seed[s] - theirs_by_seed[s]) > 0 for s in shared)
