@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +163,47 @@ def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components_cop
         pretrain.rebuild_llm(copy, spec, llm)
     with pytest.raises(FileNotFoundError, match="records no encoder"):
         pretrain.rebuild_llm(tmp_path / "empty", spec, llm)
+
+
+def test_anneal_llm_continues_the_llm_keeping_tokenizer_and_encoder(components_copy, tmp_path):
+    """`make components`' second command: the LLM trains on from its weights (not anew), with its own tokenizer."""
+    from safetensors.torch import load_file
+
+    folder, report, copy = components_copy
+    spec = pretrain.corpus_spec(TINY)
+    anneal = pretrain.LLMSettings(steps=2, batch_size=4, warmup_steps=1, learning_rate=1e-3, text_items=10,
+                                  repeated_copy_languages=("zh",), copy_repeats=2)  # fmt: skip
+    annealed = pretrain.anneal_llm(copy, spec, anneal, seed=0)
+    manifest = json.loads((copy / pretrain.MANIFEST).read_text())
+    assert manifest == annealed and manifest["encoder"] == report["encoder"]
+    assert manifest["llm"]["annealed_from"] == report["llm"] and manifest["llm"]["settings"]["steps"] == 2
+    assert manifest["llm"]["seconds"] > report["llm"]["seconds"]
+    assert manifest["seconds"] == manifest["encoder"]["seconds"] + manifest["llm"]["seconds"]
+    assert set(manifest["llm"]["test"]["copy_accuracy"]) == set(TINY["languages"])
+    for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "llm/tokenizer.json"):
+        assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
+    # the LLM's architecture is the one it started with (LLMSettings' default size is 256, the tiny one's 32) ...
+    assert json.loads((copy / "llm/config.json").read_text())["hidden_size"] == 32
+    before, after = load_file(str(folder / "llm/model.safetensors")), load_file(str(copy / "llm/model.safetensors"))
+    assert before.keys() == after.keys()
+    # ... and its weights moved from where they were, a little (2 steps at 1e-3), not to a fresh initialisation
+    change = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert 0 < change < 0.01
+    with pytest.raises(ValueError, match="made for the corpus"):
+        pretrain.anneal_llm(copy, {**spec, "seed": 1}, anneal)
+    with pytest.raises(FileNotFoundError, match="records no llm"):
+        pretrain.anneal_llm(tmp_path / "empty", spec, anneal)
+
+    # `make components` rerun keeps what was built with its settings (and only anneals an LLM not annealed yet)
+    encoder = pretrain.EncoderSettings(**report["encoder"]["settings"])
+    llm = pretrain.LLMSettings(**{**report["llm"]["settings"], "repeated_copy_languages": ()})
+    assert pretrain.built_components(copy, spec, encoder, llm, anneal) == manifest
+    assert pretrain.built_components(folder, spec, encoder, llm, anneal) == report  # built, to be annealed
+    for other in (dict(anneal=replace(anneal, steps=3)), dict(anneal=None), dict(llm=replace(llm, steps=4)),
+                  dict(encoder=replace(encoder, steps=4)), dict(spec={**spec, "seed": 1}), dict(seed=1)):  # fmt: skip
+        arguments = dict(spec=spec, encoder=encoder, llm=llm, anneal=anneal, seed=0) | other
+        assert pretrain.built_components(copy, **arguments) is None, other
+    assert pretrain.built_components(tmp_path / "empty", spec, encoder, llm, anneal) is None
 
 
 def test_rebuild_encoder_keeps_the_text_side_and_retrains_the_encoder(components_copy, corpus, tmp_path):
@@ -344,9 +385,11 @@ def test_shipped_stand_ins_are_made_for_the_default_demo_and_load():
     manifest = json.loads((pretrain.SHIPPED_COMPONENTS / pretrain.MANIFEST).read_text())
     assert manifest["corpus"] == demo_corpus_spec(DemoArguments())
     assert manifest["encoder"]["test"]["avg_cer"] < 20 and manifest["llm"]["test"]["mt_avg_bleu"] > 80
-    encoder, llm = pretrain.component_settings(pretrain.ComponentArguments())  # what `make components` trains
-    trained = json.loads(json.dumps({"encoder": asdict(encoder), "llm": asdict(llm)}))
+    encoder, llm, anneal = pretrain.component_settings(pretrain.ComponentArguments())  # what `make components` trains
+    trained = json.loads(json.dumps({"encoder": asdict(encoder), "llm": asdict(anneal), "base": asdict(llm)}))
+    manifest["base"] = manifest["llm"]["annealed_from"]
     assert {name: manifest[name]["settings"] for name in trained} == trained
+    assert manifest["llm"]["test"]["copy_avg_accuracy"] >= 98 and manifest["llm"]["test"]["mt_avg_bleu"] >= 95
     tokenizer = AutoTokenizer.from_pretrained(pretrain.SHIPPED_COMPONENTS / "llm")
     assert len(tokenizer("今天是十月二日")["input_ids"]) == 7  # one token per Han character
     model = PartForSpeechToText.from_pretrained_components(

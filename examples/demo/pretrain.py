@@ -16,9 +16,12 @@ downloaded here, so the demo makes small stand-ins with the two properties PART 
   approximate token embeddings. So it follows PART's instructions and copies and translates, as Qwen2.5 does (`evaluate_llm`: text MT
   BLEU and copy accuracy). Text costs no synthesis: it is drawn from every item the held-out splits do not use. By
   default its batches are cut by a budget of padded tokens from length-sorted buffers (`trainers.data.TokenBudget`).
+- `anneal_llm`: the LLM trains on from its weights a short while at a low learning rate, with the copy examples of
+  the languages it copies worst (zh, ja) drawn more often.
 
 `make components` (`python examples/demo/pretrain.py`) trains them once, reproducibly, into
-`examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself.
+`examples/demo/components/` (shipped with the repository), so that `make demo` spends its time on PART itself; then
+anneals the LLM (`--llm_anneal_steps`, 0 for none). Rerun, it keeps components built with its settings.
 `--llm_only` retrains the tokenizer and the LLM alone (`rebuild_llm`), keeping the encoder and building no corpus;
 `--encoder_only` retrains the encoder alone (`rebuild_encoder`), keeping the tokenizer and the LLM. A build trains in
 `<output_dir>/.building` and moves the components in when all are done; killed, it resumes when rerun (a finished
@@ -36,7 +39,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -487,17 +490,9 @@ def llm_examples(items: Sequence, languages: Sequence[str], tokenizer, settings:
     return examples
 
 
-def pretrain_llm(
-    examples: Sequence[tuple[list[int], list[int]]], tokenizer, output_dir: str | Path,
-    settings: LLMSettings = LLMSettings(), seed: int = 0,
-) -> dict:  # fmt: skip
-    """Trains a small Qwen2 causal LM on (prompt, answer) examples (loss on the answers and eos); saves it with the
-    tokenizer."""
-    torch.manual_seed(seed)
-    started = time.time()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    sequences = [((prompt + answer)[: settings.max_length - 1] + [eos], len(prompt)) for prompt, answer in examples]
-    config = Qwen2Config(
+def _llm_config(tokenizer, settings: LLMSettings) -> Qwen2Config:
+    """The architecture of a freshly trained LLM stand-in for `tokenizer`."""
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
         intermediate_size=4 * settings.hidden_size,
@@ -507,10 +502,29 @@ def pretrain_llm(
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=eos,
-        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    model = Qwen2ForCausalLM(config)
+
+
+def pretrain_llm(
+    examples: Sequence[tuple[list[int], list[int]]], tokenizer, output_dir: str | Path,
+    settings: LLMSettings = LLMSettings(), seed: int = 0, init_dir: str | Path | None = None,
+) -> dict:  # fmt: skip
+    """Trains a small Qwen2 causal LM on (prompt, answer) examples (loss on the answers and eos); saves it with the
+    tokenizer. With `init_dir`, training continues from the LLM saved there (its architecture: `settings`' size
+    fields are not read), which must have `tokenizer`'s vocabulary."""
+    torch.manual_seed(seed)
+    started = time.time()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    sequences = [((prompt + answer)[: settings.max_length - 1] + [eos], len(prompt)) for prompt, answer in examples]
+    if init_dir is None:
+        model = Qwen2ForCausalLM(_llm_config(tokenizer, settings))
+    else:
+        model = Qwen2ForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"The LLM in {init_dir} has {model.config.vocab_size} tokens, the tokenizer "
+                             f"{len(tokenizer)}: continue it with its own tokenizer.")  # fmt: skip
     bos_id, eos_id = tokenizer.convert_tokens_to_ids([AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN])
 
     def loss_fn(batch):
@@ -538,7 +552,8 @@ def pretrain_llm(
     losses, earlier_seconds = _train_loop(
         model, _forever(sequences, settings.batch_size, seed, budget), loss_fn, settings.steps, settings.learning_rate,
         settings.warmup_steps, "pretraining the LLM", state_path,
-        {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": _digest(tokenizer)},
+        {"settings": asdict(settings), "seed": seed, "examples": len(sequences), "vocabulary": _digest(tokenizer),
+         "init": None if init_dir is None else str(init_dir)},
     )
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -631,15 +646,20 @@ BUILDING = ".building"
 """Where a build trains its components (resumable) before it moves them into the components folder, all at once."""
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as JSON holds it (lists for tuples): as a manifest or a resumed build returns it."""
+    return json.loads(json.dumps(value))
+
+
 def _finished(folder: Path, fingerprint: dict, train: Callable[[], dict]) -> dict:
     """The report of the component in `folder`: the one an interrupted build finished there with the same
     `fingerprint`, or `train()`'s (recorded in `folder/FINISHED`)."""
-    fingerprint = json.loads(json.dumps(fingerprint))
+    fingerprint = _as_json(fingerprint)
     path = folder / FINISHED
     finished = json.loads(path.read_text()) if path.exists() else {}
     if finished.get("fingerprint") == fingerprint:
         return finished["report"]
-    report = json.loads(json.dumps(train()))  # as JSON holds it (lists for tuples), as a resumed build returns it
+    report = _as_json(train())
     path.write_text(json.dumps({"fingerprint": fingerprint, "report": report}, ensure_ascii=False))
     return report
 
@@ -732,6 +752,37 @@ def rebuild_llm(output_dir: str | Path, spec: dict, llm: LLMSettings, seed: int 
     return report
 
 
+def anneal_llm(output_dir: str | Path, spec: dict, llm: LLMSettings, seed: int = 0) -> dict:
+    """Continues training the LLM of the components in `output_dir` with `llm`'s steps, learning rate and examples
+    (`make components`: 1,500 steps at 3e-4 in which the copies of zh and ja, the languages it copies worst, are
+    drawn four times), keeping its tokenizer and the encoder; resumable as a build is. The manifest's `llm` then
+    records this phase, its scores and the LLM it started from (`annealed_from`); its `seconds` count both."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    output_dir = Path(output_dir)
+    report = _kept_manifest(output_dir, spec, "llm")
+    start, folder = report["llm"], output_dir / BUILDING / "llm"
+    # as `train_tokenizer` made it (AutoTokenizer would build Qwen2's pre-tokenizer from config.json's model type)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(output_dir / "llm")
+
+    def train() -> dict:
+        examples = llm_examples(text_items(llm.text_items, held_out_contents(spec), seed), spec["languages"],
+                                tokenizer, llm, seed)  # fmt: skip
+        phase = pretrain_llm(examples, tokenizer, folder, llm, seed, init_dir=output_dir / "llm")
+        for name in ("tokenizer.json", "tokenizer_config.json"):  # the very files, not a re-serialisation
+            shutil.copyfile(output_dir / "llm" / name, folder / name)
+        return {**phase, "seconds": start["seconds"] + phase["seconds"], "annealed_from": start,
+                "test": evaluate_llm(folder, text_of_test_split(spec))}  # fmt: skip
+
+    fingerprint = {"spec": spec, "settings": asdict(llm), "seed": seed, "vocabulary": _digest(tokenizer), "from": start}
+    report["llm"] = _finished(folder, fingerprint, train)
+    report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
+    _install(output_dir, ["llm"], report)
+    return report
+
+
 def rebuild_encoder(corpus, spec: dict, output_dir: str | Path, encoder: EncoderSettings, seed: int = 0) -> dict:
     """Retrains the encoder of the components in `output_dir` on `corpus`, keeping their tokenizer and LLM (an
     encoder with CTC token labels reads that tokenizer). Refused when the LLM was made for another corpus."""
@@ -743,6 +794,24 @@ def rebuild_encoder(corpus, spec: dict, output_dir: str | Path, encoder: Encoder
     report["encoder"] = _encoder(corpus, spec, output_dir / BUILDING, encoder, seed, tokenizer)
     report["seconds"] = report["encoder"]["seconds"] + report["llm"]["seconds"]
     _install(output_dir, ["encoder"], report)
+    return report
+
+
+def built_components(output_dir: str | Path, spec: dict, encoder: EncoderSettings, llm: LLMSettings,
+                     anneal: LLMSettings | None, seed: int = 0) -> dict | None:  # fmt: skip
+    """The manifest of the components in `output_dir` if they were built for `spec` with these settings and seed,
+    their LLM not annealed yet or annealed with `anneal` (so `make components` rerun after an interrupted anneal
+    only anneals); else None."""
+    path = Path(output_dir) / MANIFEST
+    report = json.loads(path.read_text()) if path.exists() else None
+    if report is None or report["corpus"] != spec or report["seed"] != seed:
+        return None
+    base = report["llm"].get("annealed_from", report["llm"])
+    annealed = "annealed_from" in report["llm"]
+    if annealed and (anneal is None or report["llm"]["settings"] != _as_json(asdict(anneal))):
+        return None
+    if report["encoder"]["settings"] != _as_json(asdict(encoder)) or base["settings"] != _as_json(asdict(llm)):
+        return None
     return report
 
 
@@ -762,6 +831,8 @@ class ComponentArguments:
     encoder_steps: int = field(default=6000, metadata={"help": "CTC steps (the shipped encoder's; twice the 3,000 "
                                "of EncoderSettings, which the demo uses when it trains stand-ins itself)."})  # fmt: skip
     llm_steps: int = field(default=LLMSettings.steps, metadata={"help": "LLM steps."})
+    llm_learning_rate: float = field(default=LLMSettings.learning_rate, metadata={"help": "The LLM's peak learning "
+                                     "rate (warm-up, then cosine decay)."})  # fmt: skip
     llm_split_han_characters: bool = field(default=LLMSettings.split_han_characters, metadata={"help": "Every Han "
                                            "character a token of its own in the LLM's tokenizer (see docs/demo.md); "
                                            "--no_llm_split_han_characters lets BPE merge them."})  # fmt: skip
@@ -772,6 +843,14 @@ class ComponentArguments:
                                                    "the languages it copies worst; see docs/demo.md)."})  # fmt: skip
     llm_copy_repeats: int = field(default=LLMSettings.copy_repeats, metadata={"help": "How many times each copy "
                                   "example of --llm_repeated_copy_languages is drawn."})  # fmt: skip
+    llm_anneal_steps: int = field(default=1500, metadata={"help": "After its --llm_steps the LLM anneals this many "
+                                  "steps more (0: none), at --llm_anneal_learning_rate, drawing the copy examples of "
+                                  "--llm_anneal_repeated_copy_languages --llm_anneal_copy_repeats times (see "
+                                  "docs/demo.md)."})  # fmt: skip
+    llm_anneal_learning_rate: float = field(default=3e-4, metadata={"help": "The anneal's peak learning rate."})
+    llm_anneal_repeated_copy_languages: list[str] = field(default_factory=lambda: ["zh", "ja"], metadata={"help":
+                                                          "The anneal's --llm_repeated_copy_languages."})  # fmt: skip
+    llm_anneal_copy_repeats: int = field(default=4, metadata={"help": "The anneal's --llm_copy_repeats."})
     llm_max_tokens_per_batch: int = field(default=LLMSettings.max_tokens_per_batch, metadata={"help": "> 0: the "
                                           "LLM's batches hold up to this many padded tokens (length-sorted); 0: "
                                           "batches of 48 examples."})  # fmt: skip
@@ -782,13 +861,18 @@ class ComponentArguments:
     half_precision: bool = field(default=True, metadata={"help": "Store weights in float16 (half the size)."})
 
 
-def component_settings(args: ComponentArguments) -> tuple[EncoderSettings, LLMSettings]:
-    """The encoder's and the LLM's training settings that `args` ask for (`make components`: the shipped ones)."""
-    llm = LLMSettings(steps=args.llm_steps, split_han_characters=args.llm_split_han_characters,
+def component_settings(args: ComponentArguments) -> tuple[EncoderSettings, LLMSettings, LLMSettings | None]:
+    """The encoder's, the LLM's and the LLM anneal's training settings that `args` ask for (`make components`: the
+    shipped ones; no anneal with `--llm_anneal_steps 0`)."""
+    llm = LLMSettings(steps=args.llm_steps, learning_rate=args.llm_learning_rate,
+                      split_han_characters=args.llm_split_han_characters,
                       shuffled_copy_share=args.llm_shuffled_copy_share,
                       repeated_copy_languages=tuple(args.llm_repeated_copy_languages),
                       copy_repeats=args.llm_copy_repeats, max_tokens_per_batch=args.llm_max_tokens_per_batch)  # fmt: skip
-    return EncoderSettings(steps=args.encoder_steps), llm
+    anneal = replace(llm, steps=args.llm_anneal_steps, learning_rate=args.llm_anneal_learning_rate,
+                     repeated_copy_languages=tuple(args.llm_anneal_repeated_copy_languages),
+                     copy_repeats=args.llm_anneal_copy_repeats)  # fmt: skip
+    return EncoderSettings(steps=args.encoder_steps), llm, anneal if anneal.steps > 0 else None
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -800,19 +884,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     corpus_arguments = dict(languages=args.languages, train_items_per_language=args.train_items_per_language,
                             dev_items=args.dev_items, test_items=args.test_items, seed=args.corpus_seed)  # fmt: skip
     spec = corpus_spec(corpus_arguments)
-    encoder, llm = component_settings(args)
+    encoder, llm, anneal = component_settings(args)
     if args.llm_only and args.encoder_only:
         raise ValueError("--llm_only and --encoder_only exclude each other: pass neither to rebuild both.")
     if args.llm_only:
         report = rebuild_llm(args.output_dir, spec, llm, args.seed)
-    else:
+    elif args.encoder_only:
         corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
-        if args.encoder_only:
-            report = rebuild_encoder(corpus, spec, args.output_dir, encoder, args.seed)
-        else:
+        report = rebuild_encoder(corpus, spec, args.output_dir, encoder, args.seed)
+    else:
+        report = built_components(args.output_dir, spec, encoder, llm, anneal, args.seed)
+        if report is None:
+            corpus = build_corpus(args.corpus_dir, reuse_existing=True, **corpus_arguments)
             report = build_components(corpus, spec, args.output_dir, encoder, llm, args.seed)
-    if args.half_precision:
+        else:
+            print(f"The components in {args.output_dir} were built with these settings: kept.")
+    if args.half_precision:  # before the anneal too: it starts from the LLM as it is shipped
         shrink_to_half_precision(args.output_dir)
+    if anneal is not None and not args.encoder_only and report["llm"]["settings"] != _as_json(asdict(anneal)):
+        report = anneal_llm(args.output_dir, spec, anneal, args.seed)
+        if args.half_precision:
+            shrink_to_half_precision(args.output_dir)
     print(json.dumps({k: report[k]["test"] for k in ("encoder", "llm")}, indent=2, ensure_ascii=False))
     return report
 
@@ -830,8 +922,9 @@ def shrink_to_half_precision(components_dir: str | Path) -> None:
 
 
 __all__ = [
-    "EncoderSettings", "LLMSettings", "build_components", "corpus_spec", "evaluate_encoder", "evaluate_llm",
-    "pretrain_encoder", "pretrain_llm", "rebuild_encoder", "rebuild_llm", "text_of_test_split", "train_tokenizer",
+    "EncoderSettings", "LLMSettings", "anneal_llm", "build_components", "built_components", "corpus_spec",
+    "evaluate_encoder", "evaluate_llm", "pretrain_encoder", "pretrain_llm", "rebuild_encoder", "rebuild_llm",
+    "text_of_test_split", "train_tokenizer",
 ]  # fmt: skip
 
 if __name__ == "__main__":
