@@ -166,7 +166,7 @@ def test_rebuild_llm_keeps_the_encoder_and_retrains_the_text_side(components_cop
 
 
 def test_anneal_llm_continues_the_llm_keeping_tokenizer_and_encoder(components_copy, tmp_path):
-    """`make components`' second command: the LLM trains on from its weights (not anew), with its own tokenizer."""
+    """`make components`' anneal phase: the LLM trains on from its weights (not anew), with its own tokenizer."""
     from safetensors.torch import load_file
 
     folder, report, copy = components_copy
@@ -180,7 +180,8 @@ def test_anneal_llm_continues_the_llm_keeping_tokenizer_and_encoder(components_c
     assert manifest["llm"]["seconds"] > report["llm"]["seconds"]
     assert manifest["seconds"] == manifest["encoder"]["seconds"] + manifest["llm"]["seconds"]
     assert set(manifest["llm"]["test"]["copy_accuracy"]) == set(TINY["languages"])
-    for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "llm/tokenizer.json"):
+    for name in ("encoder/model.safetensors", "encoder/ctc_head.safetensors", "llm/tokenizer.json",
+                 "llm/tokenizer_config.json"):  # fmt: skip
         assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
     # the LLM's architecture is the one it started with (LLMSettings' default size is 256, the tiny one's 32) ...
     assert json.loads((copy / "llm/config.json").read_text())["hidden_size"] == 32
